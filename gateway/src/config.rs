@@ -1,0 +1,106 @@
+//! The gateway's configuration: a YAML file, overridden by flags.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Gateway settings. Every field has a default so a file only names what it
+/// changes; unknown keys are an error so a typo never silently does nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where blobs, the index and the audit log live.
+    pub data_dir: PathBuf,
+    /// The default upstream registry URL (requests without `?ns=`).
+    pub upstream: Option<String>,
+    /// Extra upstreams: registry host (as containerd's `ns` names it) → URL.
+    pub registries: BTreeMap<String, String>,
+    /// A docker `config.json` with upstream credentials.
+    pub docker_config: Option<PathBuf>,
+    /// PEM file of extra CAs trusted for upstream TLS.
+    pub extra_ca: Option<PathBuf>,
+    /// Size limit of the blob store in bytes (LRU eviction beyond it).
+    pub max_cache_bytes: Option<u64>,
+    /// Seconds a tag resolution is reused without asking upstream.
+    pub tag_ttl_secs: u64,
+    /// Seconds a cached tag keeps being served while upstream is down.
+    pub stale_window_secs: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            data_dir: PathBuf::from("/var/lib/customs/gateway"),
+            upstream: None,
+            registries: BTreeMap::new(),
+            docker_config: None,
+            extra_ca: None,
+            max_cache_bytes: None,
+            tag_ttl_secs: 30,
+            stale_window_secs: 6 * 3600,
+        }
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The YAML does not parse or has unknown keys.
+    #[error("gateway config: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("gateway config: {0}")]
+    Invalid(String),
+}
+
+impl GatewayConfig {
+    /// Parses a YAML document.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Parses a `HOST=URL` flag value into the registries map.
+    pub fn add_registry_flag(&mut self, flag: &str) -> Result<(), ConfigError> {
+        let (host, url) = flag
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("--registry {flag:?} must be HOST=URL")))?;
+        self.registries
+            .insert(host.trim().to_owned(), url.trim().to_owned());
+        Ok(())
+    }
+
+    /// Checks ranges and required values after all overlays.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.upstream.is_none() && self.registries.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no upstream registry: set --upstream or registries".into(),
+            ));
+        }
+        if self.stale_window_secs < self.tag_ttl_secs {
+            return Err(ConfigError::Invalid(
+                "stale_window_secs must be at least tag_ttl_secs".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_with_defaults_and_unknown_keys() {
+        let c = GatewayConfig::from_yaml("data_dir: /tmp/x\nupstream: http://127.0.0.1:5000\n")
+            .unwrap();
+        assert_eq!(c.tag_ttl_secs, 30);
+        c.validate().unwrap();
+        assert!(GatewayConfig::from_yaml("data_dri: /tmp/x\n").is_err());
+        assert!(GatewayConfig::default().validate().is_err());
+        let mut c = GatewayConfig::default();
+        c.add_registry_flag("127.0.0.1:5000=http://127.0.0.1:5000")
+            .unwrap();
+        assert!(c.add_registry_flag("nohost").is_err());
+        c.validate().unwrap();
+    }
+}

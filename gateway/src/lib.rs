@@ -1,0 +1,27 @@
+//! The Customs gateway: the seed peer and policy gate.
+//!
+//! It is the only component that talks to upstream registries. Every
+//! manifest passes its admission point before a byte is served, every blob
+//! is checked against its digest before it is stored, and credentials for
+//! upstreams never leave it.
+//!
+//! Layout:
+//! - [`credentials`]: docker `config.json` credentials, redacted in logs.
+//! - [`upstream`]: one oci-client per upstream registry, as a mirror [`Source`].
+//! - [`audit`]: the durable JSON-lines audit log.
+//! - [`admission`]: the admission point (allow-all until policies land).
+//! - [`config`]: the gateway's configuration.
+//! - [`server`]: wiring and the `run` entry point.
+//!
+//! [`Source`]: customs_mirror::Source
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod audit;
+pub mod config;
+pub mod credentials;
+pub mod server;
+pub mod upstream;
+
+pub use config::GatewayConfig;
+pub use server::{Gateway, GatewayError};

@@ -1,0 +1,55 @@
+//! The admission point: one function every manifest digest passes before
+//! any of its bytes are served.
+
+use customs_protocol::{Digest, ImageName, ManifestRefs};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Serve it.
+    Allow,
+    /// Refuse it with an OCI `DENIED` error.
+    Deny,
+}
+
+/// A decision and why it was made. Persisted per (image, digest), so a
+/// restart keeps serving what was admitted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decision {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// The policy mode that produced it (`enforce`, `warn`, `audit`).
+    pub mode: String,
+    /// Human-readable reasons, one per rule that mattered.
+    pub reasons: Vec<String>,
+    /// The policy revision (e.g. a Git commit) the decision was made under.
+    pub revision: String,
+}
+
+/// What admission sees of a manifest.
+#[derive(Debug)]
+pub struct AdmissionRequest<'a> {
+    /// The image, by its real registry and repository.
+    pub image: &'a ImageName,
+    /// The manifest digest (verified against the bytes).
+    pub digest: &'a Digest,
+    /// The manifest's references.
+    pub manifest: &'a ManifestRefs,
+    /// The exact bytes.
+    pub bytes: &'a [u8],
+    /// The admitted index that lists this manifest, if any.
+    pub parent_index: Option<&'a Digest>,
+}
+
+/// Decides whether a manifest may be served.
+pub trait Admission: Send + Sync + 'static {
+    /// The revision decisions are currently made under; a cached decision
+    /// from another revision is not reused.
+    fn revision(&self) -> String;
+
+    /// Decides, and records the decision (audit) as a side effect.
+    fn admit(&self, req: AdmissionRequest<'_>) -> impl Future<Output = Decision> + Send;
+}

@@ -1,0 +1,402 @@
+//! Manifest resolution, admission, blob bindings and blob serving.
+
+use crate::admission::{Admission, AdmissionRequest, Decision, Verdict};
+use crate::error::MirrorError;
+use crate::range::ByteRange;
+use crate::source::{FetchedManifest, Source};
+use bytes::Bytes;
+use customs_protocol::{Digest, ImageName, ManifestRefs, Reference};
+use customs_store::inflight::ByteStream;
+use customs_store::{BlobStore, FetchFailureKind, Table};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a mirror does with a blob request no local manifest binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnboundBlobs {
+    /// Answer `BLOB_UNKNOWN` (the gateway: it is the enforcement point).
+    Refuse,
+    /// Ask the source, which enforces bindings itself (the peer).
+    AskSource,
+}
+
+/// Timing knobs.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// How long a tag resolution is reused without asking the source.
+    pub tag_ttl: Duration,
+    /// How long a cached tag keeps being served while the source is down.
+    pub stale_window: Duration,
+    /// How long a denial is reused before admission runs again.
+    pub deny_ttl: Duration,
+    /// See [`UnboundBlobs`].
+    pub unbound_blobs: UnboundBlobs,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            tag_ttl: Duration::from_secs(30),
+            stale_window: Duration::from_secs(6 * 3600),
+            deny_ttl: Duration::from_secs(30),
+            unbound_blobs: UnboundBlobs::Refuse,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TagRecord {
+    digest: Digest,
+    fetched_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ManifestMeta {
+    media_type: String,
+}
+
+/// A binding of content to a repository, written when a manifest of that
+/// repository is admitted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Binding {
+    size: u64,
+    /// For index children: the admitted index that listed it.
+    parent_index: Option<Digest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AdmissionRecord {
+    decision: Decision,
+    decided_at: u64,
+}
+
+/// A manifest ready to serve.
+#[derive(Debug, Clone)]
+pub struct ServedManifest {
+    /// Exact bytes.
+    pub bytes: Bytes,
+    /// Verified digest.
+    pub digest: Digest,
+    /// Content-Type to send.
+    pub media_type: String,
+}
+
+/// A blob response: its full size, the range served and the body.
+pub struct BlobBody {
+    /// Full blob size.
+    pub size: u64,
+    /// The range served, when a Range header asked for one.
+    pub range: Option<ByteRange>,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn key(image: &ImageName, suffix: &str) -> String {
+    format!("{image}{suffix}")
+}
+
+/// A pull-through mirror over a [`Source`], gated by an [`Admission`].
+pub struct Mirror<S, A> {
+    store: Arc<BlobStore>,
+    source: Arc<S>,
+    admission: Arc<A>,
+    cfg: MirrorConfig,
+}
+
+impl<S: Source, A: Admission> Mirror<S, A> {
+    /// Builds a mirror.
+    pub fn new(
+        store: Arc<BlobStore>,
+        source: Arc<S>,
+        admission: Arc<A>,
+        cfg: MirrorConfig,
+    ) -> Self {
+        Mirror {
+            store,
+            source,
+            admission,
+            cfg,
+        }
+    }
+
+    /// The store (for gc and status).
+    pub fn store(&self) -> &Arc<BlobStore> {
+        &self.store
+    }
+
+    /// Resolves, verifies and admits a manifest.
+    pub async fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &Reference,
+    ) -> Result<ServedManifest, MirrorError> {
+        let (digest, fetched) = match reference {
+            Reference::Digest(d) => (d.clone(), None),
+            Reference::Tag(tag) => self.resolve_tag(image, tag.as_str()).await?,
+        };
+        let (bytes, declared_type) = match fetched {
+            Some(f) => f,
+            None => self.manifest_by_digest(image, &digest).await?,
+        };
+        let refs = ManifestRefs::parse(&bytes, declared_type.as_deref())
+            .map_err(|e| MirrorError::ManifestInvalid(e.to_string()))?;
+        self.admit(image, &digest, &refs, &bytes).await?;
+        Ok(ServedManifest {
+            bytes,
+            digest,
+            media_type: refs.media_type,
+        })
+    }
+
+    /// Tag → digest, through the cache within its TTL, the source otherwise,
+    /// and the cache again within the stale window when the source is down.
+    async fn resolve_tag(
+        &self,
+        image: &ImageName,
+        tag: &str,
+    ) -> Result<(Digest, Option<(Bytes, Option<String>)>), MirrorError> {
+        let tag_key = key(image, &format!(":{tag}"));
+        let cached: Option<TagRecord> = self
+            .store
+            .index()
+            .get(Table::Tags, &tag_key)
+            .map_err(customs_store::StoreError::from)?;
+        let now = now_secs();
+        if let Some(c) = &cached
+            && now.saturating_sub(c.fetched_at) < self.cfg.tag_ttl.as_secs()
+        {
+            return Ok((c.digest.clone(), None));
+        }
+        let reference = Reference::Tag(tag.parse()?);
+        match self.source.manifest(image, &reference).await {
+            Ok(m) => {
+                let (digest, bytes, media_type) = self.verify_and_store(m, None).await?;
+                let rec = TagRecord {
+                    digest: digest.clone(),
+                    fetched_at: now,
+                };
+                self.store
+                    .blocking_index(move |idx| idx.put(Table::Tags, &tag_key, &rec))
+                    .await?;
+                Ok((digest, Some((bytes, media_type))))
+            }
+            Err(f) if f.kind == FetchFailureKind::NotFound => Err(MirrorError::ManifestUnknown(
+                format!("{image}:{tag}: {}", f.message),
+            )),
+            Err(f) => match cached {
+                Some(c) if now.saturating_sub(c.fetched_at) < self.cfg.stale_window.as_secs() => {
+                    tracing::warn!(%image, tag, error = %f, digest = %c.digest, "source unavailable; serving cached tag");
+                    Ok((c.digest, None))
+                }
+                _ => Err(MirrorError::Source(f)),
+            },
+        }
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<(Bytes, Option<String>), MirrorError> {
+        if let Some(mut r) = self.store.open_blob(digest).await? {
+            if r.size > customs_protocol::MAX_MANIFEST_BYTES as u64 {
+                return Err(MirrorError::ManifestInvalid(format!(
+                    "{digest} is not a manifest"
+                )));
+            }
+            let mut buf = Vec::with_capacity(r.size as usize);
+            tokio::io::AsyncReadExt::read_to_end(&mut r.file, &mut buf)
+                .await
+                .map_err(customs_store::StoreError::from)?;
+            let meta: Option<ManifestMeta> = self
+                .store
+                .index()
+                .get(Table::Manifests, &digest.to_string())
+                .map_err(customs_store::StoreError::from)?;
+            return Ok((Bytes::from(buf), meta.map(|m| m.media_type)));
+        }
+        let m = self
+            .source
+            .manifest(image, &Reference::Digest(digest.clone()))
+            .await
+            .map_err(|f| match f.kind {
+                FetchFailureKind::NotFound => {
+                    MirrorError::ManifestUnknown(format!("{image}@{digest}: {}", f.message))
+                }
+                _ => MirrorError::Source(f),
+            })?;
+        let (_, bytes, media_type) = self.verify_and_store(m, Some(digest)).await?;
+        Ok((bytes, media_type))
+    }
+
+    /// Checks a fetched manifest's size and digest (against the requested
+    /// digest and the declared one), then stores it.
+    async fn verify_and_store(
+        &self,
+        m: FetchedManifest,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, Bytes, Option<String>), MirrorError> {
+        if m.bytes.len() > customs_protocol::MAX_MANIFEST_BYTES {
+            return Err(MirrorError::ManifestInvalid(format!(
+                "manifest is {} bytes, over the 4 MiB limit",
+                m.bytes.len()
+            )));
+        }
+        let actual = Digest::of(&m.bytes);
+        for want in expected.into_iter().chain(m.declared_digest.as_ref()) {
+            if *want != actual {
+                return Err(MirrorError::ManifestInvalid(format!(
+                    "manifest hashes to {actual}, not {want}"
+                )));
+            }
+        }
+        self.store.put_verified_bytes(&actual, &m.bytes).await?;
+        if let Some(mt) = &m.media_type {
+            let k = actual.to_string();
+            let rec = ManifestMeta {
+                media_type: mt.clone(),
+            };
+            self.store
+                .blocking_index(move |idx| idx.put(Table::Manifests, &k, &rec))
+                .await?;
+        }
+        Ok((actual, m.bytes, m.media_type))
+    }
+
+    /// Runs (or reuses) admission; on allow, binds the manifest's blobs and
+    /// children to the repository.
+    async fn admit(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        refs: &ManifestRefs,
+        bytes: &[u8],
+    ) -> Result<(), MirrorError> {
+        let adm_key = key(image, &format!("@{digest}"));
+        let revision = self.admission.revision();
+        let cached: Option<AdmissionRecord> = self
+            .store
+            .index()
+            .get(Table::Admissions, &adm_key)
+            .map_err(customs_store::StoreError::from)?;
+        if let Some(rec) = &cached
+            && rec.decision.revision == revision
+        {
+            match rec.decision.verdict {
+                Verdict::Allow => return Ok(()),
+                Verdict::Deny
+                    if now_secs().saturating_sub(rec.decided_at) < self.cfg.deny_ttl.as_secs() =>
+                {
+                    return Err(MirrorError::Denied(rec.decision.reasons.join("; ")));
+                }
+                Verdict::Deny => {}
+            }
+        }
+        let binding: Option<Binding> = self
+            .store
+            .index()
+            .get(Table::Bindings, &adm_key)
+            .map_err(customs_store::StoreError::from)?;
+        let parent = binding.and_then(|b| b.parent_index);
+        let decision = self
+            .admission
+            .admit(AdmissionRequest {
+                image,
+                digest,
+                manifest: refs,
+                bytes,
+                parent_index: parent.as_ref(),
+            })
+            .await;
+        let verdict = decision.verdict;
+        let reasons = decision.reasons.join("; ");
+        let record = AdmissionRecord {
+            decision,
+            decided_at: now_secs(),
+        };
+        let mut bindings: Vec<(String, Binding)> = Vec::new();
+        if verdict == Verdict::Allow {
+            bindings.extend(refs.blobs.iter().map(|b| {
+                (
+                    key(image, &format!("@{}", b.digest)),
+                    Binding {
+                        size: b.size,
+                        parent_index: None,
+                    },
+                )
+            }));
+            bindings.extend(refs.children.iter().map(|c| {
+                (
+                    key(image, &format!("@{}", c.digest)),
+                    Binding {
+                        size: c.size,
+                        parent_index: Some(digest.clone()),
+                    },
+                )
+            }));
+        }
+        // Bindings first, then the decision: a crash in between leaves a
+        // manifest that is re-admitted, never a decision without bindings.
+        self.store
+            .blocking_index(move |idx| {
+                idx.put_many(Table::Bindings, &bindings)?;
+                idx.put(Table::Admissions, &adm_key, &record)
+            })
+            .await?;
+        match verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny => Err(MirrorError::Denied(reasons)),
+        }
+    }
+
+    /// The size of a blob as bound to this repository, or the refusal.
+    pub async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, MirrorError> {
+        let k = key(image, &format!("@{digest}"));
+        let binding: Option<Binding> = self
+            .store
+            .index()
+            .get(Table::Bindings, &k)
+            .map_err(customs_store::StoreError::from)?;
+        match (binding, self.cfg.unbound_blobs) {
+            (Some(b), _) => Ok(b.size),
+            (None, UnboundBlobs::Refuse) => Err(MirrorError::BlobUnknown(format!(
+                "{digest} is not referenced by an admitted manifest of {image}"
+            ))),
+            (None, UnboundBlobs::AskSource) => self
+                .source
+                .blob_size(image, digest)
+                .await
+                .map_err(MirrorError::for_blob),
+        }
+    }
+
+    /// Serves a blob (or a range of it), fetching it once on a miss.
+    pub async fn blob(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        range_header: Option<&str>,
+    ) -> Result<BlobBody, MirrorError> {
+        let size = self.blob_size(image, digest).await?;
+        let range = crate::range::parse(range_header, size).map_err(MirrorError::Range)?;
+        let start = range.map_or(0, |r| r.start);
+        let mut reader =
+            self.store
+                .fetch_or_join(digest, size, start, self.source.blob(image, digest))?;
+        reader.started().await.map_err(MirrorError::for_blob)?;
+        let end = range.map_or(size, |r| r.end);
+        Ok(BlobBody {
+            size,
+            range,
+            body: reader.into_stream_until(end),
+        })
+    }
+}

@@ -1,0 +1,49 @@
+//! Where a mirror gets content it does not have.
+
+use bytes::Bytes;
+use customs_protocol::{Digest, ImageName, Reference};
+use customs_store::FetchFailure;
+use customs_store::inflight::ByteStream;
+use std::future::Future;
+
+/// A manifest as the source sent it. The bytes are kept exactly: any
+/// re-serialisation would change the digest.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The body, byte for byte.
+    pub bytes: Bytes,
+    /// The `Content-Type` the source declared, if any.
+    pub media_type: Option<String>,
+    /// The `Docker-Content-Digest` the source declared, if any. Checked
+    /// against the bytes by the mirror, never trusted on its own.
+    pub declared_digest: Option<Digest>,
+}
+
+/// The next hop: upstream registries for the gateway, the gateway (and
+/// later the swarm) for a peer.
+pub trait Source: Send + Sync + 'static {
+    /// Fetches a manifest by tag or digest.
+    fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &Reference,
+    ) -> impl Future<Output = Result<FetchedManifest, FetchFailure>> + Send;
+
+    /// Opens a blob stream. The returned future is detached from the request
+    /// (it runs in the single-flight task), so it owns what it needs.
+    fn blob(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static;
+
+    /// The size of a blob that no local manifest binds, when the source is
+    /// itself an enforcing mirror that can be asked (the peer asks the
+    /// gateway). Upstream registries are never asked: the gateway refuses
+    /// unbound blobs instead.
+    fn blob_size(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<u64, FetchFailure>> + Send;
+}

@@ -1,0 +1,21 @@
+//! Wire-level domain types that every Customs component agrees on.
+//!
+//! Layout:
+//! - [`digest`]: the `Digest` newtype (`sha256:<hex>`) and a streaming hasher.
+//! - [`name`]: registry hosts, repository names, tags and references, each
+//!   parsed once at the edge and carried in checked form afterwards.
+//! - [`manifest`]: what an OCI/docker manifest or index references, which is
+//!   what admission binds blobs to.
+//! - [`oci_error`]: the OCI distribution error codes, so every component maps
+//!   its failures to the same wire errors.
+#![forbid(unsafe_code)]
+
+pub mod digest;
+pub mod manifest;
+pub mod name;
+pub mod oci_error;
+
+pub use digest::{Digest, DigestError, Sha256Hasher};
+pub use manifest::{MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestRefs};
+pub use name::{ImageName, NameError, Reference, RegistryHost, Repository, Tag};
+pub use oci_error::OciErrorCode;

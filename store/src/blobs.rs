@@ -1,0 +1,361 @@
+//! Blob files on disk, their metadata, reads with pins, and LRU eviction.
+
+use crate::StoreError;
+use crate::index::{Index, Table};
+use crate::inflight::{self, Inflight, TailReader};
+use customs_protocol::Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How a store is laid out and bounded.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Root folder; `blobs/`, `tmp/` and `index.redb` live under it.
+    pub root: PathBuf,
+    /// Size limit for stored blobs; least-recently-used blobs are evicted
+    /// beyond it. `u64::MAX` disables eviction.
+    pub max_bytes: u64,
+}
+
+/// What the index records per stored blob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobMeta {
+    /// Size in bytes (verified when stored).
+    pub size: u64,
+    /// Unix seconds of the last read, for LRU eviction.
+    pub last_access: u64,
+}
+
+/// What a garbage collection run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs removed.
+    pub evicted: usize,
+    /// Bytes freed.
+    pub freed: u64,
+    /// Bytes still stored.
+    pub remaining: u64,
+    /// Blobs skipped because they were being served or fetched.
+    pub skipped_in_use: usize,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Access times are written back at most this often per blob, so a hot blob
+/// does not turn every read into a durable index write.
+const ACCESS_WRITE_INTERVAL_SECS: u64 = 60;
+
+/// The blob store. Shared through `Arc`.
+pub struct BlobStore {
+    cfg: StoreConfig,
+    index: Index,
+    /// Blobs with open readers: never evicted while the count is non-zero.
+    pins: Arc<Mutex<HashMap<Digest, usize>>>,
+    /// Fetches in progress, one per digest.
+    pub(crate) inflight: Mutex<HashMap<Digest, Arc<Inflight>>>,
+    /// Serialises eviction so two runs do not race over the same files.
+    gc_lock: tokio::sync::Mutex<()>,
+}
+
+/// Holds a blob against eviction for as long as it lives.
+pub struct Pin {
+    pins: Arc<Mutex<HashMap<Digest, usize>>>,
+    digest: Digest,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pins.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.digest);
+            }
+        }
+    }
+}
+
+/// An open stored blob: the file, its verified size, and a pin.
+pub struct BlobReader {
+    /// The open file (positioned at 0).
+    pub file: tokio::fs::File,
+    /// Its size.
+    pub size: u64,
+    /// Keeps the blob from being evicted while it is read.
+    pub pin: Pin,
+}
+
+impl BlobStore {
+    /// Opens the store, creating its folders and discarding temp files left
+    /// by a crash (they were never verified, so they are never kept).
+    pub fn open(cfg: StoreConfig) -> Result<Arc<Self>, StoreError> {
+        std::fs::create_dir_all(cfg.root.join("blobs/sha256"))?;
+        let tmp = cfg.root.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let index = Index::open(&cfg.root.join("index.redb"))?;
+        Ok(Arc::new(BlobStore {
+            cfg,
+            index,
+            pins: Arc::default(),
+            inflight: Mutex::default(),
+            gc_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The index, for the tables other layers keep (tags, bindings, admissions).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.cfg.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.cfg.root.join("tmp")
+    }
+
+    pub(crate) fn pin(&self, d: &Digest) -> Pin {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        *pins.entry(d.clone()).or_insert(0) += 1;
+        Pin {
+            pins: self.pins.clone(),
+            digest: d.clone(),
+        }
+    }
+
+    /// Metadata of a stored blob, if present.
+    pub fn meta(&self, d: &Digest) -> Result<Option<BlobMeta>, StoreError> {
+        Ok(self.index.get(Table::Blobs, &d.to_string())?)
+    }
+
+    /// Opens a stored blob for reading, pinning it. `None` when absent.
+    pub async fn open_blob(&self, d: &Digest) -> Result<Option<BlobReader>, StoreError> {
+        let pin = self.pin(d);
+        let Some(meta) = self.meta(d)? else {
+            return Ok(None);
+        };
+        let file = match tokio::fs::File::open(self.blob_path(d)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let now = now_secs();
+        if now.saturating_sub(meta.last_access) >= ACCESS_WRITE_INTERVAL_SECS {
+            let key = d.to_string();
+            let rec = BlobMeta {
+                size: meta.size,
+                last_access: now,
+            };
+            self.blocking_index(move |idx| idx.put(Table::Blobs, &key, &rec))
+                .await?;
+        }
+        Ok(Some(BlobReader {
+            file,
+            size: meta.size,
+            pin,
+        }))
+    }
+
+    /// Stores small content already in memory (manifests), after checking
+    /// its digest.
+    pub async fn put_verified_bytes(&self, d: &Digest, bytes: &[u8]) -> Result<bool, StoreError> {
+        if Digest::of(bytes) != *d {
+            return Ok(false);
+        }
+        if self.meta(d)?.is_some() {
+            return Ok(true);
+        }
+        let tmp = self.tmp_dir().join(format!("{}.put", d.hex()));
+        tokio::fs::write(&tmp, bytes).await?;
+        self.commit_file(d, &tmp, bytes.len() as u64).await?;
+        Ok(true)
+    }
+
+    /// Moves a verified temp file into place and records it; then enforces
+    /// the size limit.
+    pub(crate) async fn commit_file(
+        &self,
+        d: &Digest,
+        tmp: &Path,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let f = tokio::fs::File::open(tmp).await?;
+        f.sync_all().await?;
+        tokio::fs::rename(tmp, self.blob_path(d)).await?;
+        let key = d.to_string();
+        let rec = BlobMeta {
+            size,
+            last_access: now_secs(),
+        };
+        self.blocking_index(move |idx| idx.put(Table::Blobs, &key, &rec))
+            .await?;
+        if self.cfg.max_bytes != u64::MAX {
+            self.gc(self.cfg.max_bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs an index operation off the async workers (redb commits fsync).
+    pub async fn blocking_index<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Index) -> Result<T, crate::IndexError> + Send + 'static,
+    {
+        let idx = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&idx))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(StoreError::from)
+    }
+
+    /// Bytes currently stored.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .index
+            .scan::<BlobMeta>(Table::Blobs)?
+            .iter()
+            .map(|(_, m)| m.size)
+            .sum())
+    }
+
+    /// Evicts least-recently-used blobs until at most `target` bytes remain,
+    /// skipping blobs that are pinned by a reader or being fetched.
+    pub async fn gc(&self, target: u64) -> Result<GcReport, StoreError> {
+        let _guard = self.gc_lock.lock().await;
+        let mut blobs = self.index.scan::<BlobMeta>(Table::Blobs)?;
+        let mut used: u64 = blobs.iter().map(|(_, m)| m.size).sum();
+        let mut report = GcReport::default();
+        blobs.sort_by_key(|(_, m)| m.last_access);
+        let mut removed = Vec::new();
+        for (key, meta) in blobs {
+            if used <= target {
+                break;
+            }
+            let Ok(d) = key.parse::<Digest>() else {
+                continue;
+            };
+            let busy = {
+                let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+                let infl = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                pins.contains_key(&d) || infl.contains_key(&d)
+            };
+            if busy {
+                report.skipped_in_use += 1;
+                continue;
+            }
+            match tokio::fs::remove_file(self.blob_path(&d)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            used -= meta.size;
+            report.evicted += 1;
+            report.freed += meta.size;
+            removed.push(key);
+        }
+        if !removed.is_empty() {
+            tracing::info!(
+                evicted = report.evicted,
+                freed = report.freed,
+                "evicted least-recently-used blobs"
+            );
+            self.blocking_index(move |idx| idx.remove_many(Table::Blobs, &removed))
+                .await?;
+        }
+        report.remaining = used;
+        Ok(report)
+    }
+
+    /// Starts (or joins) the single fetch of a blob and returns a reader that
+    /// streams it from `offset` as it arrives. See [`inflight`].
+    pub fn fetch_or_join<F>(
+        self: &Arc<Self>,
+        digest: &Digest,
+        size: u64,
+        offset: u64,
+        open: F,
+    ) -> Result<TailReader, StoreError>
+    where
+        F: std::future::Future<Output = Result<inflight::ByteStream, crate::FetchFailure>>
+            + Send
+            + 'static,
+    {
+        inflight::fetch_or_join(self, digest, size, offset, open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, max: u64) -> Arc<BlobStore> {
+        BlobStore::open(StoreConfig {
+            root: dir.to_path_buf(),
+            max_bytes: max,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_rejects_wrong_digest_and_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), u64::MAX);
+        let d = Digest::of(b"hello");
+        assert!(!s.put_verified_bytes(&d, b"HELLO").await.unwrap());
+        assert!(s.open_blob(&d).await.unwrap().is_none());
+        assert!(s.put_verified_bytes(&d, b"hello").await.unwrap());
+        assert_eq!(s.open_blob(&d).await.unwrap().unwrap().size, 5);
+    }
+
+    #[tokio::test]
+    async fn lru_eviction_skips_pinned_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), u64::MAX);
+        let a = Digest::of(b"aaaa");
+        let b = Digest::of(b"bbbb");
+        s.put_verified_bytes(&a, b"aaaa").await.unwrap();
+        s.put_verified_bytes(&b, b"bbbb").await.unwrap();
+        // `a` is the oldest but is being read: it must survive.
+        s.index()
+            .put(
+                Table::Blobs,
+                &a.to_string(),
+                &BlobMeta {
+                    size: 4,
+                    last_access: 1,
+                },
+            )
+            .unwrap();
+        let reader = s.open_blob(&a).await.unwrap().unwrap();
+        let r = s.gc(4).await.unwrap();
+        assert_eq!(r.skipped_in_use, 1);
+        assert_eq!(r.evicted, 1);
+        assert!(s.meta(&b).unwrap().is_none());
+        drop(reader);
+        let r = s.gc(0).await.unwrap();
+        assert_eq!(r.evicted, 1);
+        assert_eq!(r.remaining, 0);
+        assert!(s.open_blob(&a).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn leftover_temp_files_are_discarded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store(dir.path(), u64::MAX));
+        std::fs::write(dir.path().join("tmp/partial"), b"x").unwrap();
+        drop(store(dir.path(), u64::MAX));
+        assert!(!dir.path().join("tmp/partial").exists());
+    }
+}

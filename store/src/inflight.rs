@@ -1,0 +1,374 @@
+//! Single-flight fetches with streaming readers.
+//!
+//! The first miss on a blob spawns one fetch task that writes the source's
+//! bytes to a temp file while hashing them; every client that misses on the
+//! same blob meanwhile (including the first) reads that file through a
+//! positional-read handle, following the writer as it grows. So the source
+//! sees one transfer per blob however many clients ask at once, and no client
+//! waits for the whole blob before its first byte.
+//!
+//! Readers never see the final [`HOLDBACK`] bytes until the whole blob's
+//! sha256 matched: a cold stream is never a complete unverified blob. On a
+//! mismatch readers get an error (the HTTP layer aborts the response, so the
+//! client's own length/digest check fails) and nothing is stored.
+//!
+//! The fetch task is detached from the requests: a client that disconnects
+//! does not cancel the transfer the others are waiting on.
+
+use crate::StoreError;
+use crate::blobs::{BlobStore, Pin};
+use bytes::Bytes;
+use customs_protocol::{Digest, Sha256Hasher};
+use futures_util::{Stream, StreamExt};
+use std::fmt;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+/// Bytes withheld from cold-stream readers until the digest matched.
+pub const HOLDBACK: u64 = 4096;
+/// How much the fetch task buffers before each disk write.
+const WRITE_BATCH: usize = 256 * 1024;
+/// How much a reader pulls from disk per step.
+const READ_CHUNK: u64 = 256 * 1024;
+
+/// A stream of body bytes from a source or to a client.
+pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// The class of a failed fetch, so the HTTP edge can pick the right OCI error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchFailureKind {
+    /// The source does not have the blob.
+    NotFound,
+    /// The source refused our credentials.
+    Unauthorized,
+    /// The source denied access (e.g. the gateway's policy).
+    Denied,
+    /// The source rate-limited us.
+    TooManyRequests,
+    /// The source could not be reached or broke off.
+    Unavailable,
+    /// The bytes did not hash to the digest.
+    DigestMismatch,
+    /// The source sent more or fewer bytes than the descriptor's size.
+    SizeMismatch,
+    /// Local disk trouble.
+    Io,
+}
+
+/// Why a fetch failed, with a message safe to show a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFailure {
+    /// The class.
+    pub kind: FetchFailureKind,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl FetchFailure {
+    /// Builds a failure.
+    pub fn new(kind: FetchFailureKind, message: impl Into<String>) -> Self {
+        FetchFailure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for FetchFailure {}
+
+#[derive(Debug, Clone)]
+enum State {
+    Opening,
+    Running,
+    Verified,
+    Failed(FetchFailure),
+}
+
+#[derive(Debug, Clone)]
+struct Progress {
+    written: u64,
+    state: State,
+}
+
+/// One fetch in progress.
+pub(crate) struct Inflight {
+    file: Arc<std::fs::File>,
+    tx: watch::Sender<Progress>,
+}
+
+/// A client's view of a blob: stored or still arriving.
+pub struct TailReader {
+    file: Arc<std::fs::File>,
+    rx: watch::Receiver<Progress>,
+    size: u64,
+    pos: u64,
+    _pin: Pin,
+}
+
+impl TailReader {
+    /// Waits until the source answered: `Ok` once bytes flow (or the blob is
+    /// already stored), the failure if the source refused. Lets the HTTP
+    /// layer turn an upstream 404 into a 404 instead of a broken 200.
+    pub async fn started(&mut self) -> Result<(), FetchFailure> {
+        loop {
+            match &self.rx.borrow_and_update().state {
+                State::Opening => {}
+                State::Failed(f) => return Err(f.clone()),
+                State::Running | State::Verified => return Ok(()),
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(FetchFailure::new(
+                    FetchFailureKind::Io,
+                    "fetch task ended without a result",
+                ));
+            }
+        }
+    }
+
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Turns the reader into a body stream from its offset to the end.
+    pub fn into_stream(self) -> ByteStream {
+        self.into_stream_until(u64::MAX)
+    }
+
+    /// Turns the reader into a body stream that ends at `end` (exclusive).
+    pub fn into_stream_until(self, end: u64) -> ByteStream {
+        let end = end.min(self.size);
+        Box::pin(futures_util::stream::unfold(
+            self,
+            move |mut r| async move {
+                match r.next_chunk(end).await {
+                    Ok(Some(b)) => Some((Ok(b), r)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        // End the stream after the error.
+                        r.pos = u64::MAX;
+                        Some((Err(e), r))
+                    }
+                }
+            },
+        ))
+    }
+
+    async fn next_chunk(&mut self, end: u64) -> Result<Option<Bytes>, std::io::Error> {
+        if self.pos >= end {
+            return Ok(None);
+        }
+        loop {
+            let (readable, failed) = {
+                let p = self.rx.borrow_and_update();
+                match &p.state {
+                    State::Verified => (self.size, None),
+                    State::Failed(f) => (0, Some(f.clone())),
+                    State::Opening | State::Running => {
+                        (p.written.min(self.size.saturating_sub(HOLDBACK)), None)
+                    }
+                }
+            };
+            if let Some(f) = failed {
+                return Err(std::io::Error::other(f));
+            }
+            if self.pos < readable.min(end) {
+                let len = (readable.min(end) - self.pos).min(READ_CHUNK) as usize;
+                let file = self.file.clone();
+                let pos = self.pos;
+                let buf = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, pos).map(|()| buf)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                self.pos += len as u64;
+                return Ok(Some(Bytes::from(buf)));
+            }
+            if self.rx.changed().await.is_err() {
+                // The writer is gone; re-check the final state once more.
+                let p = self.rx.borrow();
+                if !matches!(p.state, State::Verified) || self.pos >= end {
+                    return Err(std::io::Error::other("blob fetch ended unexpectedly"));
+                }
+            }
+        }
+    }
+}
+
+/// A reader over an already stored blob.
+fn stored_reader(
+    store: &BlobStore,
+    digest: &Digest,
+    offset: u64,
+) -> Result<Option<TailReader>, StoreError> {
+    let pin = store.pin(digest);
+    let Some(meta) = store.meta(digest)? else {
+        return Ok(None);
+    };
+    let file = match std::fs::File::open(store.blob_path(digest)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let (_tx, rx) = watch::channel(Progress {
+        written: meta.size,
+        state: State::Verified,
+    });
+    Ok(Some(TailReader {
+        file: Arc::new(file),
+        rx,
+        size: meta.size,
+        pos: offset,
+        _pin: pin,
+    }))
+}
+
+pub(crate) fn fetch_or_join<F>(
+    store: &Arc<BlobStore>,
+    digest: &Digest,
+    size: u64,
+    offset: u64,
+    open: F,
+) -> Result<TailReader, StoreError>
+where
+    F: std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static,
+{
+    let mut map = store.inflight.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(inf) = map.get(digest) {
+        return Ok(TailReader {
+            file: inf.file.clone(),
+            rx: inf.tx.subscribe(),
+            size,
+            pos: offset,
+            _pin: store.pin(digest),
+        });
+    }
+    if let Some(r) = stored_reader(store, digest, offset)? {
+        return Ok(r);
+    }
+    let tmp = store.tmp_dir().join(format!("{}.part", digest.hex()));
+    let writer = std::fs::File::create(&tmp)?;
+    let reader = Arc::new(std::fs::File::open(&tmp)?);
+    let (tx, rx) = watch::channel(Progress {
+        written: 0,
+        state: State::Opening,
+    });
+    let inf = Arc::new(Inflight {
+        file: reader.clone(),
+        tx,
+    });
+    map.insert(digest.clone(), inf.clone());
+    drop(map);
+    let task_store = store.clone();
+    let task_digest = digest.clone();
+    tokio::spawn(async move {
+        let writer = tokio::fs::File::from_std(writer);
+        let result = run_fetch(&task_store, &inf, &task_digest, size, &tmp, writer, open).await;
+        match &result {
+            Ok(()) => {
+                tracing::debug!(digest = %task_digest, size, "blob fetched and verified");
+                inf.tx.send_modify(|p| p.state = State::Verified);
+            }
+            Err(f) => {
+                tracing::warn!(digest = %task_digest, error = %f, "blob fetch failed; nothing stored");
+                let _ = std::fs::remove_file(&tmp);
+                inf.tx.send_modify(|p| p.state = State::Failed(f.clone()));
+            }
+        }
+        task_store
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task_digest);
+    });
+    Ok(TailReader {
+        file: reader,
+        rx,
+        size,
+        pos: offset,
+        _pin: store.pin(digest),
+    })
+}
+
+async fn run_fetch<F>(
+    store: &Arc<BlobStore>,
+    inf: &Inflight,
+    digest: &Digest,
+    size: u64,
+    tmp: &std::path::Path,
+    mut writer: tokio::fs::File,
+    open: F,
+) -> Result<(), FetchFailure>
+where
+    F: std::future::Future<Output = Result<ByteStream, FetchFailure>>,
+{
+    let io =
+        |e: std::io::Error| FetchFailure::new(FetchFailureKind::Io, format!("local store: {e}"));
+    let mut stream = open.await?;
+    inf.tx.send_modify(|p| p.state = State::Running);
+    let mut hasher = Sha256Hasher::new();
+    // Source chunks are small (often 8-16 KiB); batching them bounds the
+    // number of disk round trips and reader wake-ups per blob.
+    let mut batch = bytes::BytesMut::with_capacity(WRITE_BATCH);
+    let mut ended = false;
+    while !ended {
+        match stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(|e| {
+                    FetchFailure::new(
+                        FetchFailureKind::Unavailable,
+                        format!("source broke off: {e}"),
+                    )
+                })?;
+                if hasher.len() + chunk.len() as u64 > size {
+                    return Err(FetchFailure::new(
+                        FetchFailureKind::SizeMismatch,
+                        format!("source sent more than the expected {size} bytes"),
+                    ));
+                }
+                hasher.update(&chunk);
+                batch.extend_from_slice(&chunk);
+            }
+            None => ended = true,
+        }
+        if batch.len() >= WRITE_BATCH || (ended && !batch.is_empty()) {
+            // tokio's File hands writes to a blocking thread; flush waits for
+            // them, so `written` never runs ahead of what readers can pread.
+            writer.write_all(&batch).await.map_err(io)?;
+            writer.flush().await.map_err(io)?;
+            batch.clear();
+            let written = hasher.len();
+            inf.tx.send_modify(|p| p.written = written);
+        }
+    }
+    if hasher.len() != size {
+        return Err(FetchFailure::new(
+            FetchFailureKind::SizeMismatch,
+            format!("source sent {} bytes, expected {size}", hasher.len()),
+        ));
+    }
+    let got = hasher.finish();
+    if got != *digest {
+        return Err(FetchFailure::new(
+            FetchFailureKind::DigestMismatch,
+            format!("content hashes to {got}, not {digest}"),
+        ));
+    }
+    drop(writer);
+    store
+        .commit_file(digest, tmp, size)
+        .await
+        .map_err(|e| FetchFailure::new(FetchFailureKind::Io, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

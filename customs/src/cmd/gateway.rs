@@ -1,0 +1,98 @@
+//! `customs gateway`.
+
+use crate::shutdown;
+use anyhow::Context;
+use clap::Args;
+use customs_gateway::{Gateway, GatewayConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Flags shared by `customs gateway` and `customs up`; each overrides the
+/// config file's value when given.
+#[derive(Args, Clone)]
+pub struct GatewayFlags {
+    /// YAML config file (flags override it).
+    #[arg(long, env = "CUSTOMS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (store, index, audit log).
+    #[arg(long, env = "CUSTOMS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The OCI endpoint (the pull-through path for nodes without a peer).
+    #[arg(long, env = "CUSTOMS_LISTEN", default_value = "127.0.0.1:5050")]
+    pub listen: SocketAddr,
+    /// Default upstream registry URL, used when a request carries no `ns`.
+    #[arg(long, env = "CUSTOMS_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Extra upstream: `HOST=URL` maps containerd's `ns=HOST` to URL. Repeatable.
+    #[arg(long = "registry", value_name = "HOST=URL")]
+    pub registries: Vec<String>,
+    /// docker config.json with upstream credentials.
+    #[arg(long, env = "CUSTOMS_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+    /// PEM file of extra CAs for upstream TLS.
+    #[arg(long)]
+    pub extra_ca: Option<PathBuf>,
+    /// Store size limit in bytes (LRU eviction beyond it).
+    #[arg(long)]
+    pub max_cache_bytes: Option<u64>,
+    /// Seconds a tag resolution is reused.
+    #[arg(long)]
+    pub tag_ttl_secs: Option<u64>,
+    /// Seconds a cached tag is served while the upstream is down.
+    #[arg(long)]
+    pub stale_window_secs: Option<u64>,
+}
+
+impl GatewayFlags {
+    /// Defaults, then the file, then flags.
+    pub fn config(&self) -> anyhow::Result<GatewayConfig> {
+        let mut cfg: GatewayConfig = super::load_yaml(self.config.as_deref())?;
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        if let Some(u) = &self.upstream {
+            cfg.upstream = Some(u.clone());
+        }
+        for r in &self.registries {
+            cfg.add_registry_flag(r)?;
+        }
+        if let Some(p) = &self.docker_config {
+            cfg.docker_config = Some(p.clone());
+        }
+        if let Some(p) = &self.extra_ca {
+            cfg.extra_ca = Some(p.clone());
+        }
+        if let Some(n) = self.max_cache_bytes {
+            cfg.max_cache_bytes = Some(n);
+        }
+        if let Some(n) = self.tag_ttl_secs {
+            cfg.tag_ttl_secs = n;
+        }
+        if let Some(n) = self.stale_window_secs {
+            cfg.stale_window_secs = n;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// `customs gateway` flags.
+#[derive(Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    flags: GatewayFlags,
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let cfg = args.flags.config()?;
+    let gw = Gateway::build(&cfg)?;
+    let listener = tokio::net::TcpListener::bind(args.flags.listen)
+        .await
+        .with_context(|| format!("binding {}", args.flags.listen))?;
+    let token = CancellationToken::new();
+    shutdown::on_signal(token.clone());
+    tracing::info!(gateway = %args.flags.listen, "customs gateway ready");
+    gw.serve(listener, token).await?;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Subcommands.
+
+mod containerd_config;
+mod gateway;
+mod gc;
+mod peer;
+mod scheduler;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+/// Customs: a peer-to-peer registry mirror that verifies before it distributes.
+#[derive(Parser)]
+#[command(name = "customs", version, about)]
+pub struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(long, global = true, env = "CUSTOMS_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway and the scheduler in one process on embedded storage.
+    Up(up::UpArgs),
+    /// Run the gateway (seed peer and policy gate) on its own.
+    Gateway(gateway::GatewayArgs),
+    /// Run a node peer on its own.
+    Peer(peer::PeerArgs),
+    /// Run the scheduler on its own.
+    Scheduler(scheduler::SchedulerArgs),
+    /// Write containerd hosts.toml files that route pulls through Customs.
+    ContainerdConfig(containerd_config::ContainerdConfigArgs),
+    /// Evict least-recently-used blobs from a stopped node's store.
+    Gc(gc::GcArgs),
+}
+
+/// Starts tracing; `RUST_LOG` filters (default `info`).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the chosen subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(a) => up::run(a).await,
+        Command::Gateway(a) => gateway::run(a).await,
+        Command::Peer(a) => peer::run(a).await,
+        Command::Scheduler(a) => scheduler::run(a).await,
+        Command::ContainerdConfig(a) => containerd_config::run(a),
+        Command::Gc(a) => gc::run(a).await,
+    }
+}
+
+/// Reads an optional YAML config file into `T` (defaults when absent).
+fn load_yaml<T: serde::de::DeserializeOwned + Default>(path: Option<&std::path::Path>) -> anyhow::Result<T> {
+    use anyhow::Context;
+    match path {
+        None => Ok(T::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+        }
+    }
+}

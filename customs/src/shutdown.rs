@@ -1,0 +1,25 @@
+//! Signal handling: SIGTERM or Ctrl-C cancels one token every task watches.
+
+use tokio_util::sync::CancellationToken;
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await
+                }
+            }
+        };
+        tokio::select! {
+            _ = term => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+        }
+        token.cancel();
+    });
+}

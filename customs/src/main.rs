@@ -11,7 +11,10 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse();
     cmd::init_tracing(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("customs: cannot start the runtime: {e}");

@@ -74,7 +74,7 @@ fn url_host(url: &str) -> Result<String, UpstreamError> {
     let bad = || UpstreamError::BadUrl(url.to_owned());
     let u = Url::parse(url).map_err(|_| bad())?;
     if !matches!(u.scheme(), "http" | "https")
-        || u.path().trim_end_matches('/') != ""
+        || !u.path().trim_end_matches('/').is_empty()
         || u.query().is_some()
     {
         return Err(bad());

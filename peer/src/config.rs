@@ -50,7 +50,9 @@ impl PeerConfig {
     pub fn validate(&self) -> Result<(), PeerConfigError> {
         match &self.gateway {
             Some(g) if g.starts_with("http://") || g.starts_with("https://") => Ok(()),
-            Some(g) => Err(PeerConfigError::Invalid(format!("gateway {g:?} must be an http(s) URL"))),
+            Some(g) => Err(PeerConfigError::Invalid(format!(
+                "gateway {g:?} must be an http(s) URL"
+            ))),
             None => Err(PeerConfigError::Invalid("no gateway: set --gateway".into())),
         }
     }

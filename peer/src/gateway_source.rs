@@ -51,20 +51,34 @@ fn unavailable(e: impl std::fmt::Display) -> FetchFailure {
 async fn relay_error(resp: reqwest::Response) -> FetchFailure {
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
-    let parsed: Option<(String, String)> = serde_json::from_slice::<serde_json::Value>(&body[..body.len().min(64 * 1024)])
-        .ok()
-        .and_then(|v| {
-            let e = v.get("errors")?.get(0)?;
-            Some((e.get("code")?.as_str()?.to_owned(), e.get("message")?.as_str().unwrap_or("").to_owned()))
-        });
+    let parsed: Option<(String, String)> =
+        serde_json::from_slice::<serde_json::Value>(&body[..body.len().min(64 * 1024)])
+            .ok()
+            .and_then(|v| {
+                let e = v.get("errors")?.get(0)?;
+                Some((
+                    e.get("code")?.as_str()?.to_owned(),
+                    e.get("message")?.as_str().unwrap_or("").to_owned(),
+                ))
+            });
     let code = parsed.as_ref().and_then(|(c, _)| OciErrorCode::parse(c));
-    let message = parsed.map(|(_, m)| m).unwrap_or_else(|| format!("gateway answered {status}"));
+    let message = parsed
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| format!("gateway answered {status}"));
     let kind = match (code, status) {
         (Some(OciErrorCode::Denied), _) => FetchFailureKind::Denied,
-        (Some(OciErrorCode::ManifestUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NameUnknown), _) | (_, StatusCode::NOT_FOUND) => {
-            FetchFailureKind::NotFound
+        (
+            Some(
+                OciErrorCode::ManifestUnknown
+                | OciErrorCode::BlobUnknown
+                | OciErrorCode::NameUnknown,
+            ),
+            _,
+        )
+        | (_, StatusCode::NOT_FOUND) => FetchFailureKind::NotFound,
+        (Some(OciErrorCode::Toomanyrequests), _) | (_, StatusCode::TOO_MANY_REQUESTS) => {
+            FetchFailureKind::TooManyRequests
         }
-        (Some(OciErrorCode::Toomanyrequests), _) | (_, StatusCode::TOO_MANY_REQUESTS) => FetchFailureKind::TooManyRequests,
         (Some(OciErrorCode::DigestInvalid), _) => FetchFailureKind::DigestMismatch,
         _ => FetchFailureKind::Unavailable,
     };
@@ -72,7 +86,11 @@ async fn relay_error(resp: reqwest::Response) -> FetchFailure {
 }
 
 impl Source for GatewaySource {
-    async fn manifest(&self, image: &ImageName, reference: &Reference) -> Result<FetchedManifest, FetchFailure> {
+    async fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, FetchFailure> {
         let resp = self
             .http
             .get(self.url(image, "manifests", &reference.to_string()))
@@ -83,16 +101,25 @@ impl Source for GatewaySource {
         if resp.status() != StatusCode::OK {
             return Err(relay_error(resp).await);
         }
-        let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let media_type = header("content-type");
-        let declared_digest = header("docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let declared_digest =
+            header("docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
         // Read at most the manifest limit, whatever Content-Length claims.
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(unavailable)?;
             if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                return Err(FetchFailure::new(FetchFailureKind::Unavailable, "gateway sent a manifest over 4 MiB"));
+                return Err(FetchFailure::new(
+                    FetchFailureKind::Unavailable,
+                    "gateway sent a manifest over 4 MiB",
+                ));
             }
             body.extend_from_slice(&chunk);
         }
@@ -103,7 +130,11 @@ impl Source for GatewaySource {
         })
     }
 
-    fn blob(&self, image: &ImageName, digest: &Digest) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
+    fn blob(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
         let req = self.http.get(self.url(image, "blobs", &digest.to_string()));
         async move {
             let resp = req.send().await.map_err(unavailable)?;

@@ -3,7 +3,9 @@
 use crate::config::{PeerConfig, PeerConfigError};
 use crate::gateway_source::GatewaySource;
 use customs_mirror::http::{RegistryResolver, router};
-use customs_mirror::{Admission, AdmissionRequest, Decision, Mirror, MirrorConfig, UnboundBlobs, Verdict};
+use customs_mirror::{
+    Admission, AdmissionRequest, Decision, Mirror, MirrorConfig, UnboundBlobs, Verdict,
+};
 use customs_protocol::RegistryHost;
 use customs_store::{BlobStore, StoreConfig, StoreError};
 use std::sync::Arc;
@@ -87,7 +89,11 @@ impl Peer {
     }
 
     /// Serves containerd's pull API on a bound listener until `shutdown`.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), PeerError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), PeerError> {
         let app = router(
             self.mirror.clone(),
             RegistryResolver {

@@ -21,7 +21,12 @@ pub async fn run(args: GcArgs) -> anyhow::Result<()> {
         root: args.data_dir.join("store"),
         max_bytes: u64::MAX,
     })
-    .with_context(|| format!("opening the store in {} (is the node still running?)", args.data_dir.display()))?;
+    .with_context(|| {
+        format!(
+            "opening the store in {} (is the node still running?)",
+            args.data_dir.display()
+        )
+    })?;
     let r = store.gc(args.max_bytes).await?;
     println!(
         "evicted {} blobs, freed {} bytes, {} bytes remain ({} in use, skipped)",

@@ -14,7 +14,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "customs", version, about)]
 pub struct Cli {
     /// Log format: `text` or `json`.
-    #[arg(long, global = true, env = "CUSTOMS_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTOMS_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -40,7 +45,9 @@ enum Command {
 pub fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -61,12 +68,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Reads an optional YAML config file into `T` (defaults when absent).
-fn load_yaml<T: serde::de::DeserializeOwned + Default>(path: Option<&std::path::Path>) -> anyhow::Result<T> {
+fn load_yaml<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<T> {
     use anyhow::Context;
     match path {
         None => Ok(T::default()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", p.display()))
         }
     }

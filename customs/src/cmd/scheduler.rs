@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Args)]
 pub struct SchedulerArgs {
     /// Address to serve on.
-    #[arg(long, env = "CUSTOMS_SCHEDULER_LISTEN", default_value = "127.0.0.1:5060")]
+    #[arg(
+        long,
+        env = "CUSTOMS_SCHEDULER_LISTEN",
+        default_value = "127.0.0.1:5060"
+    )]
     listen: SocketAddr,
 }
 

@@ -33,20 +33,29 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let sched_addr = sched_listener.local_addr()?;
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
-    let mut gw_task = tokio::spawn(gw.serve(gw_listener, token.clone()));
-    let mut sched_task = tokio::spawn(customs_scheduler::serve(sched_listener, token.clone()));
+    let gw_token = token.clone();
+    let mut gw_task = tokio::spawn(async move {
+        gw.serve(gw_listener, gw_token)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    let sched_token = token.clone();
+    let mut sched_task = tokio::spawn(async move {
+        customs_scheduler::serve(sched_listener, sched_token)
+            .await
+            .map_err(anyhow::Error::from)
+    });
     tracing::info!(gateway = %args.gateway.listen, scheduler = %sched_addr, data_dir = %cfg.data_dir.display(), "customs ready");
     // Supervise: when one part stops, stop the other and report the first error.
-    let first = tokio::select! {
-        r = &mut gw_task => r.map(|r| r.map_err(anyhow::Error::from)),
-        r = &mut sched_task => r.map(|r| r.map_err(anyhow::Error::from)),
+    let (first, rest) = tokio::select! {
+        r = &mut gw_task => (r, sched_task),
+        r = &mut sched_task => (r, gw_task),
     };
     token.cancel();
-    let drain = async {
-        let _ = gw_task.await;
-        let _ = sched_task.await;
-    };
-    if tokio::time::timeout(std::time::Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), rest)
+        .await
+        .is_err()
+    {
         tracing::warn!("components did not stop within 10 s");
     }
     first.context("component task failed")??;

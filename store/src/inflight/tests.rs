@@ -12,19 +12,14 @@ fn store(dir: &std::path::Path) -> Arc<BlobStore> {
 }
 
 /// A source that sends `data` in chunks, pausing between them.
-fn slow_source(
-    data: Vec<u8>,
-    opens: Arc<AtomicUsize>,
-) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
-    async move {
-        opens.fetch_add(1, Ordering::SeqCst);
-        let chunks: Vec<Bytes> = data.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
-        let s = futures_util::stream::iter(chunks).then(|c| async move {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            Ok::<_, std::io::Error>(c)
-        });
-        Ok(Box::pin(s) as ByteStream)
-    }
+async fn slow_source(data: Vec<u8>, opens: Arc<AtomicUsize>) -> Result<ByteStream, FetchFailure> {
+    opens.fetch_add(1, Ordering::SeqCst);
+    let chunks: Vec<Bytes> = data.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+    let s = futures_util::stream::iter(chunks).then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Ok::<_, std::io::Error>(c)
+    });
+    Ok(Box::pin(s) as ByteStream)
 }
 
 async fn collect(r: TailReader) -> Result<Vec<u8>, std::io::Error> {

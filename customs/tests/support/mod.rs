@@ -1,0 +1,336 @@
+//! Test kit for end-to-end tests and benchmarks: a real `docker-registry`
+//! upstream, images built by `testdata/make-image.py` and pushed by
+//! `skopeo`, a fault-injecting counting proxy in front of the upstream, the
+//! `customs` binary as a child process, and a private containerd.
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod containerd;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Fails the test with a clear message when a tool the test needs is missing.
+pub fn require(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{tool} is not installed: run scripts/test (it installs docker-registry, skopeo and containerd)"
+    );
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < timeout,
+            "nothing listens on {addr} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real `docker-registry` (distribution 2.8) on a loopback port.
+pub struct Registry {
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Registry {
+    /// Starts a registry storing under `dir`.
+    pub fn start(dir: &Path) -> Registry {
+        require("docker-registry");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut r = Registry {
+            addr,
+            dir: dir.to_path_buf(),
+            proc: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts (again) on the same port and storage.
+    pub fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let cfg = self.dir.join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n",
+                self.dir.join("data").display(),
+                self.addr
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc {
+            child,
+            name: "docker-registry".into(),
+        });
+        wait_for_port(self.addr, Duration::from_secs(20));
+    }
+
+    /// Stops it (the upstream goes down).
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Builds an OCI layout with `testdata/make-image.py`; returns the digest of `tag`.
+pub fn make_image(
+    layout: &Path,
+    tag: &str,
+    layer_sizes: &[u64],
+    archs: &[&str],
+    seed: u64,
+) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("testdata/make-image.py"))
+        .arg(layout)
+        .arg(tag);
+    for s in layer_sizes {
+        cmd.arg(s.to_string());
+    }
+    for a in archs {
+        cmd.arg("--arch").arg(a);
+    }
+    cmd.arg("--seed").arg(seed.to_string());
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "make-image failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `skopeo copy [--all] oci:LAYOUT:TAG docker://REGISTRY/REPO:TAG`.
+pub fn push(layout: &Path, tag: &str, registry: SocketAddr, repo: &str) {
+    require("skopeo");
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{registry}/{repo}:{tag}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `skopeo copy --all docker://SRC oci:DEST:pulled`; returns (success, stderr).
+pub fn skopeo_pull(src: &str, dest: &Path) -> (bool, String) {
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--retry-times=0",
+        ])
+        .arg(format!("docker://{src}"))
+        .arg(format!("oci:{}:pulled", dest.display()))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every blob digest in an OCI layout (what was pushed or pulled).
+pub fn layout_blobs(layout: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect()
+}
+
+/// The digest the `pulled` tag of a layout points to.
+pub fn layout_tag_digest(layout: &Path, tag: &str) -> String {
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    idx["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .map(|m| m["digest"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// A `customs` child process.
+pub struct Customs {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Customs {
+    /// Runs `customs <args>`, listening on `addr`; waits for the port.
+    pub fn spawn(args: &[String], addr: SocketAddr, data_dir: &Path) -> Customs {
+        let log = data_dir.with_extension("log");
+        std::fs::create_dir_all(data_dir).unwrap();
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_customs"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let proc = Proc {
+            child,
+            name: "customs".into(),
+        };
+        wait_for_port(addr, Duration::from_secs(30));
+        Customs {
+            proc,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    /// `customs up --data-dir D --listen A --upstream URL [extra...]`.
+    pub fn up(data_dir: &Path, upstream: &str, extra: &[&str]) -> Customs {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--upstream".into(),
+            upstream.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Customs::spawn(&args, addr, data_dir)
+    }
+
+    /// `customs peer --gateway G --listen A --data-dir D`.
+    pub fn peer(data_dir: &Path, gateway: &str, default_registry: &str) -> Customs {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let args: Vec<String> = vec![
+            "peer".into(),
+            "--gateway".into(),
+            gateway.into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--default-registry".into(),
+            default_registry.into(),
+        ];
+        Customs::spawn(&args, addr, data_dir)
+    }
+
+    /// `http://ADDR`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The process log so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

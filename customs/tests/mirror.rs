@@ -443,3 +443,55 @@ fn sigterm_stops_customs_up_cleanly() {
     );
     assert!(customs.log_text().contains("customs stopped"));
 }
+
+#[test]
+fn upstream_basic_auth_from_docker_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start_with_auth(&dir.join("registry"), "puller", "s3cret-pw");
+    let digest = make_image(&dir.join("layout"), "v1", &[50_000], &[], 3);
+    push_as(
+        &dir.join("layout"),
+        "v1",
+        registry.addr,
+        "private/app",
+        Some("puller:s3cret-pw"),
+    );
+
+    // Without credentials the gateway cannot fetch, and says why.
+    let anon = Customs::up(&dir.join("anon"), &registry.url(), &[]);
+    let (ok, err) = skopeo_pull(
+        &format!("{}/private/app:v1", anon.addr),
+        &dir.join("anon-pull"),
+    );
+    assert!(!ok, "pulled a private image without credentials");
+    assert!(
+        err.to_lowercase().contains("unauthorized") || err.contains("401") || err.contains("502"),
+        "{err}"
+    );
+
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"cHVsbGVyOnMzY3JldC1wdw=="}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let customs = Customs::up(
+        &dir.join("gw"),
+        &registry.url(),
+        &["--docker-config", config.to_str().unwrap()],
+    );
+    let out = dir.join("pull");
+    let (ok, err) = skopeo_pull(&format!("{}/private/app:v1", customs.addr), &out);
+    assert!(
+        ok,
+        "authenticated pull failed: {err}\n{}",
+        customs.log_text()
+    );
+    assert_eq!(layout_tag_digest(&out, "pulled"), digest);
+    // The password never shows up in logs.
+    assert!(!customs.log_text().contains("s3cret-pw"));
+}

@@ -95,6 +95,8 @@ pub struct Registry {
     pub addr: SocketAddr,
     dir: PathBuf,
     proc: Option<Proc>,
+    /// `user:password` required by the registry (htpasswd basic auth).
+    pub creds: Option<(String, String)>,
 }
 
 impl Registry {
@@ -106,6 +108,21 @@ impl Registry {
             addr,
             dir: dir.to_path_buf(),
             proc: None,
+            creds: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts a registry that requires basic auth (htpasswd, bcrypt).
+    pub fn start_with_auth(dir: &Path, user: &str, password: &str) -> Registry {
+        require("docker-registry");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut r = Registry {
+            addr,
+            dir: dir.to_path_buf(),
+            proc: None,
+            creds: Some((user.to_owned(), password.to_owned())),
         };
         r.restart();
         r
@@ -115,15 +132,27 @@ impl Registry {
     pub fn restart(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
         let cfg = self.dir.join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n",
-                self.dir.join("data").display(),
-                self.addr
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n",
+            self.dir.join("data").display(),
+            self.addr
+        );
+        if let Some((user, password)) = &self.creds {
+            let out = Command::new("python3")
+                .arg("-c")
+                .arg("import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))")
+                .arg(password)
+                .output()
+                .unwrap();
+            let hash = String::from_utf8(out.stdout).unwrap();
+            let htpasswd = self.dir.join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{}\n", hash.trim())).unwrap();
+            text.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&cfg, text).unwrap();
         let log = std::fs::File::create(self.dir.join("registry.log")).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -180,14 +209,23 @@ pub fn make_image(
 
 /// `skopeo copy [--all] oci:LAYOUT:TAG docker://REGISTRY/REPO:TAG`.
 pub fn push(layout: &Path, tag: &str, registry: SocketAddr, repo: &str) {
+    push_as(layout, tag, registry, repo, None)
+}
+
+/// [`push`] with `user:password` credentials.
+pub fn push_as(layout: &Path, tag: &str, registry: SocketAddr, repo: &str, creds: Option<&str>) {
     require("skopeo");
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-        ])
+    let mut cmd = Command::new("skopeo");
+    cmd.args([
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+    ]);
+    if let Some(c) = creds {
+        cmd.arg("--dest-creds").arg(c);
+    }
+    let out = cmd
         .arg(format!("oci:{}:{tag}", layout.display()))
         .arg(format!("docker://{registry}/{repo}:{tag}"))
         .output()

@@ -8,12 +8,21 @@
 //!   what admission binds blobs to.
 //! - [`oci_error`]: the OCI distribution error codes, so every component maps
 //!   its failures to the same wire errors.
+//! - [`piece_manifest`]: gateway-signed piece manifests and their verification.
+//! - [`scheduler_proto`]: the scheduler's gRPC protocol.
 #![forbid(unsafe_code)]
 
 pub mod digest;
 pub mod manifest;
 pub mod name;
 pub mod oci_error;
+pub mod piece_manifest;
+
+/// The generated scheduler gRPC protocol (from `proto/scheduler.proto`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod scheduler_proto {
+    tonic::include_proto!("customs.scheduler.v1");
+}
 
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use manifest::{MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestRefs};

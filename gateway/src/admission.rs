@@ -4,8 +4,8 @@
 //! are served. Until policies are configured the gateway allows everything
 //! in `audit` mode, says so loudly in every decision, and records each one.
 
-use crate::audit::AuditLog;
 use customs_mirror::{Admission, AdmissionRequest, Decision, Verdict};
+use customs_store::audit::AuditLog;
 use serde::Serialize;
 
 /// Allows everything, recording each decision in the audit log. If the

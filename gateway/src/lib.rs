@@ -8,7 +8,6 @@
 //! Layout:
 //! - [`credentials`]: docker `config.json` credentials, redacted in logs.
 //! - [`upstream`]: one oci-client per upstream registry, as a mirror [`Source`].
-//! - [`audit`]: the durable JSON-lines audit log.
 //! - [`admission`]: the admission point (allow-all until policies land).
 //! - [`config`]: the gateway's configuration.
 //! - [`server`]: wiring and the `run` entry point.
@@ -17,7 +16,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
-pub mod audit;
 pub mod config;
 pub mod credentials;
 pub mod server;

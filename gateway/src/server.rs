@@ -1,13 +1,13 @@
 //! Wiring: store, upstreams, admission and the OCI routes.
 
 use crate::admission::AllowAllAudited;
-use crate::audit::{AuditError, AuditLog};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::credentials::{Credentials, CredentialsError};
 use crate::upstream::{UpstreamError, UpstreamSettings, Upstreams, registry_identity};
 use customs_mirror::http::{RegistryResolver, router};
 use customs_mirror::{Mirror, MirrorConfig, UnboundBlobs};
 use customs_protocol::RegistryHost;
+use customs_store::audit::{AuditError, AuditLog};
 use customs_store::{BlobStore, StoreConfig, StoreError};
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 use crate::admission::Admission;
 use crate::error::MirrorError;
 use crate::mirror::Mirror;
+use crate::rate::RateLimiter;
 use crate::source::Source;
 use axum::Router;
 use axum::body::Body;
@@ -37,14 +38,22 @@ impl RegistryResolver {
 struct AppState<S, A> {
     mirror: Arc<Mirror<S, A>>,
     registries: RegistryResolver,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
-/// The `/v2/` router for a mirror.
+/// The `/v2/` router for a mirror. With a limiter, every blob body it sends
+/// is paced and counted (the gateway's upload limit covers its direct
+/// clients); a peer's delivery to its own containerd passes `None`.
 pub fn router<S: Source, A: Admission>(
     mirror: Arc<Mirror<S, A>>,
     registries: RegistryResolver,
+    limiter: Option<Arc<RateLimiter>>,
 ) -> Router {
-    let state = Arc::new(AppState { mirror, registries });
+    let state = Arc::new(AppState {
+        mirror,
+        registries,
+        limiter,
+    });
     Router::new()
         .route("/v2", axum::routing::any(base))
         .route("/v2/", axum::routing::any(base))
@@ -157,7 +166,11 @@ async fn dispatch<S: Source, A: Admission>(
                 }
                 let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
                 let b = st.mirror.blob(&image, &digest, range).await?;
-                let mut r = Response::new(Body::from_stream(b.body));
+                let body = match &st.limiter {
+                    Some(l) => l.limit(b.body),
+                    None => b.body,
+                };
+                let mut r = Response::new(Body::from_stream(body));
                 blob_headers(r.headers_mut(), &digest, b.size);
                 if let Some(rg) = b.range {
                     *r.status_mut() = StatusCode::PARTIAL_CONTENT;

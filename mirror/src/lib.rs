@@ -10,6 +10,7 @@
 //! - [`admission`]: the single function every manifest digest passes.
 //! - [`mirror`]: tag cache, manifest verification, admission and blob
 //!   bindings, blob serving through the single-flight store.
+//! - [`rate`]: the node-wide upload rate limiter and byte counter.
 //! - [`http`]: the axum routes, range parsing and the mapping of
 //!   [`MirrorError`] to OCI error responses.
 #![forbid(unsafe_code)]
@@ -19,9 +20,10 @@ pub mod error;
 pub mod http;
 pub mod mirror;
 pub mod range;
+pub mod rate;
 pub mod source;
 
 pub use admission::{Admission, AdmissionRequest, Decision, Verdict};
 pub use error::MirrorError;
-pub use mirror::{BlobBody, Mirror, MirrorConfig, ServedManifest, UnboundBlobs};
+pub use mirror::{Binding, BlobBody, Mirror, MirrorConfig, ServedManifest, UnboundBlobs};
 pub use source::{FetchedManifest, Source};

@@ -59,10 +59,14 @@ struct ManifestMeta {
 /// A binding of content to a repository, written when a manifest of that
 /// repository is admitted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Binding {
-    size: u64,
+pub struct Binding {
+    /// The size the referencing manifest declares.
+    pub size: u64,
     /// For index children: the admitted index that listed it.
-    parent_index: Option<Digest>,
+    pub parent_index: Option<Digest>,
+    /// For blobs: the admitted manifest that references it.
+    #[serde(default)]
+    pub admitted_by: Option<Digest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -330,6 +334,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
                     Binding {
                         size: b.size,
                         parent_index: None,
+                        admitted_by: Some(digest.clone()),
                     },
                 )
             }));
@@ -339,6 +344,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
                     Binding {
                         size: c.size,
                         parent_index: Some(digest.clone()),
+                        admitted_by: None,
                     },
                 )
             }));
@@ -355,6 +361,25 @@ impl<S: Source, A: Admission> Mirror<S, A> {
             Verdict::Allow => Ok(()),
             Verdict::Deny => Err(MirrorError::Denied(reasons)),
         }
+    }
+
+    /// The admission binding of a blob to a repository, if any.
+    pub fn binding(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<Option<Binding>, MirrorError> {
+        let k = key(image, &format!("@{digest}"));
+        Ok(self
+            .store
+            .index()
+            .get(Table::Bindings, &k)
+            .map_err(customs_store::StoreError::from)?)
+    }
+
+    /// The revision admission currently decides under.
+    pub fn admission_revision(&self) -> String {
+        self.admission.revision()
     }
 
     /// The size of a blob as bound to this repository, or the refusal.

@@ -16,6 +16,26 @@ pub struct PeerConfig {
     pub default_registry: String,
     /// Size limit of the local store in bytes.
     pub max_cache_bytes: Option<u64>,
+    /// The scheduler's URL (`https://host:port`); with it the peer swarms.
+    pub scheduler: Option<String>,
+    /// This peer's id (its certificate must name `<id>.customs.internal`).
+    pub peer_id: Option<String>,
+    /// Where other peers fetch pieces from (host:port, advertised as is).
+    pub upload_addr: Option<String>,
+    /// Upload limit for serving other peers, bytes per second (0 = none).
+    pub upload_limit: u64,
+    /// mTLS CA file.
+    pub tls_ca: Option<PathBuf>,
+    /// mTLS certificate file.
+    pub tls_cert: Option<PathBuf>,
+    /// mTLS key file.
+    pub tls_key: Option<PathBuf>,
+    /// Trusted gateway public keys (PEM files) for piece manifests.
+    pub gateway_keys: Vec<PathBuf>,
+    /// Locality: zone.
+    pub zone: String,
+    /// Locality: rack.
+    pub rack: String,
 }
 
 impl Default for PeerConfig {
@@ -25,6 +45,16 @@ impl Default for PeerConfig {
             gateway: None,
             default_registry: "docker.io".to_owned(),
             max_cache_bytes: None,
+            scheduler: None,
+            peer_id: None,
+            upload_addr: None,
+            upload_limit: 0,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            gateway_keys: Vec::new(),
+            zone: String::new(),
+            rack: String::new(),
         }
     }
 }
@@ -48,6 +78,25 @@ impl PeerConfig {
 
     /// Checks required values.
     pub fn validate(&self) -> Result<(), PeerConfigError> {
+        if self.scheduler.is_some() {
+            let missing: Vec<&str> = [
+                ("peer_id", self.peer_id.is_none()),
+                ("tls_ca", self.tls_ca.is_none()),
+                ("tls_cert", self.tls_cert.is_none()),
+                ("tls_key", self.tls_key.is_none()),
+                ("gateway_keys", self.gateway_keys.is_empty()),
+            ]
+            .into_iter()
+            .filter(|(_, m)| *m)
+            .map(|(n, _)| n)
+            .collect();
+            if !missing.is_empty() {
+                return Err(PeerConfigError::Invalid(format!(
+                    "swarm mode (scheduler set) needs {}",
+                    missing.join(", ")
+                )));
+            }
+        }
         match &self.gateway {
             Some(g) if g.starts_with("http://") || g.starts_with("https://") => Ok(()),
             Some(g) => Err(PeerConfigError::Invalid(format!(

@@ -21,15 +21,14 @@ pub struct GatewaySource {
 }
 
 impl GatewaySource {
-    /// A source for the gateway at `base` (e.g. `http://127.0.0.1:5050`).
-    pub fn new(base: &str) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()?;
-        Ok(GatewaySource {
+    /// A source for the gateway at `base` (e.g. `http://127.0.0.1:5050`, or
+    /// the gateway's mTLS endpoint with a client that presents the peer's
+    /// certificate).
+    pub fn new(base: &str, http: reqwest::Client) -> Self {
+        GatewaySource {
             base: base.trim_end_matches('/').to_owned(),
             http,
-        })
+        }
     }
 
     fn url(&self, image: &ImageName, kind: &str, reference: &str) -> String {

@@ -9,12 +9,14 @@
 //! Layout:
 //! - [`gateway_source`]: the gateway as the peer's [`Source`](customs_mirror::Source).
 //! - [`config`]: the peer's configuration.
+//! - [`swarm`]: piece download, verification and serving.
 //! - [`server`]: wiring and the `serve` entry point.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod gateway_source;
 pub mod server;
+pub mod swarm;
 
 pub use config::PeerConfig;
 pub use server::{Peer, PeerError};

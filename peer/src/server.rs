@@ -1,13 +1,22 @@
-//! Wiring: local store, gateway source and the OCI routes.
+//! Wiring: local store, the gateway and the swarm as sources, the OCI routes
+//! and the piece server.
 
 use crate::config::{PeerConfig, PeerConfigError};
 use crate::gateway_source::GatewaySource;
+use crate::swarm::piece_server::{self, PieceProvider};
+use crate::swarm::{Swarm, SwarmConfig};
 use customs_mirror::http::{RegistryResolver, router};
+use customs_mirror::rate::RateLimiter;
 use customs_mirror::{
-    Admission, AdmissionRequest, Decision, Mirror, MirrorConfig, UnboundBlobs, Verdict,
+    Admission, AdmissionRequest, Decision, FetchedManifest, Mirror, MirrorConfig, Source,
+    UnboundBlobs, Verdict,
 };
-use customs_protocol::RegistryHost;
-use customs_store::{BlobStore, StoreConfig, StoreError};
+use customs_protocol::piece_manifest::TrustedGatewayKeys;
+use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
+use customs_protocol::{Digest, ImageName, Reference, RegistryHost};
+use customs_store::inflight::ByteStream;
+use customs_store::{BlobStore, FetchFailure, StoreConfig, StoreError};
+use customs_tls::{RefusedConnections, TlsIdentity, TlsPaths};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +33,15 @@ pub enum PeerError {
     /// The HTTP client could not be built.
     #[error("peer HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// TLS material unusable.
+    #[error(transparent)]
+    Tls(#[from] customs_tls::TlsError),
+    /// Trusted gateway keys unusable.
+    #[error("gateway keys: {0}")]
+    Keys(String),
+    /// The scheduler endpoint is unusable.
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] tonic::transport::Error),
     /// Serving failed.
     #[error("peer server: {0}")]
     Serve(#[from] std::io::Error),
@@ -49,10 +67,51 @@ impl Admission for AdmittedByGateway {
     }
 }
 
+/// Manifests from the gateway; blobs from the swarm when it is configured,
+/// else whole from the gateway.
+pub struct PeerSource {
+    gateway: GatewaySource,
+    swarm: Option<Arc<Swarm>>,
+}
+
+impl Source for PeerSource {
+    async fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, FetchFailure> {
+        self.gateway.manifest(image, reference).await
+    }
+
+    fn blob(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
+        let swarm = self.swarm.clone();
+        let whole = self.gateway.blob(image, digest);
+        let image = image.clone();
+        let digest = digest.clone();
+        async move {
+            match swarm {
+                Some(s) => s.download(&image, &digest).await,
+                None => whole.await,
+            }
+        }
+    }
+
+    async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, FetchFailure> {
+        self.gateway.blob_size(image, digest).await
+    }
+}
+
 /// A configured peer.
 pub struct Peer {
-    mirror: Arc<Mirror<GatewaySource, AdmittedByGateway>>,
+    mirror: Arc<Mirror<PeerSource, AdmittedByGateway>>,
     default_registry: RegistryHost,
+    swarm: Option<(Arc<Swarm>, Arc<TlsIdentity>, Arc<RateLimiter>)>,
+    /// Refused piece-server connections (no valid client certificate).
+    pub refused: Arc<RefusedConnections>,
 }
 
 impl Peer {
@@ -68,9 +127,68 @@ impl Peer {
             root: cfg.data_dir.join("store"),
             max_bytes: cfg.max_cache_bytes.unwrap_or(u64::MAX),
         })?;
+        let identity = match (&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(Arc::new(TlsIdentity::load(&TlsPaths {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })?)),
+            _ => None,
+        };
+        let http = match &identity {
+            Some(id) => reqwest::Client::builder()
+                .use_preconfigured_tls(id.client_config()?)
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()?,
+            None => reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()?,
+        };
+        let limiter = RateLimiter::new(cfg.upload_limit);
+        let swarm = match (&cfg.scheduler, &identity) {
+            (Some(url), Some(id)) => {
+                let pems: Vec<String> = cfg
+                    .gateway_keys
+                    .iter()
+                    .map(|p| {
+                        std::fs::read_to_string(p)
+                            .map_err(|e| PeerError::Keys(format!("{}: {e}", p.display())))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let keys = TrustedGatewayKeys::from_pems(pems.iter().map(String::as_str))
+                    .map_err(|e| PeerError::Keys(e.to_string()))?;
+                let channel = tonic::transport::Channel::from_shared(url.clone())
+                    .map_err(|e| PeerConfigError::Invalid(format!("scheduler URL: {e}")))?
+                    .tls_config(id.tonic_client("localhost"))?
+                    .connect_lazy();
+                let peer_id = cfg.peer_id.clone().unwrap_or_default();
+                let swarm = Swarm::new(
+                    SwarmConfig {
+                        peer_id: peer_id.clone(),
+                        upload_addr: cfg.upload_addr.clone().unwrap_or_default(),
+                        upload_capacity: cfg.upload_limit,
+                        zone: cfg.zone.clone(),
+                        rack: cfg.rack.clone(),
+                        pieces_dir: cfg.data_dir.join("pieces"),
+                        gateway_url: gateway.trim_end_matches('/').to_owned(),
+                    },
+                    SchedulerClient::new(channel),
+                    http.clone(),
+                    keys,
+                    store.clone(),
+                    limiter.clone(),
+                );
+                Some((swarm, id.clone(), limiter))
+            }
+            _ => None,
+        };
+        let source = PeerSource {
+            gateway: GatewaySource::new(gateway, http),
+            swarm: swarm.as_ref().map(|(s, _, _)| s.clone()),
+        };
         let mirror = Mirror::new(
             store,
-            Arc::new(GatewaySource::new(gateway)?),
+            Arc::new(source),
             Arc::new(AdmittedByGateway),
             MirrorConfig {
                 unbound_blobs: UnboundBlobs::AskSource,
@@ -80,6 +198,8 @@ impl Peer {
         Ok(Peer {
             mirror: Arc::new(mirror),
             default_registry,
+            swarm,
+            refused: Arc::default(),
         })
     }
 
@@ -88,10 +208,12 @@ impl Peer {
         self.mirror.store()
     }
 
-    /// Serves containerd's pull API on a bound listener until `shutdown`.
+    /// Serves containerd's pull API on `listener` and, in swarm mode, pieces
+    /// over mTLS on `upload`, until `shutdown`.
     pub async fn serve(
         self,
         listener: TcpListener,
+        upload: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), PeerError> {
         let app = router(
@@ -99,11 +221,33 @@ impl Peer {
             RegistryResolver {
                 default: self.default_registry.clone(),
             },
+            None,
         );
-        tracing::info!(addr = %listener.local_addr()?, "peer serving the OCI pull API");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        tracing::info!(addr = %listener.local_addr()?, swarm = self.swarm.is_some(), "peer serving the OCI pull API");
+        let oci =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        match (self.swarm, upload) {
+            (Some((swarm, identity, limiter)), Some(upload)) => {
+                tracing::info!(addr = %upload.local_addr()?, "peer serving pieces over mTLS");
+                let provider = PieceProvider {
+                    store: self.mirror.store().clone(),
+                    swarm: Some(swarm.clone()),
+                    limiter,
+                };
+                let pieces = customs_tls::serve_mtls(
+                    upload,
+                    identity.server_config()?,
+                    piece_server::router(provider),
+                    self.refused.clone(),
+                    shutdown.clone(),
+                );
+                tokio::spawn(swarm.announce_loop(shutdown.clone()));
+                let (a, b) = tokio::join!(oci, pieces);
+                a?;
+                b?;
+            }
+            _ => oci.await?,
+        }
         Ok(())
     }
 }

@@ -86,7 +86,11 @@ pub fn piece_length_for(size: u64) -> u64 {
 
 /// How many pieces a blob has.
 pub fn piece_count(size: u64, piece_length: u64) -> u64 {
-    if size == 0 { 1 } else { size.div_ceil(piece_length) }
+    if size == 0 {
+        1
+    } else {
+        size.div_ceil(piece_length)
+    }
 }
 
 impl PieceManifest {
@@ -106,7 +110,10 @@ impl PieceManifest {
 
     fn check(&self) -> Result<(), PieceManifestError> {
         if !(MIN_PIECE_LEN..=MAX_PIECE_LEN).contains(&self.piece_length) {
-            return Err(PieceManifestError::Inconsistent(format!("piece length {}", self.piece_length)));
+            return Err(PieceManifestError::Inconsistent(format!(
+                "piece length {}",
+                self.piece_length
+            )));
         }
         let n = piece_count(self.size, self.piece_length);
         if self.pieces.len() as u64 != n {
@@ -180,7 +187,9 @@ pub struct GatewayKey {
 
 impl std::fmt::Debug for GatewayKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewayKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("GatewayKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -226,10 +235,14 @@ impl GatewayKey {
     }
 
     /// Signs a manifest (its `key_id` is set to this key's).
-    pub fn sign(&self, mut manifest: PieceManifest) -> Result<SignedPieceManifest, PieceManifestError> {
+    pub fn sign(
+        &self,
+        mut manifest: PieceManifest,
+    ) -> Result<SignedPieceManifest, PieceManifestError> {
         manifest.key_id = self.id.clone();
         manifest.check()?;
-        let payload = serde_json::to_vec(&manifest).map_err(|e| PieceManifestError::Malformed(e.to_string()))?;
+        let payload = serde_json::to_vec(&manifest)
+            .map_err(|e| PieceManifestError::Malformed(e.to_string()))?;
         let signature = self.key.sign(&payload).to_bytes().to_vec();
         Ok(SignedPieceManifest {
             payload,
@@ -248,10 +261,13 @@ pub struct TrustedGatewayKeys {
 
 impl TrustedGatewayKeys {
     /// Trusts the given SPKI PEM public keys.
-    pub fn from_pems<'a>(pems: impl IntoIterator<Item = &'a str>) -> Result<Self, PieceManifestError> {
+    pub fn from_pems<'a>(
+        pems: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, PieceManifestError> {
         let mut keys = HashMap::new();
         for pem in pems {
-            let k = VerifyingKey::from_public_key_pem(pem).map_err(|e| PieceManifestError::Key(e.to_string()))?;
+            let k = VerifyingKey::from_public_key_pem(pem)
+                .map_err(|e| PieceManifestError::Key(e.to_string()))?;
             keys.insert(key_id_of(&k), k);
         }
         Ok(TrustedGatewayKeys { keys })
@@ -264,22 +280,30 @@ impl TrustedGatewayKeys {
 
     /// Checks the signature with a trusted key, then the content, then that
     /// it describes `expected_blob`.
-    pub fn verify(&self, signed: &SignedPieceManifest, expected_blob: &Digest) -> Result<VerifiedPieceManifest, PieceManifestError> {
-        let key = self
-            .keys
-            .get(&signed.key_id)
-            .ok_or_else(|| PieceManifestError::UntrustedKey(signed.key_id.chars().take(64).collect()))?;
+    pub fn verify(
+        &self,
+        signed: &SignedPieceManifest,
+        expected_blob: &Digest,
+    ) -> Result<VerifiedPieceManifest, PieceManifestError> {
+        let key = self.keys.get(&signed.key_id).ok_or_else(|| {
+            PieceManifestError::UntrustedKey(signed.key_id.chars().take(64).collect())
+        })?;
         let sig_bytes: [u8; 64] = signed
             .signature
             .as_slice()
             .try_into()
             .map_err(|_| PieceManifestError::BadSignature)?;
-        key.verify(&signed.payload, &ed25519_dalek::Signature::from_bytes(&sig_bytes))
-            .map_err(|_| PieceManifestError::BadSignature)?;
-        let manifest: PieceManifest =
-            serde_json::from_slice(&signed.payload).map_err(|e| PieceManifestError::Malformed(e.to_string()))?;
+        key.verify(
+            &signed.payload,
+            &ed25519_dalek::Signature::from_bytes(&sig_bytes),
+        )
+        .map_err(|_| PieceManifestError::BadSignature)?;
+        let manifest: PieceManifest = serde_json::from_slice(&signed.payload)
+            .map_err(|e| PieceManifestError::Malformed(e.to_string()))?;
         if manifest.key_id != signed.key_id {
-            return Err(PieceManifestError::Inconsistent("key id differs from the signing key".into()));
+            return Err(PieceManifestError::Inconsistent(
+                "key id differs from the signing key".into(),
+            ));
         }
         manifest.check()?;
         if manifest.blob != *expected_blob {

@@ -1,21 +1,18 @@
 //! The Customs scheduler: the swarm coordinator.
 //!
-//! It will track which peers hold which pieces of which admitted blobs and
-//! choose parents for peers (see DESIGN.md). Until the swarm lands it only
-//! serves its health endpoint, so `customs up` and `customs scheduler` can
-//! already be deployed and supervised as the final shape.
+//! It knows which peers hold which pieces of which admitted blobs and hands
+//! each peer parents to fetch from. It only ever schedules a blob a gateway
+//! registered with a piece manifest signed by a trusted gateway key, and
+//! only a caller whose certificate carries the gateway role may register.
+//! Its state is soft: peers re-announce and re-report after a restart.
+//!
+//! Layout:
+//! - [`state`]: tasks, peers, piece bitmaps, parent selection, blocklists.
+//! - [`service`]: the gRPC service (roles from mTLS certificates).
 #![forbid(unsafe_code)]
 
-use axum::Router;
-use axum::routing::get;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+pub mod service;
+pub mod state;
 
-/// Serves the scheduler on a bound listener until `shutdown`.
-pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let app = Router::new().route("/healthy", get(|| async { "ok" }));
-    tracing::info!(addr = %listener.local_addr()?, "scheduler serving (health only until the swarm lands)");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-}
+pub use service::{SchedulerService, serve};
+pub use state::SchedulerState;

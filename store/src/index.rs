@@ -23,6 +23,8 @@ pub enum Table {
     Admissions,
     /// digest → how a stored manifest is served (its media type).
     Manifests,
+    /// blob digest → the gateway-signed piece manifest for it.
+    PieceManifests,
 }
 
 impl Table {
@@ -33,6 +35,7 @@ impl Table {
             Table::Bindings => "bindings",
             Table::Admissions => "admissions",
             Table::Manifests => "manifests",
+            Table::PieceManifests => "piece_manifests",
         })
     }
 }

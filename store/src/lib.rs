@@ -6,11 +6,13 @@
 //! - [`blobs`]: blob files under `blobs/sha256/<hex>`, written to `tmp/`
 //!   first and renamed into place only after their sha256 matched, with an
 //!   LRU size limit that never evicts a blob being served.
+//! - [`audit`]: the durable JSON-lines audit log every component appends to.
 //! - [`inflight`]: single-flight fetches: one upstream transfer per blob,
 //!   however many clients miss on it at once, each of them streamed the bytes
 //!   as they land on disk.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod blobs;
 pub mod index;
 pub mod inflight;

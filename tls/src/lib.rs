@@ -10,6 +10,10 @@
 //! [`write_dev_pki`]; production deployments hand in their own files.
 #![forbid(unsafe_code)]
 
+pub mod https;
+
+pub use https::{RefusedConnections, serve_mtls};
+
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -101,7 +105,9 @@ pub struct TlsIdentity {
 
 impl std::fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsIdentity").field("certs", &self.certs.len()).finish_non_exhaustive()
+        f.debug_struct("TlsIdentity")
+            .field("certs", &self.certs.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,7 +135,8 @@ impl TlsIdentity {
         if certs.is_empty() {
             return Err(TlsError::Pem(paths.cert.display().to_string()));
         }
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem(paths.key.display().to_string()))?;
+        PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|_| TlsError::Pem(paths.key.display().to_string()))?;
         Ok(TlsIdentity {
             ca_pem,
             cert_pem,
@@ -140,14 +147,18 @@ impl TlsIdentity {
     }
 
     fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
-        PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|_| TlsError::Pem("private key".into()))
+        PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|_| TlsError::Pem("private key".into()))
     }
 
     /// A server config that requires a client certificate from the CA.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
@@ -167,7 +178,10 @@ impl TlsIdentity {
     /// The same identity for a tonic server (client certificates required).
     pub fn tonic_server(&self) -> tonic::transport::ServerTlsConfig {
         tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
             .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
     }
 
@@ -176,17 +190,32 @@ impl TlsIdentity {
     pub fn tonic_client(&self, domain: &str) -> tonic::transport::ClientTlsConfig {
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
             .domain_name(domain)
     }
 }
 
 /// True when the (already CA-verified) end-entity certificate carries the role.
 pub fn has_role(cert: &CertificateDer<'_>, role: Role) -> bool {
+    has_dns_name(cert, role.san())
+}
+
+/// True when the certificate names `<name>.customs.internal`: binds a
+/// component's self-declared id (e.g. a peer id) to its certificate.
+pub fn is_named(cert: &CertificateDer<'_>, name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains(['.', '*'])
+        && has_dns_name(cert, &format!("{name}.customs.internal"))
+}
+
+fn has_dns_name(cert: &CertificateDer<'_>, dns: &str) -> bool {
     let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
         return false;
     };
-    let Ok(name) = ServerName::try_from(role.san()) else {
+    let Ok(name) = ServerName::try_from(dns) else {
         return false;
     };
     ee.verify_is_valid_for_subject_name(&name).is_ok()
@@ -196,9 +225,13 @@ const CA_NAME: &str = "Customs development CA";
 
 fn ca_params() -> Result<rcgen::CertificateParams, TlsError> {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    p.distinguished_name.push(rcgen::DnType::CommonName, CA_NAME);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, CA_NAME);
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     Ok(p)
 }
 
@@ -236,9 +269,14 @@ pub fn write_dev_pki(dir: &Path, names: &[(&str, Role)]) -> Result<(), TlsError>
             format!("{name}.customs.internal"),
         ])?;
         p.subject_alt_names
-            .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+            .push(rcgen::SanType::IpAddress(std::net::IpAddr::from([
+                127, 0, 0, 1,
+            ])));
         p.distinguished_name.push(rcgen::DnType::CommonName, *name);
-        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = p.signed_by(&key, &issuer)?;
         write(&dir.join(format!("{name}.pem")), &cert.pem())?;
@@ -262,6 +300,9 @@ mod tests {
         assert!(has_role(&gw.certs[0], Role::Gateway));
         assert!(!has_role(&gw.certs[0], Role::Peer));
         assert!(has_role(&p2.certs[0], Role::Peer));
+        assert!(is_named(&p2.certs[0], "p2"));
+        assert!(!is_named(&p2.certs[0], "p1"));
+        assert!(!is_named(&p2.certs[0], "*"));
         assert!(!has_role(&p2.certs[0], Role::Gateway));
         gw.server_config().unwrap();
         p2.client_config().unwrap();

@@ -25,7 +25,10 @@ fn piece_lengths() {
     assert_eq!(piece_count(0, MIN_PIECE_LEN), 1);
     assert_eq!(piece_count(MIN_PIECE_LEN + 1, MIN_PIECE_LEN), 2);
     let m = manifest(3 * MIN_PIECE_LEN + 5);
-    assert_eq!(m.piece_range(3), Some((3 * MIN_PIECE_LEN, 3 * MIN_PIECE_LEN + 5)));
+    assert_eq!(
+        m.piece_range(3),
+        Some((3 * MIN_PIECE_LEN, 3 * MIN_PIECE_LEN + 5))
+    );
     assert_eq!(m.piece_range(4), None);
 }
 
@@ -50,11 +53,17 @@ fn forged_manifests_are_rejected() {
 
     // Wrong key.
     let forged = other.sign(manifest(MIN_PIECE_LEN)).unwrap();
-    assert!(matches!(trusted.verify(&forged, &blob), Err(PieceManifestError::UntrustedKey(_))));
+    assert!(matches!(
+        trusted.verify(&forged, &blob),
+        Err(PieceManifestError::UntrustedKey(_))
+    ));
     // Wrong key claiming the trusted key's id.
     let mut claimed = forged.clone();
     claimed.key_id = key.id().to_owned();
-    assert_eq!(trusted.verify(&claimed, &blob).unwrap_err(), PieceManifestError::BadSignature);
+    assert_eq!(
+        trusted.verify(&claimed, &blob).unwrap_err(),
+        PieceManifestError::BadSignature
+    );
 
     // Edited digest list.
     let good = key.sign(manifest(2 * MIN_PIECE_LEN)).unwrap();
@@ -62,7 +71,10 @@ fn forged_manifests_are_rejected() {
     m.pieces[1] = Digest::of(b"evil");
     let mut edited = good.clone();
     edited.payload = serde_json::to_vec(&m).unwrap();
-    assert_eq!(trusted.verify(&edited, &blob).unwrap_err(), PieceManifestError::BadSignature);
+    assert_eq!(
+        trusted.verify(&edited, &blob).unwrap_err(),
+        PieceManifestError::BadSignature
+    );
 
     // A valid manifest for another blob.
     assert!(matches!(
@@ -73,12 +85,18 @@ fn forged_manifests_are_rejected() {
     // Truncated signature, garbage payload.
     let mut short = good.clone();
     short.signature.truncate(10);
-    assert_eq!(trusted.verify(&short, &blob).unwrap_err(), PieceManifestError::BadSignature);
+    assert_eq!(
+        trusted.verify(&short, &blob).unwrap_err(),
+        PieceManifestError::BadSignature
+    );
 
     // Inconsistent content is refused even when signed.
     let mut bad = manifest(2 * MIN_PIECE_LEN);
     bad.pieces.pop();
-    assert!(matches!(key.sign(bad), Err(PieceManifestError::Inconsistent(_))));
+    assert!(matches!(
+        key.sign(bad),
+        Err(PieceManifestError::Inconsistent(_))
+    ));
 
     // No trusted keys: nothing verifies.
     assert!(TrustedGatewayKeys::default().verify(&good, &blob).is_err());

@@ -1,0 +1,12 @@
+//! The swarm: downloading blobs as verified pieces from other peers (and
+//! the gateway as seed), and serving verified pieces to other peers.
+//!
+//! - [`piece_file`]: a blob being assembled, with its bitmap of verified pieces.
+//! - [`engine`]: the download loop (parent choice, verification, reports).
+//! - [`piece_server`]: the mTLS upload endpoint with the upload rate limit.
+
+pub mod engine;
+pub mod piece_file;
+pub mod piece_server;
+
+pub use engine::{Swarm, SwarmConfig};

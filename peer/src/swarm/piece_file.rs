@@ -1,0 +1,277 @@
+//! A blob being assembled from pieces: a sparse file plus a bitmap of
+//! verified pieces. Only pieces whose sha256 matched the signed manifest are
+//! marked, and only marked pieces are ever read (to containerd or to other
+//! peers). Bytes of a piece that failed verification stay unmarked and are
+//! overwritten by the next attempt.
+
+use bytes::Bytes;
+use customs_protocol::piece_manifest::VerifiedPieceManifest;
+use customs_protocol::{Digest, Sha256Hasher};
+use customs_store::inflight::ByteStream;
+use futures_util::{Stream, StreamExt};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Why a piece was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum PieceError {
+    /// The bytes did not hash to the manifest's piece digest.
+    #[error("piece {index} hashes to {got}, not {want}")]
+    Mismatch {
+        /// Which piece.
+        index: u32,
+        /// What the manifest says.
+        want: Digest,
+        /// What arrived.
+        got: Digest,
+    },
+    /// More or fewer bytes than the piece has.
+    #[error("piece {index}: {detail}")]
+    Length {
+        /// Which piece.
+        index: u32,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The sender broke off.
+    #[error("piece transfer: {0}")]
+    Transfer(String),
+    /// Local disk trouble.
+    #[error("piece file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// See the module docs.
+pub struct PieceFile {
+    manifest: VerifiedPieceManifest,
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    have: watch::Sender<Vec<bool>>,
+}
+
+const READ_CHUNK: u64 = 256 * 1024;
+
+impl PieceFile {
+    /// Opens (resuming) or creates the piece file for a verified manifest.
+    /// Pieces already on disk count only after they hash correctly again.
+    pub async fn open(
+        dir: &Path,
+        manifest: VerifiedPieceManifest,
+    ) -> Result<Arc<Self>, PieceError> {
+        tokio::fs::create_dir_all(dir).await?;
+        let m = manifest.manifest();
+        let path = dir.join(format!("{}.pieces", m.blob.hex()));
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        file.set_len(m.size)?;
+        let file = Arc::new(file);
+        let n = m.piece_count() as usize;
+        let mut have = vec![false; n];
+        if existed {
+            let f = file.clone();
+            let mm = manifest.clone();
+            have = tokio::task::spawn_blocking(move || rescan(&f, &mm))
+                .await
+                .map_err(std::io::Error::other)??;
+            let resumed = have.iter().filter(|h| **h).count();
+            tracing::info!(blob = %m.blob, resumed, total = n, "resuming a partial download");
+        }
+        let (tx, _) = watch::channel(have);
+        Ok(Arc::new(PieceFile {
+            manifest,
+            file,
+            path,
+            have: tx,
+        }))
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &VerifiedPieceManifest {
+        &self.manifest
+    }
+
+    /// True when piece `i` is verified.
+    pub fn has(&self, i: u32) -> bool {
+        self.have.borrow().get(i as usize).copied().unwrap_or(false)
+    }
+
+    /// Indices of verified pieces.
+    pub fn held(&self) -> Vec<u32> {
+        self.have
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
+    /// True when every piece is verified.
+    pub fn complete(&self) -> bool {
+        self.have.borrow().iter().all(|h| *h)
+    }
+
+    /// Writes a piece from a stream while hashing it; marks it only when
+    /// its length and sha256 match the manifest.
+    pub async fn write_piece<S>(&self, index: u32, mut body: S) -> Result<(), PieceError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+    {
+        let m = self.manifest.manifest();
+        let (start, end) = m.piece_range(index).ok_or_else(|| PieceError::Length {
+            index,
+            detail: "no such piece".into(),
+        })?;
+        let want_len = end - start;
+        let mut hasher = Sha256Hasher::new();
+        let mut pos = start;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| PieceError::Transfer(e.to_string()))?;
+            if hasher.len() + chunk.len() as u64 > want_len {
+                return Err(PieceError::Length {
+                    index,
+                    detail: format!("sender sent more than {want_len} bytes"),
+                });
+            }
+            hasher.update(&chunk);
+            let f = self.file.clone();
+            let at = pos;
+            tokio::task::spawn_blocking(move || f.write_all_at(&chunk, at))
+                .await
+                .map_err(std::io::Error::other)??;
+            pos = start + hasher.len();
+        }
+        if hasher.len() != want_len {
+            return Err(PieceError::Length {
+                index,
+                detail: format!("sender sent {} of {want_len} bytes", hasher.len()),
+            });
+        }
+        let got = hasher.finish();
+        let want = &m.pieces[index as usize];
+        if got != *want {
+            return Err(PieceError::Mismatch {
+                index,
+                want: want.clone(),
+                got,
+            });
+        }
+        self.have.send_modify(|h| h[index as usize] = true);
+        Ok(())
+    }
+
+    /// Reads a verified piece as a stream (for serving it to another peer).
+    pub fn piece_stream(&self, index: u32) -> Option<ByteStream> {
+        if !self.has(index) {
+            return None;
+        }
+        let (start, end) = self.manifest.manifest().piece_range(index)?;
+        Some(read_range(self.file.clone(), start, end))
+    }
+
+    /// The whole blob in order, each piece released as soon as it and all
+    /// before it are verified.
+    pub fn ordered_stream(self: Arc<Self>) -> ByteStream {
+        let size = self.manifest.manifest().size;
+        let rx = self.have.subscribe();
+        Box::pin(futures_util::stream::unfold(
+            (self, rx, 0u64),
+            move |(pf, mut rx, pos)| async move {
+                if pos >= size {
+                    return None;
+                }
+                let m = pf.manifest.manifest();
+                let piece = (pos / m.piece_length) as u32;
+                loop {
+                    if rx
+                        .borrow_and_update()
+                        .get(piece as usize)
+                        .copied()
+                        .unwrap_or(false)
+                    {
+                        break;
+                    }
+                    if rx.changed().await.is_err() {
+                        return Some((
+                            Err(std::io::Error::other("piece download stopped")),
+                            (pf, rx, u64::MAX),
+                        ));
+                    }
+                }
+                let (_, end) = m.piece_range(piece)?;
+                let len = (end - pos).min(READ_CHUNK);
+                let f = pf.file.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    f.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                match res {
+                    Ok(b) => Some((Ok(b), (pf, rx, pos + len))),
+                    Err(e) => Some((Err(e), (pf, rx, u64::MAX))),
+                }
+            },
+        ))
+    }
+
+    /// Deletes the file (after the blob was committed to the store).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn rescan(f: &std::fs::File, m: &VerifiedPieceManifest) -> std::io::Result<Vec<bool>> {
+    let m = m.manifest();
+    let mut have = Vec::with_capacity(m.pieces.len());
+    let mut buf = vec![0u8; READ_CHUNK as usize];
+    for i in 0..m.piece_count() {
+        let Some((start, end)) = m.piece_range(i) else {
+            have.push(false);
+            continue;
+        };
+        let mut h = Sha256Hasher::new();
+        let mut pos = start;
+        while pos < end {
+            let n = (end - pos).min(READ_CHUNK) as usize;
+            f.read_exact_at(&mut buf[..n], pos)?;
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+        have.push(h.finish() == m.pieces[i as usize]);
+    }
+    Ok(have)
+}
+
+/// Streams `start..end` of a file in chunks.
+pub fn read_range(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(
+        (file, start),
+        move |(f, pos)| async move {
+            if pos >= end {
+                return None;
+            }
+            let len = (end - pos).min(READ_CHUNK);
+            let f2 = f.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len as usize];
+                f2.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+            match res {
+                Ok(b) => Some((Ok(b), (f, pos + len))),
+                Err(e) => Some((Err(e), (f, end))),
+            }
+        },
+    ))
+}

@@ -1,0 +1,83 @@
+//! The piece (upload) server: serves verified pieces to other peers over
+//! mTLS, paced by the node's upload limit.
+//!
+//! A piece is served only when it is covered by a gateway-signed piece
+//! manifest: from a completed, whole-blob-verified blob in the store, or
+//! from a partial download where that piece's sha256 already matched.
+
+use super::Swarm;
+use super::piece_file::read_range;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use customs_mirror::rate::RateLimiter;
+use customs_protocol::Digest;
+use customs_protocol::piece_manifest::{PieceManifest, SignedPieceManifest};
+use customs_store::inflight::ByteStream;
+use customs_store::{BlobStore, Table};
+use std::sync::Arc;
+
+/// Where pieces come from.
+#[derive(Clone)]
+pub struct PieceProvider {
+    /// Completed blobs (and their stored piece manifests).
+    pub store: Arc<BlobStore>,
+    /// Partial downloads (a peer); `None` on the gateway, which only holds
+    /// whole verified blobs.
+    pub swarm: Option<Arc<Swarm>>,
+    /// The node's upload limit.
+    pub limiter: Arc<RateLimiter>,
+}
+
+impl PieceProvider {
+    /// A verified piece as a stream, or `None`.
+    pub async fn piece(&self, blob: &Digest, index: u32) -> Option<ByteStream> {
+        let signed: Option<SignedPieceManifest> = self
+            .store
+            .index()
+            .get(Table::PieceManifests, &blob.to_string())
+            .ok()
+            .flatten();
+        // The stored manifest was verified (peer) or signed (gateway) before
+        // it was stored; only its geometry is read here.
+        let manifest: Option<PieceManifest> =
+            signed.and_then(|s| serde_json::from_slice(&s.payload).ok());
+        if let Some(m) = &manifest
+            && let Some((start, end)) = m.piece_range(index)
+            && let Ok(Some(reader)) = self.store.open_blob(blob).await
+            && reader.size == m.size
+        {
+            let file = Arc::new(reader.file.into_std().await);
+            let pin = reader.pin;
+            let s = read_range(file, start, end);
+            // Hold the pin for as long as the stream lives.
+            return Some(Box::pin(futures_util::StreamExt::map(s, move |c| {
+                let _ = &pin;
+                c
+            })));
+        }
+        self.swarm.as_ref()?.partial(blob)?.piece_stream(index)
+    }
+}
+
+/// The piece server's routes.
+pub fn router(provider: PieceProvider) -> Router {
+    Router::new()
+        .route("/pieces/{blob}/{index}", axum::routing::get(get_piece))
+        .with_state(provider)
+}
+
+async fn get_piece(
+    State(p): State<PieceProvider>,
+    Path((blob, index)): Path<(String, u32)>,
+) -> Response {
+    let Ok(digest) = format!("sha256:{blob}").parse::<Digest>() else {
+        return (StatusCode::BAD_REQUEST, "bad blob digest").into_response();
+    };
+    match p.piece(&digest, index).await {
+        Some(body) => Response::new(Body::from_stream(p.limiter.limit(body))),
+        None => (StatusCode::NOT_FOUND, "piece not held").into_response(),
+    }
+}

@@ -25,6 +25,20 @@ pub struct GatewayConfig {
     pub tag_ttl_secs: u64,
     /// Seconds a cached tag keeps being served while upstream is down.
     pub stale_window_secs: u64,
+    /// The scheduler's URL (`https://host:port`); with it the gateway seeds the swarm.
+    pub scheduler: Option<String>,
+    /// The address peers reach the gateway's mTLS endpoint at (host:port).
+    pub upload_addr: Option<String>,
+    /// Everything the gateway sends, in bytes per second (0 = unlimited).
+    pub upload_limit: u64,
+    /// PKCS#8 PEM Ed25519 key that signs piece manifests (created if missing).
+    pub signing_key: Option<PathBuf>,
+    /// mTLS CA file.
+    pub tls_ca: Option<PathBuf>,
+    /// mTLS certificate file (must carry the gateway role).
+    pub tls_cert: Option<PathBuf>,
+    /// mTLS key file.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -38,6 +52,13 @@ impl Default for GatewayConfig {
             max_cache_bytes: None,
             tag_ttl_secs: 30,
             stale_window_secs: 6 * 3600,
+            scheduler: None,
+            upload_addr: None,
+            upload_limit: 0,
+            signing_key: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -74,6 +95,16 @@ impl GatewayConfig {
         if self.upstream.is_none() && self.registries.is_empty() {
             return Err(ConfigError::Invalid(
                 "no upstream registry: set --upstream or registries".into(),
+            ));
+        }
+        if self.scheduler.is_some()
+            && (self.tls_ca.is_none()
+                || self.tls_cert.is_none()
+                || self.tls_key.is_none()
+                || self.upload_addr.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "a scheduler needs tls_ca, tls_cert, tls_key and upload_addr".into(),
             ));
         }
         if self.stale_window_secs < self.tag_ttl_secs {

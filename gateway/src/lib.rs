@@ -9,6 +9,7 @@
 //! - [`credentials`]: docker `config.json` credentials, redacted in logs.
 //! - [`upstream`]: one oci-client per upstream registry, as a mirror [`Source`].
 //! - [`admission`]: the admission point (allow-all until policies land).
+//! - [`seed`]: piece manifests signed for verified blobs, registered with the scheduler.
 //! - [`config`]: the gateway's configuration.
 //! - [`server`]: wiring and the `run` entry point.
 //!
@@ -18,6 +19,7 @@
 pub mod admission;
 pub mod config;
 pub mod credentials;
+pub mod seed;
 pub mod server;
 pub mod upstream;
 

@@ -1,14 +1,23 @@
-//! Wiring: store, upstreams, admission and the OCI routes.
+//! Wiring: store, upstreams, admission, the OCI routes and the seed.
 
 use crate::admission::AllowAllAudited;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::credentials::{Credentials, CredentialsError};
+use crate::seed::Seed;
 use crate::upstream::{UpstreamError, UpstreamSettings, Upstreams, registry_identity};
-use customs_mirror::http::{RegistryResolver, router};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use customs_mirror::http::{RegistryResolver, oci_error, router};
+use customs_mirror::rate::RateLimiter;
 use customs_mirror::{Mirror, MirrorConfig, UnboundBlobs};
-use customs_protocol::RegistryHost;
+use customs_peer::swarm::piece_server::{self, PieceProvider};
+use customs_protocol::piece_manifest::GatewayKey;
+use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
+use customs_protocol::{Digest, ImageName, RegistryHost};
 use customs_store::audit::{AuditError, AuditLog};
 use customs_store::{BlobStore, StoreConfig, StoreError};
+use customs_tls::{RefusedConnections, TlsIdentity, TlsPaths};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -32,6 +41,20 @@ pub enum GatewayError {
     /// The audit log failed.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// TLS material unusable.
+    #[error(transparent)]
+    Tls(#[from] customs_tls::TlsError),
+    /// The signing key is unusable.
+    #[error("gateway signing key {path}: {detail}")]
+    Key {
+        /// Which file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// The scheduler endpoint is unusable.
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] tonic::transport::Error),
     /// Serving failed.
     #[error("gateway server: {0}")]
     Serve(#[from] std::io::Error),
@@ -44,6 +67,35 @@ pub type GatewayMirror = Mirror<Upstreams, AllowAllAudited>;
 pub struct Gateway {
     mirror: Arc<GatewayMirror>,
     default_registry: RegistryHost,
+    limiter: Arc<RateLimiter>,
+    swarm: Option<(Arc<Seed>, Arc<TlsIdentity>)>,
+    /// Refused mTLS connections (no valid client certificate).
+    pub refused: Arc<RefusedConnections>,
+}
+
+/// Loads the signing key, creating it (and its `.pub`) when missing.
+pub fn load_or_create_key(path: &std::path::Path) -> Result<GatewayKey, GatewayError> {
+    let err = |detail: String| GatewayError::Key {
+        path: path.display().to_string(),
+        detail,
+    };
+    if path.exists() {
+        let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        return GatewayKey::from_pem(&pem).map_err(|e| err(e.to_string()));
+    }
+    let key = GatewayKey::generate().map_err(|e| err(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::write(path, key.to_pem().map_err(|e| err(e.to_string()))?)
+        .map_err(|e| err(e.to_string()))?;
+    std::fs::write(
+        path.with_extension("pub"),
+        key.public_pem().map_err(|e| err(e.to_string()))?,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    tracing::info!(key_id = key.id(), path = %path.display(), "created a gateway signing key");
+    Ok(key)
 }
 
 impl Gateway {
@@ -108,9 +160,38 @@ impl Gateway {
                 ..MirrorConfig::default()
             },
         );
+        let swarm = match (&cfg.scheduler, &cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key) {
+            (Some(url), Some(ca), Some(cert), Some(key)) => {
+                let identity = Arc::new(TlsIdentity::load(&TlsPaths {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })?);
+                let signing = load_or_create_key(
+                    &cfg.signing_key
+                        .clone()
+                        .unwrap_or_else(|| cfg.data_dir.join("gateway-key.pem")),
+                )?;
+                let channel = tonic::transport::Channel::from_shared(url.clone())
+                    .map_err(|e| ConfigError::Invalid(format!("scheduler URL: {e}")))?
+                    .tls_config(identity.tonic_client("localhost"))?
+                    .connect_lazy();
+                let seed = Seed::new(
+                    signing,
+                    SchedulerClient::new(channel),
+                    cfg.upload_addr.clone().unwrap_or_default(),
+                    cfg.upload_limit,
+                );
+                Some((Arc::new(seed), identity))
+            }
+            _ => None,
+        };
         Ok(Gateway {
             mirror: Arc::new(mirror),
             default_registry,
+            limiter: RateLimiter::new(cfg.upload_limit),
+            swarm,
+            refused: Arc::default(),
         })
     }
 
@@ -124,22 +205,103 @@ impl Gateway {
         &self.default_registry
     }
 
-    /// Serves the OCI pull API on an already bound listener until `shutdown`.
+    /// Bytes the gateway has sent to peers and clients.
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
+    }
+
+    /// Serves the OCI pull API on `listener` and, with a scheduler
+    /// configured, the mTLS endpoint for peers (OCI API, tasks, pieces) on
+    /// `upload`, until `shutdown`.
     pub async fn serve(
         self,
         listener: TcpListener,
+        upload: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), GatewayError> {
+        let resolver = RegistryResolver {
+            default: self.default_registry.clone(),
+        };
         let app = router(
             self.mirror.clone(),
-            RegistryResolver {
-                default: self.default_registry.clone(),
-            },
+            resolver.clone(),
+            Some(self.limiter.clone()),
         );
         tracing::info!(addr = %listener.local_addr()?, default_registry = %self.default_registry, "gateway serving the OCI pull API");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        let oci =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        match (self.swarm, upload) {
+            (Some((seed, identity)), Some(upload)) => {
+                tracing::info!(addr = %upload.local_addr()?, key_id = seed.key_id(), "gateway serving peers over mTLS");
+                let provider = PieceProvider {
+                    store: self.mirror.store().clone(),
+                    swarm: None,
+                    limiter: self.limiter.clone(),
+                };
+                let tasks = axum::Router::new()
+                    .route("/customs/v1/tasks", axum::routing::get(get_task))
+                    .with_state(Arc::new(TaskState {
+                        mirror: self.mirror.clone(),
+                        seed: seed.clone(),
+                        resolver: resolver.clone(),
+                    }));
+                let peer_app = router(self.mirror.clone(), resolver, Some(self.limiter.clone()))
+                    .merge(tasks)
+                    .merge(piece_server::router(provider));
+                let limiter = self.limiter.clone();
+                tokio::spawn(seed.announce_loop(move || limiter.active() as u32, shutdown.clone()));
+                let peers = customs_tls::serve_mtls(
+                    upload,
+                    identity.server_config()?,
+                    peer_app,
+                    self.refused.clone(),
+                    shutdown.clone(),
+                );
+                let (a, b) = tokio::join!(oci, peers);
+                a?;
+                b?;
+            }
+            _ => oci.await?,
+        }
         Ok(())
+    }
+}
+
+struct TaskState {
+    mirror: Arc<GatewayMirror>,
+    seed: Arc<Seed>,
+    resolver: RegistryResolver,
+}
+
+/// `GET /customs/v1/tasks?ns=&repo=&digest=`: the signed piece manifest for
+/// a blob bound to an admitted manifest of that repository (peers only:
+/// this route exists on the mTLS endpoint alone).
+async fn get_task(
+    State(st): State<Arc<TaskState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let result = async {
+        let registry = st.resolver.resolve(q.get("ns").map(String::as_str))?;
+        let repository = q
+            .get("repo")
+            .map(String::as_str)
+            .unwrap_or_default()
+            .parse()?;
+        let digest: Digest = q
+            .get("digest")
+            .map(String::as_str)
+            .unwrap_or_default()
+            .parse()
+            .map_err(customs_protocol::NameError::from)?;
+        let image = ImageName {
+            registry,
+            repository,
+        };
+        st.seed.ensure_task(&st.mirror, &image, &digest).await
+    }
+    .await;
+    match result {
+        Ok(signed) => axum::Json(signed).into_response(),
+        Err(e) => oci_error(e, None),
     }
 }

@@ -28,6 +28,16 @@ pub enum Table {
 }
 
 impl Table {
+    /// Every table, created when the index is opened.
+    pub const ALL: [Table; 6] = [
+        Table::Blobs,
+        Table::Tags,
+        Table::Bindings,
+        Table::Admissions,
+        Table::Manifests,
+        Table::PieceManifests,
+    ];
+
     fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         TableDefinition::new(match self {
             Table::Blobs => "blobs",
@@ -74,13 +84,7 @@ impl Index {
     pub fn open(path: &Path) -> Result<Self, IndexError> {
         let db = Database::create(path).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
-        for t in [
-            Table::Blobs,
-            Table::Tags,
-            Table::Bindings,
-            Table::Admissions,
-            Table::Manifests,
-        ] {
+        for t in Table::ALL {
             tx.open_table(t.def()).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;

@@ -42,6 +42,27 @@ pub struct GatewayFlags {
     /// Seconds a cached tag is served while the upstream is down.
     #[arg(long)]
     pub stale_window_secs: Option<u64>,
+    /// Cap on everything the gateway sends (peers and direct clients), bytes/s.
+    #[arg(long)]
+    pub upload_limit: Option<u64>,
+    /// Scheduler URL (https://host:port): enables seeding the swarm.
+    #[arg(long, env = "CUSTOMS_SCHEDULER")]
+    pub scheduler: Option<String>,
+    /// mTLS endpoint for peers (OCI API, tasks, pieces).
+    #[arg(long)]
+    pub upload_listen: Option<SocketAddr>,
+    /// Ed25519 PKCS#8 key that signs piece manifests (created if missing).
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+    /// mTLS CA file.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// mTLS certificate (with the gateway role).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// mTLS private key.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl GatewayFlags {
@@ -72,7 +93,25 @@ impl GatewayFlags {
         if let Some(n) = self.stale_window_secs {
             cfg.stale_window_secs = n;
         }
-        cfg.validate()?;
+        if let Some(n) = self.upload_limit {
+            cfg.upload_limit = n;
+        }
+        if let Some(s) = &self.scheduler {
+            cfg.scheduler = Some(s.clone());
+        }
+        if let Some(a) = self.upload_listen {
+            cfg.upload_addr = Some(a.to_string());
+        }
+        for (dst, src) in [
+            (&mut cfg.signing_key, &self.signing_key),
+            (&mut cfg.tls_ca, &self.tls_ca),
+            (&mut cfg.tls_cert, &self.tls_cert),
+            (&mut cfg.tls_key, &self.tls_key),
+        ] {
+            if let Some(p) = src {
+                *dst = Some(p.clone());
+            }
+        }
         Ok(cfg)
     }
 }
@@ -86,13 +125,22 @@ pub struct GatewayArgs {
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cfg = args.flags.config()?;
+    cfg.validate()?;
     let gw = Gateway::build(&cfg)?;
     let listener = tokio::net::TcpListener::bind(args.flags.listen)
         .await
         .with_context(|| format!("binding {}", args.flags.listen))?;
+    let upload = match args.flags.upload_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        ),
+        None => None,
+    };
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
     tracing::info!(gateway = %args.flags.listen, "customs gateway ready");
-    gw.serve(listener, token).await?;
+    gw.serve(listener, upload, token).await?;
     Ok(())
 }

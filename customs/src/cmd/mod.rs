@@ -1,5 +1,6 @@
 //! Subcommands.
 
+mod certs;
 mod containerd_config;
 mod gateway;
 mod gc;
@@ -39,6 +40,8 @@ enum Command {
     ContainerdConfig(containerd_config::ContainerdConfigArgs),
     /// Evict least-recently-used blobs from a stopped node's store.
     Gc(gc::GcArgs),
+    /// Create a development CA and mTLS certificates for components.
+    Certs(certs::CertsArgs),
 }
 
 /// Starts tracing; `RUST_LOG` filters (default `info`).
@@ -64,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(a) => scheduler::run(a).await,
         Command::ContainerdConfig(a) => containerd_config::run(a),
         Command::Gc(a) => gc::run(a).await,
+        Command::Certs(a) => certs::run(a),
     }
 }
 

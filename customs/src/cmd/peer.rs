@@ -14,51 +14,97 @@ pub struct PeerArgs {
     /// YAML config file.
     #[arg(long, env = "CUSTOMS_PEER_CONFIG")]
     config: Option<PathBuf>,
-    /// The gateway's OCI endpoint URL.
+    /// The gateway URL: its mTLS endpoint (https://) in swarm mode, else its OCI endpoint.
     #[arg(long, env = "CUSTOMS_GATEWAY")]
     gateway: Option<String>,
-    /// The scheduler URL (used by the swarm; accepted now so node configs
-    /// need no change when it lands).
+    /// The scheduler URL (https://host:port): enables the swarm.
     #[arg(long, env = "CUSTOMS_SCHEDULER")]
     scheduler: Option<String>,
     /// containerd-facing OCI endpoint.
     #[arg(long, default_value = "127.0.0.1:5070")]
     listen: SocketAddr,
+    /// Piece server (mTLS) for other peers; port 0 picks one.
+    #[arg(long)]
+    upload_listen: Option<SocketAddr>,
     /// Data directory.
     #[arg(long, env = "CUSTOMS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Cap on what this peer sends to other peers, bytes/s (never limits
+    /// delivery to its own containerd).
+    #[arg(long)]
+    upload_limit: Option<u64>,
     /// Registry meant by requests without `ns` (match the gateway's upstream).
     #[arg(long)]
     default_registry: Option<String>,
     /// Store size limit in bytes.
     #[arg(long)]
     max_cache_bytes: Option<u64>,
+    /// Peer id (the certificate must name `<id>.customs.internal`).
+    #[arg(long)]
+    peer_id: Option<String>,
+    /// Trusted gateway public key (PEM); repeat for rotation.
+    #[arg(long = "gateway-key")]
+    gateway_keys: Vec<PathBuf>,
+    /// mTLS CA file.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// mTLS certificate.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// mTLS key.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Locality: zone.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Locality: rack.
+    #[arg(long)]
+    rack: Option<String>,
 }
 
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     let mut cfg: PeerConfig = super::load_yaml(args.config.as_deref())?;
-    if let Some(g) = args.gateway {
-        cfg.gateway = Some(g);
+    macro_rules! set {
+        ($field:ident) => {
+            if let Some(v) = args.$field.clone() {
+                cfg.$field = v.into();
+            }
+        };
     }
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
+    set!(gateway);
+    set!(scheduler);
+    set!(data_dir);
+    set!(default_registry);
+    set!(max_cache_bytes);
+    set!(peer_id);
+    set!(tls_ca);
+    set!(tls_cert);
+    set!(tls_key);
+    set!(zone);
+    set!(rack);
+    set!(upload_limit);
+    if !args.gateway_keys.is_empty() {
+        cfg.gateway_keys = args.gateway_keys.clone();
     }
-    if let Some(r) = args.default_registry {
-        cfg.default_registry = r;
-    }
-    if let Some(n) = args.max_cache_bytes {
-        cfg.max_cache_bytes = Some(n);
-    }
-    if let Some(s) = &args.scheduler {
-        tracing::info!(scheduler = %s, "scheduler configured (the swarm is not enabled in this version)");
-    }
+    let upload = match args.upload_listen {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?;
+            if cfg.upload_addr.is_none() {
+                cfg.upload_addr = Some(l.local_addr()?.to_string());
+            }
+            Some(l)
+        }
+        None => None,
+    };
     let peer = Peer::build(&cfg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
-    tracing::info!(peer = %args.listen, "customs peer ready");
-    peer.serve(listener, token).await?;
+    tracing::info!(peer = %args.listen, upload = ?cfg.upload_addr, "customs peer ready");
+    peer.serve(listener, upload, token).await?;
     Ok(())
 }

@@ -3,28 +3,70 @@
 use crate::shutdown;
 use anyhow::Context;
 use clap::Args;
+use customs_protocol::piece_manifest::TrustedGatewayKeys;
+use customs_scheduler::SchedulerService;
+use customs_store::audit::AuditLog;
+use customs_tls::{TlsIdentity, TlsPaths};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// `customs scheduler` flags.
 #[derive(Args)]
 pub struct SchedulerArgs {
-    /// Address to serve on.
+    /// Address to serve gRPC (mTLS) on.
     #[arg(
         long,
         env = "CUSTOMS_SCHEDULER_LISTEN",
         default_value = "127.0.0.1:5060"
     )]
     listen: SocketAddr,
+    /// Trusted gateway public keys (PEM); repeat for rotation.
+    #[arg(long = "gateway-key", required = true)]
+    gateway_keys: Vec<PathBuf>,
+    /// mTLS CA file.
+    #[arg(long)]
+    tls_ca: PathBuf,
+    /// mTLS certificate.
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// mTLS key.
+    #[arg(long)]
+    tls_key: PathBuf,
+    /// Audit log for bad-piece reports (JSON lines).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+}
+
+/// Loads trusted gateway public keys from PEM files.
+pub fn trusted_keys(paths: &[PathBuf]) -> anyhow::Result<TrustedGatewayKeys> {
+    let pems: Vec<String> = paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(TrustedGatewayKeys::from_pems(
+        pems.iter().map(String::as_str),
+    )?)
 }
 
 pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
+    let identity = TlsIdentity::load(&TlsPaths {
+        ca: args.tls_ca,
+        cert: args.tls_cert,
+        key: args.tls_key,
+    })?;
+    let audit = args.audit_log.as_deref().map(AuditLog::open).transpose()?;
+    let service = Arc::new(SchedulerService::new(
+        trusted_keys(&args.gateway_keys)?,
+        audit,
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
     tracing::info!(scheduler = %args.listen, "customs scheduler ready");
-    customs_scheduler::serve(listener, token).await?;
+    customs_scheduler::serve(listener, &identity, service, token).await?;
     Ok(())
 }

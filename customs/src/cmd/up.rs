@@ -1,11 +1,18 @@
-//! `customs up`: gateway and scheduler in one process on embedded storage.
+//! `customs up`: gateway and scheduler in one process on embedded storage,
+//! plus an optional local fleet of peer processes for trying the swarm.
 
 use super::gateway::GatewayFlags;
 use crate::shutdown;
 use anyhow::Context;
 use clap::Args;
 use customs_gateway::Gateway;
+use customs_scheduler::SchedulerService;
+use customs_store::audit::AuditLog;
+use customs_tls::{Role, TlsIdentity, TlsPaths, write_dev_pki};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// `customs up` flags.
@@ -13,45 +20,195 @@ use tokio_util::sync::CancellationToken;
 pub struct UpArgs {
     #[command(flatten)]
     gateway: GatewayFlags,
-    /// The scheduler's address.
+    /// The scheduler's gRPC (mTLS) address.
     #[arg(long, default_value = "127.0.0.1:0")]
     scheduler_listen: SocketAddr,
+    /// Start N peer processes on loopback; peer i serves containerd on the
+    /// port of --listen plus i.
+    #[arg(long, default_value_t = 0)]
+    peers: u16,
+}
+
+struct Fleet {
+    children: Vec<tokio::process::Child>,
+}
+
+impl Fleet {
+    async fn stop(mut self) {
+        for c in &self.children {
+            if let Some(pid) = c.id() {
+                let _ = tokio::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()
+                    .await;
+            }
+        }
+        for c in &mut self.children {
+            if tokio::time::timeout(std::time::Duration::from_secs(10), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_peer(
+    i: u16,
+    listen: SocketAddr,
+    data_dir: &Path,
+    pki: &Path,
+    gateway_url: &str,
+    scheduler_url: &str,
+    key_pub: &Path,
+    default_registry: &str,
+    upload_limit: Option<u64>,
+) -> anyhow::Result<tokio::process::Child> {
+    let name = format!("peer-{i}");
+    let dir = data_dir.join(&name);
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::File::create(data_dir.join(format!("{name}.log")))?;
+    let tls = TlsPaths::in_dir(pki, &name);
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.arg("peer")
+        .arg("--gateway")
+        .arg(gateway_url)
+        .arg("--scheduler")
+        .arg(scheduler_url)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--upload-listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--peer-id")
+        .arg(&name)
+        .arg("--gateway-key")
+        .arg(key_pub)
+        .arg("--tls-ca")
+        .arg(&tls.ca)
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
+        .arg("--default-registry")
+        .arg(default_registry)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(l) = upload_limit {
+        cmd.arg("--upload-limit").arg(l.to_string());
+    }
+    Ok(cmd.spawn()?)
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut cfg = args.gateway.config()?;
     if args.gateway.data_dir.is_none() && args.gateway.config.is_none() {
-        cfg.data_dir = std::path::PathBuf::from("customs-data");
+        cfg.data_dir = PathBuf::from("customs-data");
     }
-    let gw = Gateway::build(&cfg)?;
-    let gw_listener = tokio::net::TcpListener::bind(args.gateway.listen)
-        .await
-        .with_context(|| format!("binding {}", args.gateway.listen))?;
+    // A development PKI and signing key under the data dir, created once.
+    let pki = cfg.data_dir.join("pki");
+    let mut names: Vec<(String, Role)> = vec![
+        ("gateway".into(), Role::Gateway),
+        ("scheduler".into(), Role::Scheduler),
+    ];
+    names.extend((1..=args.peers).map(|i| (format!("peer-{i}"), Role::Peer)));
+    let missing: Vec<(&str, Role)> = names
+        .iter()
+        .filter(|(n, _)| !pki.join(format!("{n}.pem")).exists())
+        .map(|(n, r)| (n.as_str(), *r))
+        .collect();
+    write_dev_pki(&pki, &missing).context("creating the development PKI")?;
+    let key_path = cfg
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("gateway-key.pem"));
+    let key = customs_gateway::server::load_or_create_key(&key_path)?;
+    let key_pub = key_path.with_extension("pub");
+    std::fs::write(&key_pub, key.public_pem()?)?;
+
     let sched_listener = tokio::net::TcpListener::bind(args.scheduler_listen)
         .await
         .with_context(|| format!("binding {}", args.scheduler_listen))?;
     let sched_addr = sched_listener.local_addr()?;
+    let scheduler_url = format!("https://{sched_addr}");
+    let upload_listener = tokio::net::TcpListener::bind(
+        args.gateway
+            .upload_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await
+    .context("binding the gateway's peer endpoint")?;
+    let upload_addr = upload_listener.local_addr()?;
+    let gw_tls = TlsPaths::in_dir(&pki, "gateway");
+    cfg.scheduler = Some(scheduler_url.clone());
+    cfg.upload_addr = Some(upload_addr.to_string());
+    cfg.signing_key = Some(key_path.clone());
+    cfg.tls_ca = Some(gw_tls.ca.clone());
+    cfg.tls_cert = Some(gw_tls.cert.clone());
+    cfg.tls_key = Some(gw_tls.key.clone());
+    cfg.validate()?;
+    let gw = Gateway::build(&cfg)?;
+    let default_registry = gw.default_registry().to_string();
+    let gw_listener = tokio::net::TcpListener::bind(args.gateway.listen)
+        .await
+        .with_context(|| format!("binding {}", args.gateway.listen))?;
+
+    let sched_identity = TlsIdentity::load(&TlsPaths::in_dir(&pki, "scheduler"))?;
+    let keys = super::scheduler::trusted_keys(std::slice::from_ref(&key_pub))?;
+    let audit = AuditLog::open(&cfg.data_dir.join("audit/scheduler.jsonl"))?;
+    let service = Arc::new(SchedulerService::new(keys, Some(audit)));
+
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
     let gw_token = token.clone();
     let mut gw_task = tokio::spawn(async move {
-        gw.serve(gw_listener, gw_token)
+        gw.serve(gw_listener, Some(upload_listener), gw_token)
             .await
             .map_err(anyhow::Error::from)
     });
     let sched_token = token.clone();
     let mut sched_task = tokio::spawn(async move {
-        customs_scheduler::serve(sched_listener, sched_token)
+        customs_scheduler::serve(sched_listener, &sched_identity, service, sched_token)
             .await
             .map_err(anyhow::Error::from)
     });
-    tracing::info!(gateway = %args.gateway.listen, scheduler = %sched_addr, data_dir = %cfg.data_dir.display(), "customs ready");
-    // Supervise: when one part stops, stop the other and report the first error.
+
+    let mut fleet = Fleet {
+        children: Vec::new(),
+    };
+    let gateway_url = format!("https://{upload_addr}");
+    for i in 1..=args.peers {
+        let listen = SocketAddr::new(args.gateway.listen.ip(), args.gateway.listen.port() + i);
+        fleet.children.push(spawn_peer(
+            i,
+            listen,
+            &cfg.data_dir,
+            &pki,
+            &gateway_url,
+            &scheduler_url,
+            &key_pub,
+            &default_registry,
+            args.gateway.upload_limit,
+        )?);
+    }
+    tracing::info!(
+        gateway = %args.gateway.listen, peers_endpoint = %upload_addr, scheduler = %sched_addr,
+        peers = args.peers, data_dir = %cfg.data_dir.display(), key_id = key.id(),
+        "customs ready"
+    );
+    // Supervise: when one part stops, stop the rest and report the first error.
     let (first, rest) = tokio::select! {
         r = &mut gw_task => (r, sched_task),
         r = &mut sched_task => (r, gw_task),
     };
     token.cancel();
+    fleet.stop().await;
     if tokio::time::timeout(std::time::Duration::from_secs(10), rest)
         .await
         .is_err()

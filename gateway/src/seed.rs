@@ -1,0 +1,238 @@
+//! The gateway as seed peer: it turns admitted, whole-blob-verified blobs
+//! into swarm tasks.
+//!
+//! For a blob a peer asks about, the gateway checks the repository binding
+//! (the same check as an OCI blob request), makes sure the blob is stored
+//! (fetching and verifying it once if cold), hashes its pieces, signs the
+//! piece manifest with the gateway key and registers it with the scheduler.
+//! A piece manifest is therefore never signed for bytes whose whole-blob
+//! sha256 did not match.
+
+use crate::server::GatewayMirror;
+use customs_mirror::MirrorError;
+use customs_protocol::piece_manifest::{
+    self, AdmissionRef, GatewayKey, PieceManifest, SignedPieceManifest,
+};
+use customs_protocol::scheduler_proto as pb;
+use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
+use customs_protocol::{Digest, ImageName, Sha256Hasher};
+use customs_store::{StoreError, Table};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// The gateway's swarm side.
+pub struct Seed {
+    key: GatewayKey,
+    scheduler: SchedulerClient<Channel>,
+    upload_addr: String,
+    upload_capacity: u64,
+    locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The peer id the gateway announces itself under (its certificate must
+/// name `gateway.customs.internal`).
+pub const SEED_ID: &str = "gateway";
+
+impl Seed {
+    /// Builds the seed side.
+    pub fn new(
+        key: GatewayKey,
+        scheduler: SchedulerClient<Channel>,
+        upload_addr: String,
+        upload_capacity: u64,
+    ) -> Self {
+        Seed {
+            key,
+            scheduler,
+            upload_addr,
+            upload_capacity,
+            locks: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The signing key's id.
+    pub fn key_id(&self) -> &str {
+        self.key.id()
+    }
+
+    /// Announces the gateway as a seed every few seconds (a restarted
+    /// scheduler learns it again).
+    pub async fn announce_loop(
+        self: Arc<Self>,
+        active: impl Fn() -> u32,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let info = pb::PeerInfo {
+                peer_id: SEED_ID.to_owned(),
+                upload_addr: self.upload_addr.clone(),
+                upload_capacity: self.upload_capacity,
+                active_uploads: active(),
+                zone: String::new(),
+                rack: String::new(),
+                seed: true,
+            };
+            if let Err(e) = self
+                .scheduler
+                .clone()
+                .announce_peer(pb::AnnouncePeerRequest { peer: Some(info) })
+                .await
+            {
+                tracing::debug!(error = %e, "seed announce failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    /// The signed piece manifest for a blob of `image`, building and
+    /// registering it on first use.
+    pub async fn ensure_task(
+        &self,
+        mirror: &GatewayMirror,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<SignedPieceManifest, MirrorError> {
+        // The same binding check an OCI blob request passes.
+        let binding = mirror.binding(image, digest)?.ok_or_else(|| {
+            MirrorError::BlobUnknown(format!(
+                "{digest} is not referenced by an admitted manifest of {image}"
+            ))
+        })?;
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(digest.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let store = mirror.store();
+        let existing: Option<SignedPieceManifest> = store
+            .index()
+            .get(Table::PieceManifests, &digest.to_string())
+            .map_err(StoreError::from)?;
+        let signed = match existing {
+            Some(s) => s,
+            None => {
+                // Fetch (once, single-flight) and verify the whole blob;
+                // draining the stream waits for the digest check.
+                let body = mirror.blob(image, digest, None).await?;
+                let mut s = body.body;
+                while let Some(chunk) = s.next().await {
+                    chunk.map_err(|e| {
+                        MirrorError::Source(customs_store::FetchFailure::new(
+                            customs_store::FetchFailureKind::Unavailable,
+                            e.to_string(),
+                        ))
+                    })?;
+                }
+                let reader = store.open_blob(digest).await?.ok_or_else(|| {
+                    MirrorError::BlobUnknown(format!("{digest} was not stored after its fetch"))
+                })?;
+                let size = reader.size;
+                let piece_length = piece_manifest::piece_length_for(size);
+                let file = reader.file.into_std().await;
+                let pieces = tokio::task::spawn_blocking(move || hash_pieces(file, piece_length))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))?
+                    .map_err(StoreError::from)?;
+                let manifest = PieceManifest {
+                    blob: digest.clone(),
+                    size,
+                    piece_length,
+                    pieces,
+                    admission: AdmissionRef {
+                        image: image.to_string(),
+                        manifest_digest: binding
+                            .admitted_by
+                            .clone()
+                            .unwrap_or_else(|| digest.clone()),
+                        policy_revision: mirror.admission_revision(),
+                    },
+                    key_id: String::new(),
+                };
+                let signed = self.key.sign(manifest).map_err(|e| {
+                    MirrorError::Source(customs_store::FetchFailure::new(
+                        customs_store::FetchFailureKind::Io,
+                        e.to_string(),
+                    ))
+                })?;
+                let key = digest.to_string();
+                let rec = signed.clone();
+                store
+                    .blocking_index(move |idx| idx.put(Table::PieceManifests, &key, &rec))
+                    .await?;
+                tracing::info!(%image, blob = %digest, size, piece_length, "piece manifest signed");
+                signed
+            }
+        };
+        // Registration is idempotent: a restarted scheduler learns the task
+        // again the next time a peer asks.
+        let req = pb::RegisterTaskRequest {
+            manifest: Some(pb::SignedPieceManifest {
+                payload: signed.payload.clone(),
+                signature: signed.signature.clone(),
+                key_id: signed.key_id.clone(),
+            }),
+        };
+        if let Err(e) = self.scheduler.clone().register_task(req).await {
+            tracing::warn!(blob = %digest, error = %e, "scheduler registration failed; peers fall back to the gateway");
+        }
+        Ok(signed)
+    }
+}
+
+/// sha256 of each piece of a stored, verified blob.
+fn hash_pieces(mut file: std::fs::File, piece_length: u64) -> std::io::Result<Vec<Digest>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut h = Sha256Hasher::new();
+    loop {
+        let want = (piece_length - h.len()).min(buf.len() as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        if h.len() == piece_length {
+            out.push(std::mem::take(&mut h).finish());
+        }
+    }
+    if !h.is_empty() || out.is_empty() {
+        out.push(h.finish());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        let data: Vec<u8> = (0..(2 * piece_manifest::MIN_PIECE_LEN + 7))
+            .map(|i| i as u8)
+            .collect();
+        std::fs::write(&p, &data).unwrap();
+        let pieces = hash_pieces(
+            std::fs::File::open(&p).unwrap(),
+            piece_manifest::MIN_PIECE_LEN,
+        )
+        .unwrap();
+        assert_eq!(pieces.len(), 3);
+        let len = piece_manifest::MIN_PIECE_LEN as usize;
+        assert_eq!(pieces[2], Digest::of(&data[2 * len..]));
+        assert_eq!(pieces[0], Digest::of(&data[..len]));
+        std::fs::write(&p, b"").unwrap();
+        assert_eq!(
+            hash_pieces(std::fs::File::open(&p).unwrap(), 1 << 20).unwrap(),
+            vec![Digest::of(b"")]
+        );
+    }
+}

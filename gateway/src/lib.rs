@@ -11,6 +11,7 @@
 //! - [`admission`]: the admission point (allow-all until policies land).
 //! - [`seed`]: piece manifests signed for verified blobs, registered with the scheduler.
 //! - [`config`]: the gateway's configuration.
+//! - [`status`]: `/customs/v1/status` and `/metrics`.
 //! - [`server`]: wiring and the `run` entry point.
 //!
 //! [`Source`]: customs_mirror::Source
@@ -21,6 +22,7 @@ pub mod config;
 pub mod credentials;
 pub mod seed;
 pub mod server;
+pub mod status;
 pub mod upstream;
 
 pub use config::GatewayConfig;

@@ -226,7 +226,11 @@ impl Gateway {
             self.mirror.clone(),
             resolver.clone(),
             Some(self.limiter.clone()),
-        );
+        )
+        .merge(crate::status::routes(
+            self.limiter.clone(),
+            self.refused.clone(),
+        ));
         tracing::info!(addr = %listener.local_addr()?, default_registry = %self.default_registry, "gateway serving the OCI pull API");
         let oci =
             axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -223,6 +223,22 @@ impl Peer {
             },
             None,
         );
+        let swarm_for_status = self.swarm.as_ref().map(|(s, _, _)| s.clone());
+        let app = app.route(
+            "/customs/v1/status",
+            axum::routing::get(move || {
+                let swarm = swarm_for_status.clone();
+                async move {
+                    let (received, uploaded) =
+                        swarm.as_ref().map(|s| s.traffic()).unwrap_or_default();
+                    axum::Json(serde_json::json!({
+                        "peer_id": swarm.as_ref().map(|s| s.peer_id().to_owned()),
+                        "received_bytes_by_parent": received,
+                        "uploaded_bytes": uploaded,
+                    }))
+                }
+            }),
+        );
         tracing::info!(addr = %listener.local_addr()?, swarm = self.swarm.is_some(), "peer serving the OCI pull API");
         let oci =
             axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -372,3 +372,74 @@ impl Customs {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// `customs up --peers N` with an explicit scheduler port; waits for every peer.
+pub struct Fleet {
+    pub gateway: Customs,
+    pub peers: Vec<SocketAddr>,
+    pub scheduler: SocketAddr,
+}
+
+impl Fleet {
+    pub fn up(data_dir: &Path, upstream: &str, peers: u16, extra: &[&str]) -> Fleet {
+        // Peers listen on --listen + i: find a base with N free ports after it.
+        let base = loop {
+            let p = free_port();
+            if p < 60000
+                && (1..=peers).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+            {
+                break p;
+            }
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
+        let scheduler: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--upstream".into(),
+            upstream.into(),
+            "--peers".into(),
+            peers.to_string(),
+            "--scheduler-listen".into(),
+            scheduler.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let gateway = Customs::spawn(&args, addr, data_dir);
+        let peers: Vec<SocketAddr> = (1..=peers)
+            .map(|i| SocketAddr::new(addr.ip(), base + i))
+            .collect();
+        for p in &peers {
+            wait_for_port(*p, Duration::from_secs(30));
+        }
+        Fleet {
+            gateway,
+            peers,
+            scheduler,
+        }
+    }
+
+    /// A peer's `/customs/v1/status`.
+    pub fn peer_status(&self, i: usize) -> serde_json::Value {
+        http_get_json(&format!("http://{}/customs/v1/status", self.peers[i]))
+    }
+}
+
+/// A blocking GET of a JSON document over plain HTTP on loopback.
+pub fn http_get_json(url: &str) -> serde_json::Value {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{url}: {e}: {resp}"))
+}

@@ -62,6 +62,8 @@ pub struct Swarm {
     partials: std::sync::Mutex<HashMap<Digest, Arc<PieceFile>>>,
     /// Served-bytes and active-upload figures come from the piece server's limiter.
     limiter: Arc<customs_mirror::rate::RateLimiter>,
+    /// Verified bytes received, per parent id (where the bytes came from).
+    received: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 fn failure(kind: FetchFailureKind, m: impl Into<String>) -> FetchFailure {
@@ -168,6 +170,7 @@ impl Swarm {
             store,
             partials: std::sync::Mutex::default(),
             limiter,
+            received: std::sync::Mutex::default(),
         })
     }
 
@@ -183,6 +186,16 @@ impl Swarm {
             .unwrap_or_else(|e| e.into_inner())
             .get(blob)
             .cloned()
+    }
+
+    /// Verified bytes received per parent, and bytes uploaded to other peers.
+    pub fn traffic(&self) -> (HashMap<String, u64>, u64) {
+        let received = self
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (received, self.limiter.served())
     }
 
     /// The store (completed blobs are served from it).
@@ -522,7 +535,20 @@ impl Swarm {
         };
         let body = resp.bytes_stream().map_err(std::io::Error::other);
         match pf.write_piece(piece, Box::pin(body)).await {
-            Ok(()) => PieceOutcome::Done(piece),
+            Ok(()) => {
+                let len = pf
+                    .manifest()
+                    .manifest()
+                    .piece_range(piece)
+                    .map_or(0, |(a, b)| b - a);
+                *self
+                    .received
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(parent.id.clone())
+                    .or_insert(0) += len;
+                PieceOutcome::Done(piece)
+            }
             Err(e @ (PieceError::Mismatch { .. } | PieceError::Length { .. })) => {
                 PieceOutcome::Bad {
                     piece,

@@ -1,0 +1,347 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! End-to-end tests of the swarm: `customs up --peers N` on loopback, a real
+//! registry upstream, containerd and skopeo pulling through peers, and
+//! hostile peers built here from the fleet's own CA.
+
+mod support;
+
+use customs_protocol::scheduler_proto as pb;
+use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
+use customs_tls::{Role, TlsIdentity, TlsPaths};
+use std::path::Path;
+use std::sync::Arc;
+use support::containerd::Containerd;
+use support::*;
+
+const MIB: u64 = 1024 * 1024;
+
+fn hosts_for(
+    dir: &Path,
+    name: &str,
+    mirror: &str,
+    gateway: &str,
+    registry: &str,
+) -> std::path::PathBuf {
+    let hosts = dir.join(name);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+        .args([
+            "containerd-config",
+            "--mirror",
+            mirror,
+            "--gateway",
+            gateway,
+            "--registry",
+            registry,
+            "--out",
+        ])
+        .arg(&hosts)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    hosts
+}
+
+#[test]
+fn containerd_second_pull_gets_its_pieces_from_the_first_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let digest = make_image(
+        &dir.join("layout"),
+        "v1",
+        &[3 * MIB + 100, 200_000],
+        &[],
+        11,
+    );
+    push(&dir.join("layout"), "v1", registry.addr, "team/app");
+    let fleet = Fleet::up(&dir.join("up"), &registry.url(), 4, &[]);
+    let ctrd = Containerd::start(&dir.join("containerd"));
+    let reference = format!("{}/team/app:v1", registry.addr);
+    let reg = registry.addr.to_string();
+
+    let h1 = hosts_for(
+        dir,
+        "h1",
+        &format!("http://{}", fleet.peers[0]),
+        &fleet.gateway.url(),
+        &reg,
+    );
+    let (ok, text) = ctrd.pull("one", &h1, &reference);
+    assert!(ok, "pull via peer-1 failed: {text}");
+    assert_eq!(
+        ctrd.image_digest("one", &reference).as_deref(),
+        Some(digest.as_str())
+    );
+
+    let h2 = hosts_for(
+        dir,
+        "h2",
+        &format!("http://{}", fleet.peers[1]),
+        &fleet.gateway.url(),
+        &reg,
+    );
+    let (ok, text) = ctrd.pull("two", &h2, &reference);
+    assert!(ok, "pull via peer-2 failed: {text}");
+    assert_eq!(
+        ctrd.image_digest("two", &reference).as_deref(),
+        Some(digest.as_str())
+    );
+
+    // Where the bytes came from: peer-1 got them from the gateway (seed),
+    // peer-2 from peer-1 and not from the gateway.
+    let s1 = fleet.peer_status(0);
+    let s2 = fleet.peer_status(1);
+    let from =
+        |s: &serde_json::Value, p: &str| s["received_bytes_by_parent"][p].as_u64().unwrap_or(0);
+    assert!(from(&s1, "gateway") >= 3 * MIB, "peer-1: {s1}");
+    assert!(from(&s2, "peer-1") >= 3 * MIB, "peer-2: {s2}");
+    assert_eq!(from(&s2, "gateway"), 0, "peer-2 went to the gateway: {s2}");
+    assert!(
+        s1["uploaded_bytes"].as_u64().unwrap() >= 3 * MIB,
+        "peer-1 uploaded too little: {s1}"
+    );
+}
+
+/// A hostile peer: serves garbage, or a valid piece of another blob, for
+/// every piece it is asked for.
+fn hostile_server(
+    rt: &tokio::runtime::Runtime,
+    pki: &Path,
+    name: &str,
+    payload: Arc<Vec<u8>>,
+) -> std::net::SocketAddr {
+    customs_tls::write_dev_pki(pki, &[(name, Role::Peer)]).unwrap();
+    let id = TlsIdentity::load(&TlsPaths::in_dir(pki, name)).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/pieces/{blob}/{index}",
+        axum::routing::get(move || {
+            let p = payload.clone();
+            async move { p.as_ref().clone() }
+        }),
+    );
+    let cfg = id.server_config().unwrap();
+    rt.spawn(customs_tls::serve_mtls(
+        listener,
+        cfg,
+        app,
+        Arc::default(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    addr
+}
+
+async fn scheduler_as(
+    pki: &Path,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> SchedulerClient<tonic::transport::Channel> {
+    let id = TlsIdentity::load(&TlsPaths::in_dir(pki, name)).unwrap();
+    let ch = tonic::transport::Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(id.tonic_client("localhost"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    SchedulerClient::new(ch)
+}
+
+#[test]
+fn hostile_peers_are_caught_blocklisted_and_bypassed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let digest = make_image(&dir.join("layout"), "v1", &[4 * MIB, 150_000], &[], 12);
+    push(&dir.join("layout"), "v1", registry.addr, "team/app");
+    let fleet = Fleet::up(&dir.join("up"), &registry.url(), 3, &[]);
+    let pki = dir.join("up/pki");
+
+    // peer-1 pulls first: the tasks exist and peer-1 holds every piece.
+    let (ok, err) = skopeo_pull(&format!("{}/team/app:v1", fleet.peers[0]), &dir.join("p1"));
+    assert!(ok, "{err}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("layout/blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let big_layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let small_layer = manifest["layers"][1]["digest"].as_str().unwrap().to_owned();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // One serves garbage; one serves a valid piece — of another blob.
+    let garbage = Arc::new(vec![0x5au8; MIB as usize]);
+    let other_blob =
+        Arc::new(std::fs::read(dir.join("layout/blobs/sha256").join(&small_layer[7..])).unwrap());
+    let evil = [
+        ("peer-66", hostile_server(&rt, &pki, "peer-66", garbage)),
+        ("peer-67", hostile_server(&rt, &pki, "peer-67", other_blob)),
+    ];
+    rt.block_on(async {
+        for (name, addr) in &evil {
+            let mut c = scheduler_as(&pki, name, fleet.scheduler).await;
+            c.announce_peer(pb::AnnouncePeerRequest {
+                peer: Some(pb::PeerInfo {
+                    peer_id: (*name).into(),
+                    upload_addr: addr.to_string(),
+                    upload_capacity: 0, // "unlimited": the most attractive parent there is
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+            c.report_pieces(pb::ReportPiecesRequest {
+                peer_id: (*name).into(),
+                blob_digest: big_layer.clone(),
+                pieces: (0..4).collect(),
+            })
+            .await
+            .unwrap();
+            // A peer cannot introduce content: registering a task is refused.
+            let forged = c
+                .register_task(pb::RegisterTaskRequest {
+                    manifest: Some(pb::SignedPieceManifest::default()),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(forged.code(), tonic::Code::PermissionDenied);
+            // Nor can it speak for another peer.
+            let spoof = c
+                .report_pieces(pb::ReportPiecesRequest {
+                    peer_id: "peer-1".into(),
+                    blob_digest: big_layer.clone(),
+                    pieces: vec![0],
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(spoof.code(), tonic::Code::PermissionDenied);
+        }
+    });
+
+    // peer-2 and then peer-3 pull: both complete with the right bytes.
+    for (i, name) in [(1usize, "p2"), (2, "p3")] {
+        let out = dir.join(name);
+        let (ok, err) = skopeo_pull(&format!("{}/team/app:v1", fleet.peers[i]), &out);
+        assert!(
+            ok,
+            "pull via peer-{} failed: {err}\n{}",
+            i + 1,
+            std::fs::read_to_string(dir.join(format!("up/peer-{}.log", i + 1))).unwrap_or_default()
+        );
+        assert_eq!(layout_tag_digest(&out, "pulled"), digest);
+        for b in layout_blobs(&out) {
+            assert_eq!(sha256_file(&out.join("blobs/sha256").join(&b[7..])), b);
+        }
+        // What the peer stored and would serve on is exactly the blob.
+        let stored = dir
+            .join(format!("up/peer-{}/store/blobs/sha256", i + 1))
+            .join(&big_layer[7..]);
+        assert_eq!(sha256_file(&stored), big_layer);
+        let status = fleet.peer_status(i);
+        assert_eq!(
+            status["received_bytes_by_parent"]["peer-66"]
+                .as_u64()
+                .unwrap_or(0),
+            0,
+            "{status}"
+        );
+        assert_eq!(
+            status["received_bytes_by_parent"]["peer-67"]
+                .as_u64()
+                .unwrap_or(0),
+            0,
+            "{status}"
+        );
+    }
+    // Both hostile peers were reported (an audit event each) and, reported
+    // by two peers, blocklisted for everyone.
+    let audit = std::fs::read_to_string(dir.join("up/audit/scheduler.jsonl")).unwrap();
+    for (name, _) in &evil {
+        let reports: Vec<&str> = audit
+            .lines()
+            .filter(|l| l.contains(&format!("\"parent\":\"{name}\"")))
+            .collect();
+        assert!(!reports.is_empty(), "{name} was never reported: {audit}");
+    }
+    assert!(audit.contains("\"blocklisted\":\"global\""), "{audit}");
+}
+
+#[test]
+fn connections_without_a_client_certificate_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let fleet = Fleet::up(&dir.join("up"), "http://127.0.0.1:9", 1, &[]);
+    let pki = dir.join("up/pki");
+    let log = fleet.gateway.log_text();
+    let endpoint = log
+        .split("peers_endpoint=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .map(|s| {
+            s.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
+                .to_owned()
+        })
+        .expect("peers_endpoint in the log");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Trusts the CA but presents no certificate: refused by the gateway.
+        let ca =
+            reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.pem")).unwrap()).unwrap();
+        let anon = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .unwrap();
+        let r = anon.get(format!("https://{endpoint}/v2/")).send().await;
+        assert!(
+            r.is_err(),
+            "the gateway's peer endpoint answered a client without a certificate"
+        );
+        // The same with the fleet's peer certificate works.
+        let id = TlsIdentity::load(&TlsPaths::in_dir(&pki, "peer-1")).unwrap();
+        let ok = reqwest::Client::builder()
+            .use_preconfigured_tls(id.client_config().unwrap())
+            .build()
+            .unwrap();
+        assert_eq!(
+            ok.get(format!("https://{endpoint}/v2/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        // The scheduler refuses a client without a certificate too.
+        let ch = tonic::transport::Channel::from_shared(format!("https://{}", fleet.scheduler))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(
+                        std::fs::read(pki.join("ca.pem")).unwrap(),
+                    ))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(ch) = ch {
+            let r = SchedulerClient::new(ch)
+                .get_task(pb::GetTaskRequest::default())
+                .await;
+            assert!(r.is_err());
+        }
+    });
+    let status = http_get_json(&format!("{}/customs/v1/status", fleet.gateway.url()));
+    assert!(
+        status["refused_connections"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+}

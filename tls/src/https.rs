@@ -55,7 +55,7 @@ pub async fn serve_mtls(
                 Err(e) => {
                     let n = refused.0.fetch_add(1, Ordering::Relaxed) + 1;
                     // Aggregated: only the first and every 100th refusal is logged.
-                    if n == 1 || n % 100 == 0 {
+                    if n == 1 || n.is_multiple_of(100) {
                         tracing::warn!(%remote, refused_total = n, error = %e, "refused connection without a valid client certificate");
                     }
                     return;

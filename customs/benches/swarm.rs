@@ -1,0 +1,119 @@
+//! Swarm fan-out benchmark: N peers pull one image at once, every node's
+//! upload capped at B; the same run against the pull-through baseline
+//! (N clients on the gateway alone).
+//!
+//! Prints p50 and max completion time against S/B, upstream bytes / S,
+//! gateway bytes / S for both runs. Knobs (environment):
+//! `CUSTOMS_BENCH_PEERS` (16), `CUSTOMS_BENCH_SIZE_MIB` (32),
+//! `CUSTOMS_BENCH_UPLOAD_LIMIT` bytes/s (8000000).
+//! Run: `cargo bench -p customs --bench swarm`.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use support::proxy::Proxy;
+use support::*;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Pulls manifest and blobs of `repo:tag` from `endpoint` like a runtime
+/// would, discarding the bytes; returns seconds.
+async fn pull(http: reqwest::Client, endpoint: SocketAddr, ns: String, repo: &str, tag: &str) -> f64 {
+    let t = Instant::now();
+    let m: serde_json::Value = http
+        .get(format!("http://{endpoint}/v2/{repo}/manifests/{tag}?ns={ns}"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
+    digests.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()));
+    for d in digests {
+        let mut r = http.get(format!("http://{endpoint}/v2/{repo}/blobs/{d}?ns={ns}")).send().await.unwrap();
+        assert!(r.status().is_success(), "{endpoint} {d}: {}", r.status());
+        while r.chunk().await.unwrap().is_some() {}
+    }
+    t.elapsed().as_secs_f64()
+}
+
+struct RunResult {
+    p50: f64,
+    max: f64,
+    upstream: f64,
+    gateway: f64,
+}
+
+fn run(dir: &std::path::Path, proxy: &Proxy, peers: u16, swarm: bool, limit: u64, s: f64) -> RunResult {
+    let before_up = proxy.state.bytes_out.load(Ordering::SeqCst);
+    let fleet = Fleet::up(dir, &proxy.url(), if swarm { peers } else { 0 }, &["--upload-limit", &limit.to_string()]);
+    let endpoints: Vec<SocketAddr> = if swarm { fleet.peers.clone() } else { vec![fleet.gateway.addr; peers as usize] };
+    let ns = proxy.addr.to_string().replace(':', "%3A");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut times: Vec<f64> = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let tasks: Vec<_> = endpoints
+            .into_iter()
+            .map(|e| tokio::spawn(pull(http.clone(), e, ns.clone(), "bench/app", "v1")))
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    times.sort_by(f64::total_cmp);
+    let gw = http_get_json(&format!("{}/customs/v1/status", fleet.gateway.url()));
+    RunResult {
+        p50: times[times.len() / 2],
+        max: *times.last().unwrap(),
+        upstream: (proxy.state.bytes_out.load(Ordering::SeqCst) - before_up) as f64 / s,
+        gateway: gw["served_bytes"].as_u64().unwrap() as f64 / s,
+    }
+}
+
+fn main() {
+    let peers = env_u64("CUSTOMS_BENCH_PEERS", 16) as u16;
+    let size_mib = env_u64("CUSTOMS_BENCH_SIZE_MIB", 32);
+    let limit = env_u64("CUSTOMS_BENCH_UPLOAD_LIMIT", 8_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let layer = size_mib * 1024 * 1024;
+    make_image(&dir.join("layout"), "v1", &[layer], &[], 9);
+    push(&dir.join("layout"), "v1", registry.addr, "bench/app");
+    let proxy = Proxy::start(&registry.url());
+    let s = layer as f64;
+    let sb = s / limit as f64;
+    println!("swarm benchmark: N={peers} peers, S={size_mib} MiB, B={limit} B/s, S/B={sb:.2}s");
+    let sw = run(&dir.join("swarm"), &proxy, peers, true, limit, s);
+    let base = run(&dir.join("baseline"), &proxy, peers, false, limit, s);
+    println!("{:<26} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}", "run", "p50 s", "max s", "p50/(S/B)", "max/(S/B)", "upstream/S", "gateway/S");
+    for (name, r) in [("swarm (peers)", &sw), ("pull-through (gateway)", &base)] {
+        println!(
+            "{name:<26} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2}",
+            r.p50,
+            r.max,
+            r.p50 / sb,
+            r.max / sb,
+            r.upstream,
+            r.gateway
+        );
+    }
+    println!("swarm speed-up over the pull-through baseline (max): {:.1}x", base.max / sw.max);
+    println!(
+        "targets: p50 <= 1.15 S/B: {}, max <= 1.5 S/B: {}, upstream 1.00: {}, >= 8x baseline: {}",
+        if sw.p50 / sb <= 1.15 { "OK" } else { "MISSED" },
+        if sw.max / sb <= 1.5 { "OK" } else { "MISSED" },
+        if (sw.upstream - 1.0).abs() < 0.01 { "OK" } else { "MISSED" },
+        if base.max / sw.max >= 8.0 { "OK" } else { "MISSED" },
+    );
+}

@@ -26,15 +26,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// would, discarding the bytes; returns seconds.
 async fn pull(http: reqwest::Client, endpoint: SocketAddr, ns: String, repo: &str, tag: &str) -> f64 {
     let t = Instant::now();
-    let m: serde_json::Value = http
+    let r = http
         .get(format!("http://{endpoint}/v2/{repo}/manifests/{tag}?ns={ns}"))
         .header("Accept", "application/vnd.oci.image.manifest.v1+json")
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let status = r.status();
+    let m: serde_json::Value = r.json().await.unwrap();
+    assert!(status.is_success(), "manifest from {endpoint}: {status} {m}");
     let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
     digests.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()));
     for d in digests {

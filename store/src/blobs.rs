@@ -63,6 +63,8 @@ pub struct BlobStore {
     pub(crate) inflight: Mutex<HashMap<Digest, Arc<Inflight>>>,
     /// Serialises eviction so two runs do not race over the same files.
     gc_lock: tokio::sync::Mutex<()>,
+    /// Makes temp file names unique.
+    tmp_seq: std::sync::atomic::AtomicU64,
 }
 
 /// Holds a blob against eviction for as long as it lives.
@@ -110,6 +112,7 @@ impl BlobStore {
             pins: Arc::default(),
             inflight: Mutex::default(),
             gc_lock: tokio::sync::Mutex::new(()),
+            tmp_seq: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -177,7 +180,10 @@ impl BlobStore {
         if self.meta(d)?.is_some() {
             return Ok(true);
         }
-        let tmp = self.tmp_dir().join(format!("{}.put", d.hex()));
+        // Unique per writer: concurrent first requests for the same manifest
+        // each write their own temp file; the first rename wins.
+        let n = self.tmp_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.tmp_dir().join(format!("{}.{n}.put", d.hex()));
         tokio::fs::write(&tmp, bytes).await?;
         self.commit_file(d, &tmp, bytes.len() as u64).await?;
         Ok(true)
@@ -317,6 +323,24 @@ mod tests {
         assert!(s.open_blob(&d).await.unwrap().is_none());
         assert!(s.put_verified_bytes(&d, b"hello").await.unwrap());
         assert_eq!(s.open_blob(&d).await.unwrap().unwrap().size, 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_puts_of_the_same_content_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), u64::MAX);
+        let d = Digest::of(b"same manifest");
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let s = s.clone();
+                let d = d.clone();
+                tokio::spawn(async move { s.put_verified_bytes(&d, b"same manifest").await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap().unwrap());
+        }
+        assert_eq!(s.open_blob(&d).await.unwrap().unwrap().size, 13);
     }
 
     #[tokio::test]

@@ -19,26 +19,50 @@ use support::proxy::Proxy;
 use support::*;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Pulls manifest and blobs of `repo:tag` from `endpoint` like a runtime
 /// would, discarding the bytes; returns seconds.
-async fn pull(http: reqwest::Client, endpoint: SocketAddr, ns: String, repo: &str, tag: &str) -> f64 {
+async fn pull(
+    http: reqwest::Client,
+    endpoint: SocketAddr,
+    ns: String,
+    repo: &str,
+    tag: &str,
+) -> f64 {
     let t = Instant::now();
     let r = http
-        .get(format!("http://{endpoint}/v2/{repo}/manifests/{tag}?ns={ns}"))
+        .get(format!(
+            "http://{endpoint}/v2/{repo}/manifests/{tag}?ns={ns}"
+        ))
         .header("Accept", "application/vnd.oci.image.manifest.v1+json")
         .send()
         .await
         .unwrap();
     let status = r.status();
     let m: serde_json::Value = r.json().await.unwrap();
-    assert!(status.is_success(), "manifest from {endpoint}: {status} {m}");
+    assert!(
+        status.is_success(),
+        "manifest from {endpoint}: {status} {m}"
+    );
     let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
-    digests.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()));
+    digests.extend(
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned()),
+    );
     for d in digests {
-        let mut r = http.get(format!("http://{endpoint}/v2/{repo}/blobs/{d}?ns={ns}")).send().await.unwrap();
+        let mut r = http
+            .get(format!("http://{endpoint}/v2/{repo}/blobs/{d}?ns={ns}"))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "{endpoint} {d}: {}", r.status());
         while r.chunk().await.unwrap().is_some() {}
     }
@@ -52,12 +76,32 @@ struct RunResult {
     gateway: f64,
 }
 
-fn run(dir: &std::path::Path, proxy: &Proxy, peers: u16, swarm: bool, limit: u64, s: f64) -> RunResult {
+fn run(
+    dir: &std::path::Path,
+    proxy: &Proxy,
+    peers: u16,
+    swarm: bool,
+    limit: u64,
+    s: f64,
+) -> RunResult {
     let before_up = proxy.state.bytes_out.load(Ordering::SeqCst);
-    let fleet = Fleet::up(dir, &proxy.url(), if swarm { peers } else { 0 }, &["--upload-limit", &limit.to_string()]);
-    let endpoints: Vec<SocketAddr> = if swarm { fleet.peers.clone() } else { vec![fleet.gateway.addr; peers as usize] };
+    let fleet = Fleet::up(
+        dir,
+        &proxy.url(),
+        if swarm { peers } else { 0 },
+        &["--upload-limit", &limit.to_string()],
+    );
+    let endpoints: Vec<SocketAddr> = if swarm {
+        fleet.peers.clone()
+    } else {
+        vec![fleet.gateway.addr; peers as usize]
+    };
     let ns = proxy.addr.to_string().replace(':', "%3A");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut times: Vec<f64> = rt.block_on(async {
         let http = reqwest::Client::new();
         let tasks: Vec<_> = endpoints
@@ -96,7 +140,10 @@ fn main() {
     println!("swarm benchmark: N={peers} peers, S={size_mib} MiB, B={limit} B/s, S/B={sb:.2}s");
     let sw = run(&dir.join("swarm"), &proxy, peers, true, limit, s);
     let base = run(&dir.join("baseline"), &proxy, peers, false, limit, s);
-    println!("{:<26} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}", "run", "p50 s", "max s", "p50/(S/B)", "max/(S/B)", "upstream/S", "gateway/S");
+    println!(
+        "{:<26} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}",
+        "run", "p50 s", "max s", "p50/(S/B)", "max/(S/B)", "upstream/S", "gateway/S"
+    );
     for (name, r) in [("swarm (peers)", &sw), ("pull-through (gateway)", &base)] {
         println!(
             "{name:<26} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2}",
@@ -108,12 +155,23 @@ fn main() {
             r.gateway
         );
     }
-    println!("swarm speed-up over the pull-through baseline (max): {:.1}x", base.max / sw.max);
+    println!(
+        "swarm speed-up over the pull-through baseline (max): {:.1}x",
+        base.max / sw.max
+    );
     println!(
         "targets: p50 <= 1.15 S/B: {}, max <= 1.5 S/B: {}, upstream 1.00: {}, >= 8x baseline: {}",
         if sw.p50 / sb <= 1.15 { "OK" } else { "MISSED" },
         if sw.max / sb <= 1.5 { "OK" } else { "MISSED" },
-        if (sw.upstream - 1.0).abs() < 0.01 { "OK" } else { "MISSED" },
-        if base.max / sw.max >= 8.0 { "OK" } else { "MISSED" },
+        if (sw.upstream - 1.0).abs() < 0.01 {
+            "OK"
+        } else {
+            "MISSED"
+        },
+        if base.max / sw.max >= 8.0 {
+            "OK"
+        } else {
+            "MISSED"
+        },
     );
 }

@@ -241,6 +241,7 @@ impl Gateway {
                     store: self.mirror.store().clone(),
                     swarm: None,
                     limiter: self.limiter.clone(),
+                    slots: Arc::new(tokio::sync::Semaphore::new(piece_server::SEED_UPLOAD_SLOTS)),
                 };
                 let tasks = axum::Router::new()
                     .route("/customs/v1/tasks", axum::routing::get(get_task))

@@ -249,6 +249,9 @@ impl Peer {
                     store: self.mirror.store().clone(),
                     swarm: Some(swarm.clone()),
                     limiter,
+                    slots: Arc::new(tokio::sync::Semaphore::new(
+                        crate::swarm::piece_server::PEER_UPLOAD_SLOTS,
+                    )),
                 };
                 let pieces = customs_tls::serve_mtls(
                     upload,

@@ -136,13 +136,19 @@ impl Scheduler for SchedulerService {
         require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let blob = parse_digest(&r.blob_digest)?;
-        let (m, parents) = self
+        let (m, parents, seed_hints) = self
             .state()
-            .task_for(&blob, &r.peer_id, Instant::now())
+            .task_for(
+                &blob,
+                &r.peer_id,
+                r.seed_hints_wanted as usize,
+                Instant::now(),
+            )
             .ok_or_else(|| Status::not_found(format!("no admitted task for {blob}")))?;
         Ok(Response::new(pb::GetTaskResponse {
             manifest: Some(to_pb(m.signed())),
             parents,
+            seed_hints,
         }))
     }
 

@@ -28,7 +28,18 @@ struct PeerEntry {
 struct Task {
     manifest: VerifiedPieceManifest,
     holders: HashMap<String, Vec<u8>>,
+    /// Where the next seed hint search starts.
+    seed_cursor: u32,
+    /// Pieces hinted recently, and when: not hinted again within the lease,
+    /// so the seed sends each first copy once.
+    hinted: HashMap<u32, Instant>,
 }
+
+/// How long a hinted piece stays reserved for the peer it was hinted to.
+pub const HINT_LEASE: Duration = Duration::from_secs(3);
+
+/// Most seed hints handed out per request.
+pub const SEED_HINTS: usize = 2;
 
 /// Everything the scheduler knows; lost on restart by design.
 #[derive(Default)]
@@ -63,6 +74,8 @@ impl SchedulerState {
         self.tasks.entry(blob).or_insert_with(|| Task {
             manifest,
             holders: HashMap::new(),
+            seed_cursor: 0,
+            hinted: HashMap::new(),
         });
     }
 
@@ -113,11 +126,13 @@ impl SchedulerState {
     /// pieces, live, not blocklisted (globally or for this peer), same zone
     /// and rack first, then least loaded relative to capacity; seeds last.
     pub fn task_for(
-        &self,
+        &mut self,
         blob: &Digest,
         peer: &str,
+        wanted: usize,
         now: Instant,
-    ) -> Option<(VerifiedPieceManifest, Vec<Parent>)> {
+    ) -> Option<(VerifiedPieceManifest, Vec<Parent>, Vec<u32>)> {
+        let hints = self.seed_hints(blob, wanted, now);
         let task = self.tasks.get(blob)?;
         let me = self.peers.get(peer).map(|e| &e.info);
         let usable = |id: &str, e: &PeerEntry| {
@@ -172,7 +187,40 @@ impl SchedulerState {
                     pieces: Vec::new(),
                 }),
         );
-        Some((task.manifest.clone(), out))
+        Some((task.manifest.clone(), out, hints))
+    }
+
+    /// The next pieces no peer holds, round-robin over requests.
+    fn seed_hints(&mut self, blob: &Digest, wanted: usize, now: Instant) -> Vec<u32> {
+        let Some(task) = self.tasks.get_mut(blob) else {
+            return Vec::new();
+        };
+        let n = task.manifest.manifest().piece_count();
+        let held = |i: u32| {
+            task.holders.values().any(|bits| {
+                bits.get((i / 8) as usize)
+                    .is_some_and(|b| b & (1 << (i % 8)) != 0)
+            })
+        };
+        let wanted = wanted.min(SEED_HINTS);
+        let mut hints = Vec::new();
+        let mut k = 0;
+        while k < n && hints.len() < wanted {
+            let i = (task.seed_cursor + k) % n;
+            let leased = task
+                .hinted
+                .get(&i)
+                .is_some_and(|t| now.duration_since(*t) < HINT_LEASE);
+            if !held(i) && !leased {
+                hints.push(i);
+            }
+            k += 1;
+        }
+        for h in &hints {
+            task.hinted.insert(*h, now);
+        }
+        task.seed_cursor = (task.seed_cursor + k) % n.max(1);
+        hints
     }
 }
 

@@ -182,7 +182,9 @@ impl BlobStore {
         }
         // Unique per writer: concurrent first requests for the same manifest
         // each write their own temp file; the first rename wins.
-        let n = self.tmp_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .tmp_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self.tmp_dir().join(format!("{}.{n}.put", d.hex()));
         tokio::fs::write(&tmp, bytes).await?;
         self.commit_file(d, &tmp, bytes.len() as u64).await?;

@@ -48,9 +48,9 @@ pub struct SwarmConfig {
 /// Pieces fetched at once per blob.
 const CONCURRENCY: usize = 8;
 /// Seed (gateway) fetches at once per blob: peers are preferred.
-const SEED_CONCURRENCY: usize = 2;
+const SEED_CONCURRENCY: usize = 1;
 /// How often parents are refreshed and held pieces re-reported.
-const REFRESH: Duration = Duration::from_millis(300);
+const REFRESH: Duration = Duration::from_millis(150);
 
 /// The swarm side of a peer.
 pub struct Swarm {
@@ -233,17 +233,19 @@ impl Swarm {
     async fn get_task(
         &self,
         blob: &Digest,
-    ) -> Result<(Option<SignedPieceManifest>, Vec<pb::Parent>), tonic::Status> {
+        seed_hints_wanted: u32,
+    ) -> Result<(Option<SignedPieceManifest>, Vec<pb::Parent>, Vec<u32>), tonic::Status> {
         let r = self
             .scheduler
             .clone()
             .get_task(pb::GetTaskRequest {
                 blob_digest: blob.to_string(),
                 peer_id: self.cfg.peer_id.clone(),
+                seed_hints_wanted,
             })
             .await?
             .into_inner();
-        Ok((from_pb(r.manifest), r.parents))
+        Ok((from_pb(r.manifest), r.parents, r.seed_hints))
     }
 
     /// Asks the gateway for the task: it fetches and verifies a cold blob,
@@ -291,9 +293,9 @@ impl Swarm {
         image: &ImageName,
         blob: &Digest,
     ) -> Result<ByteStream, FetchFailure> {
-        let signed = match self.get_task(blob).await {
-            Ok((Some(m), _)) => m,
-            Ok((None, _)) | Err(_) => self.task_from_gateway(image, blob).await?,
+        let signed = match self.get_task(blob, 0).await {
+            Ok((Some(m), _, _)) => m,
+            Ok((None, _, _)) | Err(_) => self.task_from_gateway(image, blob).await?,
         };
         let manifest = self.keys.verify(&signed, blob).map_err(|e| {
             failure(
@@ -351,6 +353,7 @@ impl Swarm {
         let n = pf.manifest().manifest().piece_count();
         let mut rng = Rng::new();
         let mut parents: Vec<ParentView> = Vec::new();
+        let mut hints: Vec<u32> = Vec::new();
         let mut excluded: HashSet<String> = HashSet::new();
         let mut in_progress: HashMap<u32, bool> = HashMap::new(); // piece -> from seed
         let mut tasks: JoinSet<PieceOutcome> = JoinSet::new();
@@ -372,8 +375,11 @@ impl Swarm {
                         .await;
                     reported = held.len();
                 }
-                if let Ok((_, ps)) = self.get_task(blob).await {
+                let seeds_busy = in_progress.values().filter(|s| **s).count();
+                let wanted = SEED_CONCURRENCY.saturating_sub(seeds_busy) as u32;
+                if let Ok((_, ps, h)) = self.get_task(blob, wanted).await {
                     parents = views(ps);
+                    hints = h;
                 }
                 last_refresh = Some(tokio::time::Instant::now());
             }
@@ -383,6 +389,7 @@ impl Swarm {
                     pf,
                     n,
                     &parents,
+                    &hints,
                     &excluded,
                     &in_progress,
                     seeds_busy,
@@ -404,6 +411,17 @@ impl Swarm {
             match outcome {
                 PieceOutcome::Done(i) => {
                     in_progress.remove(&i);
+                    // Tell the scheduler at once: the sooner others know, the
+                    // sooner this peer's upload capacity joins the swarm.
+                    let mut sched = self.scheduler.clone();
+                    let req = pb::ReportPiecesRequest {
+                        peer_id: self.cfg.peer_id.clone(),
+                        blob_digest: blob.to_string(),
+                        pieces: vec![i],
+                    };
+                    tokio::spawn(async move {
+                        let _ = sched.report_pieces(req).await;
+                    });
                 }
                 PieceOutcome::Bad {
                     piece,
@@ -454,13 +472,15 @@ impl Swarm {
 
     /// Picks the next piece and its parent: rarest first among pieces some
     /// usable peer holds (parent weighted by idle capacity); otherwise a
-    /// random missing piece from a seed, within the seed concurrency.
+    /// hinted (else random) missing piece from a seed, within the seed
+    /// concurrency.
     #[allow(clippy::too_many_arguments)]
     fn choose(
         &self,
         pf: &PieceFile,
         n: u32,
         parents: &[ParentView],
+        hints: &[u32],
         excluded: &HashSet<String>,
         in_progress: &HashMap<u32, bool>,
         seeds_busy: usize,
@@ -501,7 +521,14 @@ impl Swarm {
             return None;
         }
         let seed = parents.iter().find(|p| p.seed)?;
-        Some((missing[offset], seed.clone()))
+        // The scheduler's hints spread first copies across peers; without a
+        // usable hint, any missing piece keeps the link busy.
+        let piece = hints
+            .iter()
+            .copied()
+            .find(|h| missing.contains(h))
+            .unwrap_or(missing[offset]);
+        Some((piece, seed.clone()))
     }
 
     async fn fetch_piece(

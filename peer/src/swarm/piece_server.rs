@@ -19,6 +19,12 @@ use customs_store::inflight::ByteStream;
 use customs_store::{BlobStore, Table};
 use std::sync::Arc;
 
+/// Concurrent piece uploads of a peer.
+pub const PEER_UPLOAD_SLOTS: usize = 2;
+/// Concurrent piece uploads of the gateway (seed): one piece at a time at
+/// the full rate, so first copies reach the swarm as early as possible.
+pub const SEED_UPLOAD_SLOTS: usize = 1;
+
 /// Where pieces come from.
 #[derive(Clone)]
 pub struct PieceProvider {
@@ -29,6 +35,10 @@ pub struct PieceProvider {
     pub swarm: Option<Arc<Swarm>>,
     /// The node's upload limit.
     pub limiter: Arc<RateLimiter>,
+    /// Pieces uploaded at once; more requests wait. Few concurrent uploads
+    /// at full rate finish pieces sooner than many slow ones, and a finished
+    /// piece is one the receiver can share at once.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl PieceProvider {
@@ -76,8 +86,19 @@ async fn get_piece(
     let Ok(digest) = format!("sha256:{blob}").parse::<Digest>() else {
         return (StatusCode::BAD_REQUEST, "bad blob digest").into_response();
     };
+    let Ok(permit) = p.slots.clone().acquire_owned().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    };
     match p.piece(&digest, index).await {
-        Some(body) => Response::new(Body::from_stream(p.limiter.limit(body))),
+        Some(body) => {
+            let limited = p.limiter.limit(body);
+            // The slot is held until the body is fully sent (or dropped).
+            let body = futures_util::StreamExt::map(limited, move |c| {
+                let _ = &permit;
+                c
+            });
+            Response::new(Body::from_stream(body))
+        }
         None => (StatusCode::NOT_FOUND, "piece not held").into_response(),
     }
 }

@@ -51,7 +51,7 @@ fn parents_by_locality_then_load_with_seed_last() {
     for p in ["far", "near-busy", "near-idle", "me"] {
         assert!(s.report_pieces(p, &blob, &[0, 99]));
     }
-    let (_, parents) = s.task_for(&blob, "me", now).unwrap();
+    let (_, parents, _) = s.task_for(&blob, "me", 0, now).unwrap();
     let ids: Vec<_> = parents
         .iter()
         .map(|p| p.peer.as_ref().unwrap().peer_id.as_str())
@@ -59,7 +59,7 @@ fn parents_by_locality_then_load_with_seed_last() {
     assert_eq!(ids, ["near-idle", "near-busy", "far", "gw"]);
     assert_eq!(parents[0].pieces, vec![1]); // piece 99 is out of range: ignored
     assert!(
-        s.task_for(&Digest::of(b"unregistered"), "me", now)
+        s.task_for(&Digest::of(b"unregistered"), "me", 0, now)
             .is_none()
     );
     assert!(!s.report_pieces("me", &Digest::of(b"unregistered"), &[0]));
@@ -75,23 +75,46 @@ fn bad_piece_reports_blocklist_per_reporter_then_globally() {
         s.announce(peer(p, "", 0, false), now);
     }
     s.report_pieces("evil", &blob, &[0, 1, 2]);
-    let has_evil = |s: &SchedulerState, who: &str| {
-        s.task_for(&blob, who, now)
+    let has_evil = |s: &mut SchedulerState, who: &str| {
+        s.task_for(&blob, who, 0, now)
             .unwrap()
             .1
             .iter()
             .any(|p| p.peer.as_ref().unwrap().peer_id == "evil")
     };
     assert_eq!(s.report_bad("a", "evil", now), BlockOutcome::ForReporter);
-    assert!(!has_evil(&s, "a"));
+    assert!(!has_evil(&mut s, "a"));
     assert!(
-        has_evil(&s, "c"),
+        has_evil(&mut s, "c"),
         "one report must not cut a peer out for everyone"
     );
     assert_eq!(s.report_bad("b", "evil", now), BlockOutcome::Global);
-    assert!(!has_evil(&s, "c"));
+    assert!(!has_evil(&mut s, "c"));
     // Stale peers are not offered.
-    assert!(!has_evil(&s, "c"));
+    assert!(!has_evil(&mut s, "c"));
     let later = now + PEER_TTL + Duration::from_secs(1);
-    assert!(s.task_for(&blob, "c", later).unwrap().1.is_empty());
+    assert!(s.task_for(&blob, "c", 0, later).unwrap().1.is_empty());
+}
+
+#[test]
+fn seed_hints_spread_unheld_pieces_across_peers() {
+    let (m, blob) = task();
+    let mut s = SchedulerState::default();
+    let now = Instant::now();
+    s.register(m);
+    let (_, _, a) = s.task_for(&blob, "a", 2, now).unwrap();
+    let (_, _, b) = s.task_for(&blob, "b", 2, now).unwrap();
+    assert_eq!(a, vec![0, 1]);
+    assert_eq!(b, vec![2], "leased pieces are not hinted twice");
+    let (_, _, none) = s.task_for(&blob, "c", 2, now).unwrap();
+    assert!(none.is_empty());
+    let (_, _, zero) = s.task_for(&blob, "c", 0, now + HINT_LEASE).unwrap();
+    assert!(zero.is_empty(), "no hints unless asked");
+    s.report_pieces("a", &blob, &[0, 1]);
+    let (_, _, c) = s.task_for(&blob, "c", 2, now + HINT_LEASE).unwrap();
+    assert_eq!(
+        c,
+        vec![2],
+        "held pieces are never hinted; expired leases are"
+    );
 }

@@ -354,6 +354,9 @@ impl Swarm {
         let mut rng = Rng::new();
         let mut parents: Vec<ParentView> = Vec::new();
         let mut hints: Vec<u32> = Vec::new();
+        // Whether the scheduler answered the last refresh: without it, no
+        // hints arrive and the seed is used for any missing piece.
+        let mut scheduler_up = true;
         let mut excluded: HashSet<String> = HashSet::new();
         let mut in_progress: HashMap<u32, bool> = HashMap::new(); // piece -> from seed
         let mut tasks: JoinSet<PieceOutcome> = JoinSet::new();
@@ -377,9 +380,17 @@ impl Swarm {
                 }
                 let seeds_busy = in_progress.values().filter(|s| **s).count();
                 let wanted = SEED_CONCURRENCY.saturating_sub(seeds_busy) as u32;
-                if let Ok((_, ps, h)) = self.get_task(blob, wanted).await {
-                    parents = views(ps);
-                    hints = h;
+                match self.get_task(blob, wanted).await {
+                    Ok((_, ps, h)) => {
+                        parents = views(ps);
+                        hints = h;
+                        scheduler_up = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%blob, error = %e, "scheduler unreachable; using known parents");
+                        hints.clear();
+                        scheduler_up = false;
+                    }
                 }
                 last_refresh = Some(tokio::time::Instant::now());
             }
@@ -389,7 +400,7 @@ impl Swarm {
                     pf,
                     n,
                     &parents,
-                    &hints,
+                    if scheduler_up { Some(&hints) } else { None },
                     &excluded,
                     &in_progress,
                     seeds_busy,
@@ -480,7 +491,7 @@ impl Swarm {
         pf: &PieceFile,
         n: u32,
         parents: &[ParentView],
-        hints: &[u32],
+        hints: Option<&[u32]>,
         excluded: &HashSet<String>,
         in_progress: &HashMap<u32, bool>,
         seeds_busy: usize,
@@ -521,13 +532,13 @@ impl Swarm {
             return None;
         }
         let seed = parents.iter().find(|p| p.seed)?;
-        // The scheduler's hints spread first copies across peers; without a
-        // usable hint, any missing piece keeps the link busy.
-        let piece = hints
-            .iter()
-            .copied()
-            .find(|h| missing.contains(h))
-            .unwrap_or(missing[offset]);
+        // The scheduler's hints spread first copies across peers, so the seed
+        // sends each piece about once; only when the scheduler is unreachable
+        // does any missing piece come from the seed.
+        let piece = match hints {
+            Some(h) => h.iter().copied().find(|h| missing.contains(h))?,
+            None => missing[offset],
+        };
         Some((piece, seed.clone()))
     }
 

@@ -345,3 +345,46 @@ fn connections_without_a_client_certificate_are_refused() {
         "{status}"
     );
 }
+
+#[test]
+fn a_peer_killed_mid_transfer_does_not_stop_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let digest = make_image(&dir.join("layout"), "v1", &[6 * MIB], &[], 13);
+    push(&dir.join("layout"), "v1", registry.addr, "team/app");
+    // 3 MB/s per node: a 6 MiB layer takes about two seconds per copy.
+    let fleet = Fleet::up(
+        &dir.join("up"),
+        &registry.url(),
+        3,
+        &["--upload-limit", "3000000"],
+    );
+    let (ok, err) = skopeo_pull(&format!("{}/team/app:v1", fleet.peers[0]), &dir.join("p1"));
+    assert!(ok, "{err}");
+    // peer-2 and peer-3 start pulling (from peer-1, mostly); peer-1 dies.
+    let pulls: Vec<_> = [1usize, 2]
+        .into_iter()
+        .map(|i| {
+            let src = format!("{}/team/app:v1", fleet.peers[i]);
+            let out = dir.join(format!("p{}", i + 1));
+            std::thread::spawn(move || (skopeo_pull(&src, &out), out))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let pattern = format!("{} --peer-id peer-1 ", dir.join("up/peer-1").display());
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &pattern])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "peer-1 was not running");
+    for p in pulls {
+        let ((ok, err), out) = p.join().unwrap();
+        assert!(ok, "pull failed after peer-1 died: {err}");
+        assert_eq!(layout_tag_digest(&out, "pulled"), digest);
+    }
+    assert!(
+        std::net::TcpStream::connect(fleet.peers[0]).is_err(),
+        "peer-1 is still alive"
+    );
+}

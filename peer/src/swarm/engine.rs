@@ -314,8 +314,9 @@ impl Swarm {
         let me = self.clone();
         let driver_pf = pf.clone();
         let blob2 = blob.clone();
+        let image2 = image.clone();
         tokio::spawn(async move {
-            me.drive(&blob2, &driver_pf).await;
+            me.drive(&image2, &blob2, &driver_pf).await;
             // Keep the partial file until the store committed the blob, so
             // pieces stay servable throughout.
             for _ in 0..600 {
@@ -349,7 +350,7 @@ impl Swarm {
     }
 
     /// Fetches every missing piece, until complete.
-    async fn drive(self: &Arc<Self>, blob: &Digest, pf: &Arc<PieceFile>) {
+    async fn drive(self: &Arc<Self>, image: &ImageName, blob: &Digest, pf: &Arc<PieceFile>) {
         let n = pf.manifest().manifest().piece_count();
         let mut rng = Rng::new();
         let mut parents: Vec<ParentView> = Vec::new();
@@ -366,7 +367,9 @@ impl Swarm {
         while !pf.complete() {
             if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH) {
                 let held = pf.held();
-                if held.len() != reported || last_refresh.is_none() {
+                // The full set goes out whenever it changed and after the scheduler
+                // was unreachable (a restarted scheduler has forgotten it).
+                if held.len() != reported || last_refresh.is_none() || !scheduler_up {
                     let _ = self
                         .scheduler
                         .clone()
@@ -387,7 +390,12 @@ impl Swarm {
                         scheduler_up = true;
                     }
                     Err(e) => {
-                        tracing::debug!(%blob, error = %e, "scheduler unreachable; using known parents");
+                        if e.code() == tonic::Code::NotFound {
+                            // A restarted scheduler lost the task: the gateway
+                            // registers it again.
+                            let _ = self.task_from_gateway(image, blob).await;
+                        }
+                        tracing::debug!(%blob, error = %e, "scheduler unavailable; using known parents");
                         hints.clear();
                         scheduler_up = false;
                     }
@@ -531,13 +539,19 @@ impl Swarm {
         if seeds_busy >= SEED_CONCURRENCY {
             return None;
         }
+        // Pieces only excluded parents (dead or hostile) claim are orphans:
+        // no hint will name them, so they come from the seed directly.
+        let orphan = missing.iter().copied().find(|i| {
+            parents.iter().any(|p| !p.seed && p.has(*i)) && !peers.iter().any(|p| p.has(*i))
+        });
         let seed = parents.iter().find(|p| p.seed)?;
         // The scheduler's hints spread first copies across peers, so the seed
         // sends each piece about once; only when the scheduler is unreachable
         // does any missing piece come from the seed.
-        let piece = match hints {
-            Some(h) => h.iter().copied().find(|h| missing.contains(h))?,
-            None => missing[offset],
+        let piece = match (orphan, hints) {
+            (Some(o), _) => o,
+            (None, Some(h)) => h.iter().copied().find(|h| missing.contains(h))?,
+            (None, None) => missing[offset],
         };
         Some((piece, seed.clone()))
     }

@@ -388,3 +388,180 @@ fn a_peer_killed_mid_transfer_does_not_stop_the_others() {
         "peer-1 is still alive"
     );
 }
+
+/// Runs `customs <args>` in the background with its log under `dir`.
+fn spawn_customs(dir: &Path, name: &str, args: &[String]) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: name.into(),
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn standalone_components_survive_a_scheduler_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let digest = make_image(&dir.join("layout"), "v1", &[6 * MIB], &[], 14);
+    push(&dir.join("layout"), "v1", registry.addr, "team/app");
+    let pki = dir.join("pki");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+        .args(["certs", "--out"])
+        .arg(&pki)
+        .args([
+            "--issue",
+            "gateway:gateway",
+            "--issue",
+            "scheduler:scheduler",
+            "--issue",
+            "peer-1:peer",
+            "--issue",
+            "peer-2:peer",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = |f: &str| pki.join(f).display().to_string();
+    let port = |_: ()| format!("127.0.0.1:{}", free_port());
+    let (gw_addr, up_addr, sched_addr) = (port(()), port(()), port(()));
+    let key = dir.join("gw/key.pem");
+    let _gw = spawn_customs(
+        dir,
+        "gateway",
+        &[
+            strings(&["gateway", "--data-dir"]),
+            vec![dir.join("gw").display().to_string()],
+            strings(&[
+                "--listen",
+                &gw_addr,
+                "--upstream",
+                &registry.url(),
+                "--upload-listen",
+                &up_addr,
+            ]),
+            strings(&[
+                "--scheduler",
+                &format!("https://{sched_addr}"),
+                "--upload-limit",
+                "3000000",
+            ]),
+            vec!["--signing-key".into(), key.display().to_string()],
+            strings(&[
+                "--tls-ca",
+                &p("ca.pem"),
+                "--tls-cert",
+                &p("gateway.pem"),
+                "--tls-key",
+                &p("gateway.key"),
+            ]),
+        ]
+        .concat(),
+    );
+    wait_for_port(up_addr.parse().unwrap(), std::time::Duration::from_secs(20));
+    let key_pub = key.with_extension("pub").display().to_string();
+    let scheduler_args = strings(&[
+        "scheduler",
+        "--listen",
+        &sched_addr,
+        "--gateway-key",
+        &key_pub,
+        "--tls-ca",
+        &p("ca.pem"),
+        "--tls-cert",
+        &p("scheduler.pem"),
+        "--tls-key",
+        &p("scheduler.key"),
+    ]);
+    let mut scheduler = spawn_customs(dir, "scheduler", &scheduler_args);
+    wait_for_port(
+        sched_addr.parse().unwrap(),
+        std::time::Duration::from_secs(20),
+    );
+    let mut peers = Vec::new();
+    let mut peer_addrs = Vec::new();
+    for name in ["peer-1", "peer-2"] {
+        let listen = port(());
+        peers.push(spawn_customs(
+            dir,
+            name,
+            &[
+                strings(&[
+                    "peer",
+                    "--gateway",
+                    &format!("https://{up_addr}"),
+                    "--scheduler",
+                    &format!("https://{sched_addr}"),
+                ]),
+                strings(&[
+                    "--listen",
+                    &listen,
+                    "--upload-listen",
+                    "127.0.0.1:0",
+                    "--peer-id",
+                    name,
+                    "--gateway-key",
+                    &key_pub,
+                ]),
+                vec!["--data-dir".into(), dir.join(name).display().to_string()],
+                strings(&[
+                    "--tls-ca",
+                    &p("ca.pem"),
+                    "--tls-cert",
+                    &p(&format!("{name}.pem")),
+                    "--tls-key",
+                    &p(&format!("{name}.key")),
+                ]),
+                strings(&[
+                    "--default-registry",
+                    &registry.addr.to_string(),
+                    "--upload-limit",
+                    "3000000",
+                ]),
+            ]
+            .concat(),
+        ));
+        wait_for_port(listen.parse().unwrap(), std::time::Duration::from_secs(20));
+        peer_addrs.push(listen);
+    }
+    // peer-1 pulls while the scheduler is killed and restarted.
+    let src = format!("{}/team/app:v1", peer_addrs[0]);
+    let out1 = dir.join("p1");
+    let pull = std::thread::spawn(move || (skopeo_pull(&src, &out1), out1));
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let _ = scheduler.child.kill();
+    let _ = scheduler.child.wait();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _scheduler = spawn_customs(dir, "scheduler-2", &scheduler_args);
+    let ((ok, err), out1) = pull.join().unwrap();
+    assert!(ok, "pull across a scheduler restart failed: {err}");
+    assert_eq!(layout_tag_digest(&out1, "pulled"), digest);
+    // The restarted scheduler learned peer-1's pieces again: peer-2 gets them from it.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out2 = dir.join("p2");
+    let (ok, err) = skopeo_pull(&format!("{}/team/app:v1", peer_addrs[1]), &out2);
+    assert!(ok, "{err}");
+    assert_eq!(layout_tag_digest(&out2, "pulled"), digest);
+    let status = http_get_json(&format!("http://{}/customs/v1/status", peer_addrs[1]));
+    assert!(
+        status["received_bytes_by_parent"]["peer-1"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{status}"
+    );
+}

@@ -139,7 +139,17 @@ fn main() {
     let sb = s / limit as f64;
     println!("swarm benchmark: N={peers} peers, S={size_mib} MiB, B={limit} B/s, S/B={sb:.2}s");
     let sw = run(&dir.join("swarm"), &proxy, peers, true, limit, s);
-    let base = run(&dir.join("baseline"), &proxy, peers, false, limit, s);
+    // CUSTOMS_BENCH_SKIP_BASELINE=1 skips the (N·S/B long) baseline while tuning.
+    let base = if env_u64("CUSTOMS_BENCH_SKIP_BASELINE", 0) == 1 {
+        RunResult {
+            p50: f64::NAN,
+            max: f64::NAN,
+            upstream: f64::NAN,
+            gateway: f64::NAN,
+        }
+    } else {
+        run(&dir.join("baseline"), &proxy, peers, false, limit, s)
+    };
     println!(
         "{:<26} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}",
         "run", "p50 s", "max s", "p50/(S/B)", "max/(S/B)", "upstream/S", "gateway/S"

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// `customs scheduler` flags.
+/// `customs scheduler` flags. TLS files and the gateway key default to what
+/// `customs up` / `customs certs` create under `--pki-dir`.
 #[derive(Args)]
 pub struct SchedulerArgs {
     /// Address to serve gRPC (mTLS) on.
@@ -22,18 +23,22 @@ pub struct SchedulerArgs {
         default_value = "127.0.0.1:5060"
     )]
     listen: SocketAddr,
-    /// Trusted gateway public keys (PEM); repeat for rotation.
-    #[arg(long = "gateway-key", required = true)]
+    /// Folder with ca.pem, scheduler.pem and scheduler.key.
+    #[arg(long, default_value = "customs-data/pki")]
+    pki_dir: PathBuf,
+    /// Trusted gateway public keys (PEM); repeat for rotation
+    /// [default: customs-data/gateway-key.pub].
+    #[arg(long = "gateway-key")]
     gateway_keys: Vec<PathBuf>,
-    /// mTLS CA file.
+    /// mTLS CA file [default: PKI_DIR/ca.pem].
     #[arg(long)]
-    tls_ca: PathBuf,
-    /// mTLS certificate.
+    tls_ca: Option<PathBuf>,
+    /// mTLS certificate [default: PKI_DIR/scheduler.pem].
     #[arg(long)]
-    tls_cert: PathBuf,
-    /// mTLS key.
+    tls_cert: Option<PathBuf>,
+    /// mTLS key [default: PKI_DIR/scheduler.key].
     #[arg(long)]
-    tls_key: PathBuf,
+    tls_key: Option<PathBuf>,
     /// Audit log for bad-piece reports (JSON lines).
     #[arg(long)]
     audit_log: Option<PathBuf>,
@@ -51,16 +56,22 @@ pub fn trusted_keys(paths: &[PathBuf]) -> anyhow::Result<TrustedGatewayKeys> {
 }
 
 pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
+    let defaults = TlsPaths::in_dir(&args.pki_dir, "scheduler");
     let identity = TlsIdentity::load(&TlsPaths {
-        ca: args.tls_ca,
-        cert: args.tls_cert,
-        key: args.tls_key,
-    })?;
+        ca: args.tls_ca.unwrap_or(defaults.ca),
+        cert: args.tls_cert.unwrap_or(defaults.cert),
+        key: args.tls_key.unwrap_or(defaults.key),
+    })
+    .context(
+        "loading the scheduler's TLS files (create them with `customs certs` or `customs up`)",
+    )?;
+    let gateway_keys = if args.gateway_keys.is_empty() {
+        vec![PathBuf::from("customs-data/gateway-key.pub")]
+    } else {
+        args.gateway_keys
+    };
     let audit = args.audit_log.as_deref().map(AuditLog::open).transpose()?;
-    let service = Arc::new(SchedulerService::new(
-        trusted_keys(&args.gateway_keys)?,
-        audit,
-    ));
+    let service = Arc::new(SchedulerService::new(trusted_keys(&gateway_keys)?, audit));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -275,3 +275,90 @@ pub fn read_range(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream 
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use customs_protocol::piece_manifest::{
+        AdmissionRef, GatewayKey, MIN_PIECE_LEN, PieceManifest, TrustedGatewayKeys,
+    };
+
+    fn manifest(data: &[u8]) -> VerifiedPieceManifest {
+        let key = GatewayKey::generate().unwrap();
+        let len = MIN_PIECE_LEN;
+        let blob = Digest::of(data);
+        let signed = key
+            .sign(PieceManifest {
+                blob: blob.clone(),
+                size: data.len() as u64,
+                piece_length: len,
+                pieces: data.chunks(len as usize).map(Digest::of).collect(),
+                admission: AdmissionRef {
+                    image: "r/x".into(),
+                    manifest_digest: Digest::of(b"m"),
+                    policy_revision: "r".into(),
+                },
+                key_id: String::new(),
+            })
+            .unwrap();
+        TrustedGatewayKeys::from_pems([key.public_pem().unwrap().as_str()])
+            .unwrap()
+            .verify(&signed, &blob)
+            .unwrap()
+    }
+
+    fn body(
+        b: &[u8],
+    ) -> futures_util::stream::Iter<std::vec::IntoIter<Result<Bytes, std::io::Error>>> {
+        futures_util::stream::iter(vec![Ok(Bytes::copy_from_slice(b))])
+    }
+
+    #[tokio::test]
+    async fn bad_pieces_are_never_marked_and_downloads_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = MIN_PIECE_LEN as usize;
+        let data: Vec<u8> = (0..(3 * len + 10)).map(|i| (i % 253) as u8).collect();
+        let m = manifest(&data);
+        let pf = PieceFile::open(dir.path(), m.clone()).await.unwrap();
+        // Wrong bytes, a valid piece of the wrong index, short and long bodies.
+        assert!(matches!(
+            pf.write_piece(0, body(&vec![0u8; len])).await,
+            Err(PieceError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            pf.write_piece(0, body(&data[len..2 * len])).await,
+            Err(PieceError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            pf.write_piece(1, body(&data[len..2 * len - 1])).await,
+            Err(PieceError::Length { .. })
+        ));
+        assert!(matches!(
+            pf.write_piece(3, body(&data[3 * len - 1..])).await,
+            Err(PieceError::Length { .. })
+        ));
+        assert!(pf.held().is_empty());
+        assert!(
+            pf.piece_stream(0).is_none(),
+            "an unverified piece was served"
+        );
+        pf.write_piece(0, body(&data[..len])).await.unwrap();
+        pf.write_piece(2, body(&data[2 * len..3 * len]))
+            .await
+            .unwrap();
+        assert_eq!(pf.held(), vec![0, 2]);
+        drop(pf);
+        // Restart: verified pieces are kept after re-hashing, the rest fetched.
+        let pf = PieceFile::open(dir.path(), m).await.unwrap();
+        assert_eq!(pf.held(), vec![0, 2]);
+        pf.write_piece(1, body(&data[len..2 * len])).await.unwrap();
+        pf.write_piece(3, body(&data[3 * len..])).await.unwrap();
+        assert!(pf.complete());
+        let mut all = Vec::new();
+        let mut s = pf.clone().ordered_stream();
+        while let Some(c) = s.next().await {
+            all.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(all, data);
+    }
+}

@@ -242,6 +242,7 @@ impl Gateway {
                     swarm: None,
                     limiter: self.limiter.clone(),
                     slots: Arc::new(tokio::sync::Semaphore::new(piece_server::SEED_UPLOAD_SLOTS)),
+                    when_full: piece_server::WhenFull::Queue,
                 };
                 let tasks = axum::Router::new()
                     .route("/customs/v1/tasks", axum::routing::get(get_task))

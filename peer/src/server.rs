@@ -252,6 +252,7 @@ impl Peer {
                     slots: Arc::new(tokio::sync::Semaphore::new(
                         crate::swarm::piece_server::PEER_UPLOAD_SLOTS,
                     )),
+                    when_full: crate::swarm::piece_server::WhenFull::Refuse,
                 };
                 let pieces = customs_tls::serve_mtls(
                     upload,

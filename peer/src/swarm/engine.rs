@@ -51,6 +51,8 @@ const CONCURRENCY: usize = 8;
 const SEED_CONCURRENCY: usize = 1;
 /// How often parents are refreshed and held pieces re-reported.
 const REFRESH: Duration = Duration::from_millis(150);
+/// How long a parent that refused for lack of slots is skipped.
+const BUSY_BACKOFF: Duration = Duration::from_millis(25);
 
 /// The swarm side of a peer.
 pub struct Swarm {
@@ -140,6 +142,11 @@ impl Rng {
 
 enum PieceOutcome {
     Done(u32),
+    /// The parent had no free upload slot: try elsewhere, not a failure.
+    Busy {
+        piece: u32,
+        parent: String,
+    },
     Bad {
         piece: u32,
         parent: String,
@@ -359,6 +366,8 @@ impl Swarm {
         // hints arrive and the seed is used for any missing piece.
         let mut scheduler_up = true;
         let mut excluded: HashSet<String> = HashSet::new();
+        // Parents that just refused for lack of slots, until when.
+        let mut busy: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut in_progress: HashMap<u32, bool> = HashMap::new(); // piece -> from seed
         let mut tasks: JoinSet<PieceOutcome> = JoinSet::new();
         let mut last_refresh: Option<tokio::time::Instant> = None;
@@ -402,6 +411,10 @@ impl Swarm {
                 }
                 last_refresh = Some(tokio::time::Instant::now());
             }
+            let now = tokio::time::Instant::now();
+            busy.retain(|_, until| *until > now);
+            let unavailable: HashSet<String> =
+                excluded.iter().chain(busy.keys()).cloned().collect();
             while tasks.len() < CONCURRENCY {
                 let seeds_busy = in_progress.values().filter(|s| **s).count();
                 let Some((piece, parent)) = self.choose(
@@ -409,6 +422,7 @@ impl Swarm {
                     n,
                     &parents,
                     if scheduler_up { Some(&hints) } else { None },
+                    &unavailable,
                     &excluded,
                     &in_progress,
                     seeds_busy,
@@ -424,7 +438,7 @@ impl Swarm {
             }
             let next = tokio::select! {
                 r = tasks.join_next(), if !tasks.is_empty() => r,
-                _ = tokio::time::sleep(REFRESH) => None,
+                _ = tokio::time::sleep(if busy.is_empty() { REFRESH } else { BUSY_BACKOFF }) => None,
             };
             let Some(Ok(outcome)) = next else { continue };
             match outcome {
@@ -441,6 +455,10 @@ impl Swarm {
                     tokio::spawn(async move {
                         let _ = sched.report_pieces(req).await;
                     });
+                }
+                PieceOutcome::Busy { piece, parent } => {
+                    in_progress.remove(&piece);
+                    busy.insert(parent, tokio::time::Instant::now() + BUSY_BACKOFF);
                 }
                 PieceOutcome::Bad {
                     piece,
@@ -500,14 +518,15 @@ impl Swarm {
         n: u32,
         parents: &[ParentView],
         hints: Option<&[u32]>,
-        excluded: &HashSet<String>,
+        unavailable: &HashSet<String>,
+        dead: &HashSet<String>,
         in_progress: &HashMap<u32, bool>,
         seeds_busy: usize,
         rng: &mut Rng,
     ) -> Option<(u32, ParentView)> {
         let peers: Vec<&ParentView> = parents
             .iter()
-            .filter(|p| !p.seed && !excluded.contains(&p.id))
+            .filter(|p| !p.seed && !unavailable.contains(&p.id))
             .collect();
         let missing: Vec<u32> = (0..n)
             .filter(|i| !pf.has(*i) && !in_progress.contains_key(i))
@@ -539,10 +558,12 @@ impl Swarm {
         if seeds_busy >= SEED_CONCURRENCY {
             return None;
         }
-        // Pieces only excluded parents (dead or hostile) claim are orphans:
+        // Pieces only excluded parents (dead or hostile, not merely busy)
+        // claim are orphans:
         // no hint will name them, so they come from the seed directly.
         let orphan = missing.iter().copied().find(|i| {
-            parents.iter().any(|p| !p.seed && p.has(*i)) && !peers.iter().any(|p| p.has(*i))
+            let mut holders = parents.iter().filter(|p| !p.seed && p.has(*i)).peekable();
+            holders.peek().is_some() && holders.all(|p| dead.contains(&p.id))
         });
         let seed = parents.iter().find(|p| p.seed)?;
         // The scheduler's hints spread first copies across peers, so the seed
@@ -582,6 +603,12 @@ impl Swarm {
             .await
         {
             Ok(r) if r.status().is_success() => r,
+            Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                return PieceOutcome::Busy {
+                    piece,
+                    parent: parent.id.clone(),
+                };
+            }
             Ok(r) => return fail(format!("parent answered {}", r.status())),
             Err(e) => return fail(e.to_string()),
         };

@@ -52,6 +52,7 @@ pub struct PieceFile {
 }
 
 const READ_CHUNK: u64 = 256 * 1024;
+const WRITE_BATCH: usize = 256 * 1024;
 
 impl PieceFile {
     /// Opens (resuming) or creates the piece file for a verified manifest.
@@ -131,22 +132,35 @@ impl PieceFile {
         })?;
         let want_len = end - start;
         let mut hasher = Sha256Hasher::new();
-        let mut pos = start;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| PieceError::Transfer(e.to_string()))?;
-            if hasher.len() + chunk.len() as u64 > want_len {
-                return Err(PieceError::Length {
-                    index,
-                    detail: format!("sender sent more than {want_len} bytes"),
-                });
+        // Network chunks are small; writing them in batches keeps blocking
+        // disk calls (and their thread hand-offs) to a few per piece.
+        let mut batch = bytes::BytesMut::with_capacity(WRITE_BATCH);
+        let mut batch_at = start;
+        let mut ended = false;
+        while !ended {
+            match body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|e| PieceError::Transfer(e.to_string()))?;
+                    if hasher.len() + chunk.len() as u64 > want_len {
+                        return Err(PieceError::Length {
+                            index,
+                            detail: format!("sender sent more than {want_len} bytes"),
+                        });
+                    }
+                    hasher.update(&chunk);
+                    batch.extend_from_slice(&chunk);
+                }
+                None => ended = true,
             }
-            hasher.update(&chunk);
-            let f = self.file.clone();
-            let at = pos;
-            tokio::task::spawn_blocking(move || f.write_all_at(&chunk, at))
-                .await
-                .map_err(std::io::Error::other)??;
-            pos = start + hasher.len();
+            if batch.len() >= WRITE_BATCH || (ended && !batch.is_empty()) {
+                let f = self.file.clone();
+                let data = batch.split().freeze();
+                let at = batch_at;
+                batch_at += data.len() as u64;
+                tokio::task::spawn_blocking(move || f.write_all_at(&data, at))
+                    .await
+                    .map_err(std::io::Error::other)??;
+            }
         }
         if hasher.len() != want_len {
             return Err(PieceError::Length {

@@ -35,10 +35,23 @@ pub struct PieceProvider {
     pub swarm: Option<Arc<Swarm>>,
     /// The node's upload limit.
     pub limiter: Arc<RateLimiter>,
-    /// Pieces uploaded at once; more requests wait. Few concurrent uploads
-    /// at full rate finish pieces sooner than many slow ones, and a finished
-    /// piece is one the receiver can share at once.
+    /// Pieces uploaded at once. Few concurrent uploads at full rate finish
+    /// pieces sooner than many slow ones, and a finished piece is one the
+    /// receiver can share at once.
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// When all slots are taken: a peer answers 503 at once so the
+    /// requester asks another parent (work-conserving); the seed queues,
+    /// since the pieces it is asked for exist nowhere else.
+    pub when_full: WhenFull,
+}
+
+/// What the piece server does when every upload slot is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Answer 503 (peers).
+    Refuse,
+    /// Wait for a slot (the seed).
+    Queue,
 }
 
 impl PieceProvider {
@@ -86,8 +99,12 @@ async fn get_piece(
     let Ok(digest) = format!("sha256:{blob}").parse::<Digest>() else {
         return (StatusCode::BAD_REQUEST, "bad blob digest").into_response();
     };
-    let Ok(permit) = p.slots.clone().acquire_owned().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    let permit = match p.when_full {
+        WhenFull::Queue => p.slots.clone().acquire_owned().await.ok(),
+        WhenFull::Refuse => p.slots.clone().try_acquire_owned().ok(),
+    };
+    let Some(permit) = permit else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy").into_response();
     };
     match p.piece(&digest, index).await {
         Some(body) => {

@@ -36,7 +36,9 @@ struct Task {
 }
 
 /// How long a hinted piece stays reserved for the peer it was hinted to.
-pub const HINT_LEASE: Duration = Duration::from_secs(3);
+/// Long enough to cover the wait in the seed's upload queue (one piece at a
+/// time for every peer's seed requests).
+pub const HINT_LEASE: Duration = Duration::from_secs(10);
 
 /// Most seed hints handed out per request.
 pub const SEED_HINTS: usize = 2;

@@ -48,7 +48,7 @@ pub struct SwarmConfig {
 /// Pieces fetched at once per blob.
 const CONCURRENCY: usize = 8;
 /// Seed (gateway) fetches at once per blob: peers are preferred.
-const SEED_CONCURRENCY: usize = 1;
+const SEED_CONCURRENCY: usize = 2;
 /// How often parents are refreshed and held pieces re-reported.
 const REFRESH: Duration = Duration::from_millis(150);
 /// How long a parent that refused for lack of slots is skipped.
@@ -443,7 +443,12 @@ impl Swarm {
             let Some(Ok(outcome)) = next else { continue };
             match outcome {
                 PieceOutcome::Done(i) => {
-                    in_progress.remove(&i);
+                    // A finished seed piece frees a seed slot: ask for the
+                    // next hint now rather than at the next refresh, so the
+                    // seed's link never idles.
+                    if in_progress.remove(&i) == Some(true) {
+                        last_refresh = None;
+                    }
                     // Tell the scheduler at once: the sooner others know, the
                     // sooner this peer's upload capacity joins the swarm.
                     let mut sched = self.scheduler.clone();

@@ -133,9 +133,18 @@ fn containerd_pulls_through_the_peer_with_generated_hosts_toml() {
         );
     }
     // The bytes went through the peer: it stored the layers itself.
-    let peer_blobs = std::fs::read_dir(f.dir.join("peer/store/blobs/sha256"))
-        .unwrap()
-        .count();
+    let count = || {
+        std::fs::read_dir(f.dir.join("peer/store/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    for _ in 0..100 {
+        if count() >= 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let peer_blobs = count();
     assert!(peer_blobs >= 4, "the peer stored only {peer_blobs} blobs");
     // The gateway saw the real registry in ns, never the peer's address.
     let audit = std::fs::read_to_string(f.dir.join("gw/audit/audit.jsonl")).unwrap();

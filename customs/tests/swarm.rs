@@ -242,6 +242,12 @@ fn hostile_peers_are_caught_blocklisted_and_bypassed() {
         let stored = dir
             .join(format!("up/peer-{}/store/blobs/sha256", i + 1))
             .join(&big_layer[7..]);
+        for _ in 0..100 {
+            if stored.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(sha256_file(&stored), big_layer);
         let status = fleet.peer_status(i);
         assert_eq!(

@@ -19,7 +19,6 @@ use customs_protocol::{Digest, ImageName, Sha256Hasher};
 use customs_store::{StoreError, Table};
 use futures_util::StreamExt;
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -118,28 +117,38 @@ impl Seed {
         let signed = match existing {
             Some(s) => s,
             None => {
-                // Fetch (once, single-flight) and verify the whole blob;
-                // draining the stream waits for the digest check.
+                // Fetch (once, single-flight) and verify the whole blob; the
+                // stream ends only after the digest check passed, and the
+                // piece hashes are computed from the same bytes on the way.
                 let body = mirror.blob(image, digest, None).await?;
+                let size = body.size;
+                let piece_length = piece_manifest::piece_length_for(size);
+                let mut hasher = PieceHasher::new(piece_length);
                 let mut s = body.body;
                 while let Some(chunk) = s.next().await {
-                    chunk.map_err(|e| {
+                    let chunk = chunk.map_err(|e| {
                         MirrorError::Source(customs_store::FetchFailure::new(
                             customs_store::FetchFailureKind::Unavailable,
                             e.to_string(),
                         ))
                     })?;
+                    hasher.update(&chunk);
                 }
-                let reader = store.open_blob(digest).await?.ok_or_else(|| {
-                    MirrorError::BlobUnknown(format!("{digest} was not stored after its fetch"))
-                })?;
-                let size = reader.size;
-                let piece_length = piece_manifest::piece_length_for(size);
-                let file = reader.file.into_std().await;
-                let pieces = tokio::task::spawn_blocking(move || hash_pieces(file, piece_length))
-                    .await
-                    .map_err(|e| StoreError::Task(e.to_string()))?
-                    .map_err(StoreError::from)?;
+                let pieces = hasher.finish();
+                // Pieces are served from the stored blob: wait until it is kept.
+                let mut stored = false;
+                for _ in 0..1500 {
+                    if store.meta(digest)?.is_some() {
+                        stored = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if !stored {
+                    return Err(MirrorError::BlobUnknown(format!(
+                        "{digest} was verified but could not be stored"
+                    )));
+                }
                 let manifest = PieceManifest {
                     blob: digest.clone(),
                     size,
@@ -186,26 +195,40 @@ impl Seed {
     }
 }
 
-/// sha256 of each piece of a stored, verified blob.
-fn hash_pieces(mut file: std::fs::File, piece_length: u64) -> std::io::Result<Vec<Digest>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut h = Sha256Hasher::new();
-    loop {
-        let want = (piece_length - h.len()).min(buf.len() as u64) as usize;
-        let n = file.read(&mut buf[..want])?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        if h.len() == piece_length {
-            out.push(std::mem::take(&mut h).finish());
+/// Splits a byte stream into pieces and hashes each one.
+struct PieceHasher {
+    piece_length: u64,
+    current: Sha256Hasher,
+    done: Vec<Digest>,
+}
+
+impl PieceHasher {
+    fn new(piece_length: u64) -> Self {
+        PieceHasher {
+            piece_length,
+            current: Sha256Hasher::new(),
+            done: Vec::new(),
         }
     }
-    if !h.is_empty() || out.is_empty() {
-        out.push(h.finish());
+
+    fn update(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            let room = (self.piece_length - self.current.len()) as usize;
+            let (now, rest) = chunk.split_at(room.min(chunk.len()));
+            self.current.update(now);
+            if self.current.len() == self.piece_length {
+                self.done.push(std::mem::take(&mut self.current).finish());
+            }
+            chunk = rest;
+        }
     }
-    Ok(out)
+
+    fn finish(mut self) -> Vec<Digest> {
+        if !self.current.is_empty() || self.done.is_empty() {
+            self.done.push(self.current.finish());
+        }
+        self.done
+    }
 }
 
 #[cfg(test)]
@@ -213,26 +236,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pieces_cover_the_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("b");
-        let data: Vec<u8> = (0..(2 * piece_manifest::MIN_PIECE_LEN + 7))
-            .map(|i| i as u8)
-            .collect();
-        std::fs::write(&p, &data).unwrap();
-        let pieces = hash_pieces(
-            std::fs::File::open(&p).unwrap(),
-            piece_manifest::MIN_PIECE_LEN,
-        )
-        .unwrap();
-        assert_eq!(pieces.len(), 3);
+    fn pieces_cover_the_blob_whatever_the_chunking() {
         let len = piece_manifest::MIN_PIECE_LEN as usize;
-        assert_eq!(pieces[2], Digest::of(&data[2 * len..]));
-        assert_eq!(pieces[0], Digest::of(&data[..len]));
-        std::fs::write(&p, b"").unwrap();
-        assert_eq!(
-            hash_pieces(std::fs::File::open(&p).unwrap(), 1 << 20).unwrap(),
-            vec![Digest::of(b"")]
-        );
+        let data: Vec<u8> = (0..(2 * len + 7)).map(|i| i as u8).collect();
+        for chunk in [1000, len, 3 * len] {
+            let mut h = PieceHasher::new(len as u64);
+            for c in data.chunks(chunk) {
+                h.update(c);
+            }
+            let pieces = h.finish();
+            assert_eq!(pieces.len(), 3);
+            assert_eq!(pieces[0], Digest::of(&data[..len]));
+            assert_eq!(pieces[2], Digest::of(&data[2 * len..]));
+        }
+        assert_eq!(PieceHasher::new(1 << 20).finish(), vec![Digest::of(b"")]);
     }
 }

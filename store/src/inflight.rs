@@ -364,10 +364,15 @@ where
         ));
     }
     drop(writer);
-    store
-        .commit_file(digest, tmp, size)
-        .await
-        .map_err(|e| FetchFailure::new(FetchFailureKind::Io, e.to_string()))
+    // The digest matched: readers may have the final bytes now. Keeping the
+    // blob (fsync, rename, index) happens after, off their critical path; if
+    // it fails the blob was still correct, it is just not kept.
+    inf.tx.send_modify(|p| p.state = State::Verified);
+    if let Err(e) = store.commit_file(digest, tmp, size).await {
+        tracing::error!(%digest, error = %e, "verified blob could not be stored");
+        let _ = std::fs::remove_file(tmp);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ const CONCURRENCY: usize = 8;
 /// Seed (gateway) fetches at once per blob: peers are preferred.
 const SEED_CONCURRENCY: usize = 2;
 /// How often parents are refreshed and held pieces re-reported.
-const REFRESH: Duration = Duration::from_millis(150);
+const REFRESH: Duration = Duration::from_millis(50);
 /// How long a parent that refused for lack of slots is skipped.
 const BUSY_BACKOFF: Duration = Duration::from_millis(25);
 

@@ -60,6 +60,9 @@ pub struct PeerArgs {
     /// Locality: rack.
     #[arg(long)]
     rack: Option<String>,
+    /// Stop when standard input closes (used by `customs up` for its fleet).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
 }
 
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
@@ -104,6 +107,15 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
+    if args.exit_on_stdin_eof {
+        let t = token.clone();
+        tokio::spawn(async move {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
+            tracing::info!("parent went away: shutting down");
+            t.cancel();
+        });
+    }
     tracing::info!(peer = %args.listen, upload = ?cfg.upload_addr, "customs peer ready");
     peer.serve(listener, upload, token).await?;
     Ok(())

@@ -98,7 +98,10 @@ fn spawn_peer(
         .arg(default_registry)
         .stdout(log.try_clone()?)
         .stderr(log)
-        .stdin(Stdio::null())
+        // The peer exits when this pipe closes: if `customs up` dies, even
+        // by SIGKILL, its fleet does not outlive it.
+        .arg("--exit-on-stdin-eof")
+        .stdin(Stdio::piped())
         .kill_on_drop(true);
     if let Some(l) = upload_limit {
         cmd.arg("--upload-limit").arg(l.to_string());

@@ -84,7 +84,11 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first so `customs up` stops its fleet, then SIGKILL.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

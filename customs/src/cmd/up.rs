@@ -59,6 +59,7 @@ impl Fleet {
 fn spawn_peer(
     i: u16,
     listen: SocketAddr,
+    upload: SocketAddr,
     data_dir: &Path,
     pki: &Path,
     gateway_url: &str,
@@ -81,7 +82,7 @@ fn spawn_peer(
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--upload-listen")
-        .arg("127.0.0.1:0")
+        .arg(upload.to_string())
         .arg("--data-dir")
         .arg(&dir)
         .arg("--peer-id")
@@ -188,9 +189,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let gateway_url = format!("https://{upload_addr}");
     for i in 1..=args.peers {
         let listen = SocketAddr::new(args.gateway.listen.ip(), args.gateway.listen.port() + i);
+        // Piece servers sit on --listen + N + i: fixed, so a random port can
+        // never land on a later peer's containerd-facing port.
+        let upload = SocketAddr::new(
+            args.gateway.listen.ip(),
+            args.gateway.listen.port() + args.peers + i,
+        );
         fleet.children.push(spawn_peer(
             i,
             listen,
+            upload,
             &cfg.data_dir,
             &pki,
             &gateway_url,

@@ -386,11 +386,13 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn up(data_dir: &Path, upstream: &str, peers: u16, extra: &[&str]) -> Fleet {
-        // Peers listen on --listen + i: find a base with N free ports after it.
+        // Peers listen on --listen + i and serve pieces on --listen + N + i: find
+        // a base with 2N free ports after it.
         let base = loop {
             let p = free_port();
             if p < 60000
-                && (1..=peers).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+                && (1..=2 * peers)
+                    .all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
             {
                 break p;
             }

@@ -19,13 +19,6 @@ use std::time::Instant;
 use support::proxy::Proxy;
 use support::*;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn timed_pull(src: &str, dest: &std::path::Path) -> f64 {
     let t = Instant::now();
     let (ok, err) = skopeo_pull(src, dest);

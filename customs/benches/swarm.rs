@@ -18,13 +18,6 @@ use std::time::Instant;
 use support::proxy::Proxy;
 use support::*;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Pulls manifest and blobs of `repo:tag` from `endpoint` like a runtime
 /// would, discarding the bytes; returns seconds.
 async fn pull(

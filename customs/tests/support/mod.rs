@@ -449,3 +449,11 @@ pub fn http_get_json(url: &str) -> serde_json::Value {
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{url}: {e}: {resp}"))
 }
+
+/// A number from the environment, for benchmark knobs.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -356,6 +356,19 @@ impl Swarm {
         Ok(map.entry(blob).or_insert(pf).clone())
     }
 
+    /// Tells the scheduler which pieces this peer holds; best effort (a
+    /// lost report is repeated by the next full report).
+    async fn report(&self, blob: &Digest, pieces: Vec<u32>) {
+        let req = pb::ReportPiecesRequest {
+            peer_id: self.cfg.peer_id.clone(),
+            blob_digest: blob.to_string(),
+            pieces,
+        };
+        if let Err(e) = self.scheduler.clone().report_pieces(req).await {
+            tracing::debug!(%blob, error = %e, "piece report failed");
+        }
+    }
+
     /// Fetches every missing piece, until complete.
     async fn drive(self: &Arc<Self>, image: &ImageName, blob: &Digest, pf: &Arc<PieceFile>) {
         let n = pf.manifest().manifest().piece_count();
@@ -379,15 +392,7 @@ impl Swarm {
                 // The full set goes out whenever it changed and after the scheduler
                 // was unreachable (a restarted scheduler has forgotten it).
                 if held.len() != reported || last_refresh.is_none() || !scheduler_up {
-                    let _ = self
-                        .scheduler
-                        .clone()
-                        .report_pieces(pb::ReportPiecesRequest {
-                            peer_id: self.cfg.peer_id.clone(),
-                            blob_digest: blob.to_string(),
-                            pieces: held.clone(),
-                        })
-                        .await;
+                    self.report(blob, held.clone()).await;
                     reported = held.len();
                 }
                 let seeds_busy = in_progress.values().filter(|s| **s).count();
@@ -451,15 +456,9 @@ impl Swarm {
                     }
                     // Tell the scheduler at once: the sooner others know, the
                     // sooner this peer's upload capacity joins the swarm.
-                    let mut sched = self.scheduler.clone();
-                    let req = pb::ReportPiecesRequest {
-                        peer_id: self.cfg.peer_id.clone(),
-                        blob_digest: blob.to_string(),
-                        pieces: vec![i],
-                    };
-                    tokio::spawn(async move {
-                        let _ = sched.report_pieces(req).await;
-                    });
+                    let me = self.clone();
+                    let blob = blob.clone();
+                    tokio::spawn(async move { me.report(&blob, vec![i]).await });
                 }
                 PieceOutcome::Busy { piece, parent } => {
                     in_progress.remove(&piece);
@@ -500,15 +499,7 @@ impl Swarm {
                 }
             }
         }
-        let _ = self
-            .scheduler
-            .clone()
-            .report_pieces(pb::ReportPiecesRequest {
-                peer_id: self.cfg.peer_id.clone(),
-                blob_digest: blob.to_string(),
-                pieces: pf.held(),
-            })
-            .await;
+        self.report(blob, pf.held()).await;
         tracing::info!(%blob, pieces = n, secs = started.elapsed().as_secs_f64(), "all pieces verified");
     }
 

@@ -62,9 +62,11 @@ impl Seed {
     /// scheduler learns it again).
     pub async fn announce_loop(
         self: Arc<Self>,
+        store: Arc<customs_store::BlobStore>,
         active: impl Fn() -> u32,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
+        let mut instance = String::new();
         loop {
             let info = pb::PeerInfo {
                 peer_id: SEED_ID.to_owned(),
@@ -75,13 +77,29 @@ impl Seed {
                 rack: String::new(),
                 seed: true,
             };
-            if let Err(e) = self
+            match self
                 .scheduler
                 .clone()
                 .announce_peer(pb::AnnouncePeerRequest { peer: Some(info) })
                 .await
             {
-                tracing::debug!(error = %e, "seed announce failed; retrying");
+                Ok(r) => {
+                    let now = r.into_inner().instance;
+                    if now != instance {
+                        // A new or restarted scheduler knows no tasks: register
+                        // every piece manifest this gateway signed.
+                        let all: Vec<(String, SignedPieceManifest)> = store
+                            .index()
+                            .scan(Table::PieceManifests)
+                            .unwrap_or_default();
+                        for (_, signed) in &all {
+                            self.register(signed).await;
+                        }
+                        tracing::info!(tasks = all.len(), "registered tasks with the scheduler");
+                        instance = now;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "seed announce failed; retrying"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -181,6 +199,15 @@ impl Seed {
         };
         // Registration is idempotent: a restarted scheduler learns the task
         // again the next time a peer asks.
+        self.register(&signed).await;
+        Ok(signed)
+    }
+}
+
+impl Seed {
+    /// Registers one task (idempotent); failures are logged, peers fall back
+    /// to the gateway.
+    async fn register(&self, signed: &SignedPieceManifest) {
         let req = pb::RegisterTaskRequest {
             manifest: Some(pb::SignedPieceManifest {
                 payload: signed.payload.clone(),
@@ -189,9 +216,8 @@ impl Seed {
             }),
         };
         if let Err(e) = self.scheduler.clone().register_task(req).await {
-            tracing::warn!(blob = %digest, error = %e, "scheduler registration failed; peers fall back to the gateway");
+            tracing::warn!(key_id = %signed.key_id, error = %e, "scheduler registration failed; peers fall back to the gateway");
         }
-        Ok(signed)
     }
 }
 

@@ -255,7 +255,11 @@ impl Gateway {
                     .merge(tasks)
                     .merge(piece_server::router(provider));
                 let limiter = self.limiter.clone();
-                tokio::spawn(seed.announce_loop(move || limiter.active() as u32, shutdown.clone()));
+                tokio::spawn(seed.announce_loop(
+                    self.mirror.store().clone(),
+                    move || limiter.active() as u32,
+                    shutdown.clone(),
+                ));
                 let peers = customs_tls::serve_mtls(
                     upload,
                     identity.server_config()?,

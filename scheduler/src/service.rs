@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status};
 /// The service.
 pub struct SchedulerService {
     state: Mutex<SchedulerState>,
+    /// Random per process: tells peers this scheduler forgot their pieces.
+    instance: String,
     keys: TrustedGatewayKeys,
     audit: Option<AuditLog>,
 }
@@ -25,8 +27,11 @@ pub struct SchedulerService {
 impl SchedulerService {
     /// A scheduler trusting piece manifests signed by `keys`.
     pub fn new(keys: TrustedGatewayKeys, audit: Option<AuditLog>) -> Self {
+        let mut id = [0u8; 8];
+        let _ = getrandom::fill(&mut id);
         SchedulerService {
             state: Mutex::default(),
+            instance: id.iter().map(|b| format!("{b:02x}")).collect(),
             keys,
             audit,
         }
@@ -126,7 +131,9 @@ impl Scheduler for SchedulerService {
             return Err(Status::invalid_argument("upload_addr must be host:port"));
         }
         self.state().announce(info, Instant::now());
-        Ok(Response::new(pb::AnnouncePeerResponse {}))
+        Ok(Response::new(pb::AnnouncePeerResponse {
+            instance: self.instance.clone(),
+        }))
     }
 
     async fn get_task(

@@ -212,6 +212,10 @@ impl Swarm {
 
     /// Announces this peer to the scheduler every few seconds until cancelled.
     pub async fn announce_loop(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut instance = String::new();
+        // Rounds of full reports still due after a scheduler change (the
+        // gateway may re-register its tasks a moment after we arrive).
+        let mut pending = 0u8;
         loop {
             let info = pb::PeerInfo {
                 peer_id: self.cfg.peer_id.clone(),
@@ -222,13 +226,25 @@ impl Swarm {
                 rack: self.cfg.rack.clone(),
                 seed: false,
             };
-            if let Err(e) = self
+            match self
                 .scheduler
                 .clone()
                 .announce_peer(pb::AnnouncePeerRequest { peer: Some(info) })
                 .await
             {
-                tracing::debug!(error = %e, "announce failed; retrying");
+                Ok(r) => {
+                    let now = r.into_inner().instance;
+                    if now != instance {
+                        // A new (or restarted) scheduler: tell it everything held.
+                        pending = 3;
+                        instance = now;
+                    }
+                    if pending > 0 {
+                        self.report_all_held().await;
+                        pending -= 1;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "announce failed; retrying"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -354,6 +370,34 @@ impl Swarm {
             .map_err(|e| failure(FetchFailureKind::Io, e.to_string()))?;
         let mut map = self.partials.lock().unwrap_or_else(|e| e.into_inner());
         Ok(map.entry(blob).or_insert(pf).clone())
+    }
+
+    /// Reports every piece held: whole blobs with a piece manifest, and the
+    /// verified pieces of partial downloads.
+    async fn report_all_held(&self) {
+        let manifests: Vec<(String, SignedPieceManifest)> = self
+            .store
+            .index()
+            .scan(Table::PieceManifests)
+            .unwrap_or_default();
+        for (key, signed) in manifests {
+            let Ok(blob) = key.parse::<Digest>() else {
+                continue;
+            };
+            let pieces = match self.partial(&blob) {
+                Some(pf) => pf.held(),
+                None if self.store.meta(&blob).ok().flatten().is_some() => {
+                    let Ok(m) = serde_json::from_slice::<
+                        customs_protocol::piece_manifest::PieceManifest,
+                    >(&signed.payload) else {
+                        continue;
+                    };
+                    (0..m.piece_count()).collect()
+                }
+                None => continue,
+            };
+            self.report(&blob, pieces).await;
+        }
     }
 
     /// Tells the scheduler which pieces this peer holds; best effort (a

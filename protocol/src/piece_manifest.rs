@@ -7,7 +7,6 @@
 //! receive against it, so no peer can introduce or alter a byte.
 
 use crate::digest::Digest;
-use base64::Engine as _;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -320,12 +319,6 @@ impl TrustedGatewayKeys {
             signed: signed.clone(),
         })
     }
-}
-
-/// Encodes a signed manifest for the wire as compact text (HTTP headers and
-/// files use it).
-pub fn encode(signed: &SignedPieceManifest) -> String {
-    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(signed).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -228,16 +228,6 @@ impl BlobStore {
             .map_err(StoreError::from)
     }
 
-    /// Bytes currently stored.
-    pub fn used_bytes(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .index
-            .scan::<BlobMeta>(Table::Blobs)?
-            .iter()
-            .map(|(_, m)| m.size)
-            .sum())
-    }
-
     /// Evicts least-recently-used blobs until at most `target` bytes remain,
     /// skipping blobs that are pinned by a reader or being fetched.
     pub async fn gc(&self, target: u64) -> Result<GcReport, StoreError> {

@@ -28,7 +28,9 @@ pub struct TrustRoot {
 
 impl std::fmt::Debug for TrustRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustRoot").field("source", &self.source).finish()
+        f.debug_struct("TrustRoot")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -108,7 +110,8 @@ impl Identity {
             return false;
         };
         let eq = |want: &Option<String>, got: &Option<String>| {
-            want.as_ref().is_none_or(|w| got.as_deref() == Some(w.as_str()))
+            want.as_ref()
+                .is_none_or(|w| got.as_deref() == Some(w.as_str()))
         };
         let repo_uri = gh
             .repository

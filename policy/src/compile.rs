@@ -80,7 +80,8 @@ pub struct PolicySet {
 impl Policy {
     /// Whether `registry/repository` is in scope.
     pub fn applies_to(&self, image: &str) -> bool {
-        self.images.iter().any(|g| g.matches(image)) && !self.exclude.iter().any(|g| g.matches(image))
+        self.images.iter().any(|g| g.matches(image))
+            && !self.exclude.iter().any(|g| g.matches(image))
     }
 }
 
@@ -132,7 +133,11 @@ impl Ctx<'_> {
                 None,
             ),
             Some(p) => match self.snap.resolve(&self.file, &p.value) {
-                Ok((path, bytes)) => (path, String::from_utf8_lossy(bytes).into_owned(), Some(p.referenced.line())),
+                Ok((path, bytes)) => (
+                    path,
+                    String::from_utf8_lossy(bytes).into_owned(),
+                    Some(p.referenced.line()),
+                ),
                 Err(e) => {
                     self.err_at(p, format!("trusted root: {e}"));
                     return None;
@@ -218,7 +223,10 @@ fn authority(ctx: &mut Ctx<'_>, a: &spec::AuthoritySpec) -> Option<Authority> {
         (None, Some(kl)) => {
             let root = ctx.root(kl.trusted_root.as_ref())?;
             if kl.identities.is_empty() {
-                ctx.err_at(&a.name, format!("authority {name}: keyless needs at least one identity"));
+                ctx.err_at(
+                    &a.name,
+                    format!("authority {name}: keyless needs at least one identity"),
+                );
                 return None;
             }
             let mut identities = Vec::new();
@@ -254,7 +262,10 @@ fn authority(ctx: &mut Ctx<'_>, a: &spec::AuthoritySpec) -> Option<Authority> {
             AuthorityKind::Keyless { root, identities }
         }
         _ => {
-            ctx.err_at(&a.name, format!("authority {name}: give exactly one of key / keyless"));
+            ctx.err_at(
+                &a.name,
+                format!("authority {name}: give exactly one of key / keyless"),
+            );
             return None;
         }
     };
@@ -285,7 +296,10 @@ fn policy(ctx: &mut Ctx<'_>, doc: spec::ImagePolicyDoc) -> Option<Policy> {
     api_version(ctx, &doc.api_version);
     let spec = doc.spec;
     if spec.images.is_empty() {
-        ctx.err_at(&doc.metadata.name, "spec.images must list at least one glob");
+        ctx.err_at(
+            &doc.metadata.name,
+            "spec.images must list at least one glob",
+        );
     }
     let images: Vec<_> = spec.images.iter().filter_map(|g| ctx.glob(g)).collect();
     let exclude: Vec<_> = spec.exclude.iter().filter_map(|g| ctx.glob(g)).collect();
@@ -293,7 +307,10 @@ fn policy(ctx: &mut Ctx<'_>, doc: spec::ImagePolicyDoc) -> Option<Policy> {
     let mut index = HashMap::new();
     for a in &spec.authorities {
         if index.contains_key(&a.name.value) {
-            ctx.err_at(&a.name, format!("authority {} is defined twice", a.name.value));
+            ctx.err_at(
+                &a.name,
+                format!("authority {} is defined twice", a.name.value),
+            );
             continue;
         }
         if let Some(c) = authority(ctx, a) {
@@ -305,11 +322,17 @@ fn policy(ctx: &mut Ctx<'_>, doc: spec::ImagePolicyDoc) -> Option<Policy> {
         let list = names(ctx, &s.authorities, &index);
         let threshold = s.threshold.as_ref().map_or(1, |t| t.value as usize);
         if list.is_empty() {
-            ctx.err_at(&doc.metadata.name, "signatures.authorities must name at least one authority");
+            ctx.err_at(
+                &doc.metadata.name,
+                "signatures.authorities must name at least one authority",
+            );
         }
         if threshold == 0 || threshold > s.authorities.len().max(1) {
             let at = s.threshold.as_ref().map(|t| t.referenced.line());
-            ctx.err(at, format!("threshold must be between 1 and {}", s.authorities.len()));
+            ctx.err(
+                at,
+                format!("threshold must be between 1 and {}", s.authorities.len()),
+            );
         }
         SignatureRule {
             authorities: list,
@@ -320,7 +343,10 @@ fn policy(ctx: &mut Ctx<'_>, doc: spec::ImagePolicyDoc) -> Option<Policy> {
     for a in &spec.attestations {
         let list = names(ctx, &a.authorities, &index);
         if a.authorities.is_empty() {
-            ctx.err_at(&a.name, format!("attestation {}: name at least one authority", a.name.value));
+            ctx.err_at(
+                &a.name,
+                format!("attestation {}: name at least one authority", a.name.value),
+            );
         }
         let slsa = a.slsa.as_ref().map(|s| SlsaRules {
             builder_ids: s.builder_ids.clone(),

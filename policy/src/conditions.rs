@@ -15,7 +15,9 @@ pub struct Condition {
 
 impl std::fmt::Debug for Condition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Condition").field("source", &self.source).finish()
+        f.debug_struct("Condition")
+            .field("source", &self.source)
+            .finish()
     }
 }
 

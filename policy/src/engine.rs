@@ -4,8 +4,8 @@ use crate::compile::{AttestationRule, Policy, PolicySet};
 use crate::conditions::Inputs;
 use crate::decision::{PolicyDecision, PolicyResult, RuleResult};
 use crate::evidence::{self, Evidence, EvidenceRegistry};
+use crate::slsa::{SLSA_V1, SLSA_V02};
 use crate::spec::Mode;
-use crate::slsa::{SLSA_V02, SLSA_V1};
 use crate::verify::{Claim, Verified, verify_item};
 use customs_protocol::{Digest, ImageName};
 
@@ -16,7 +16,10 @@ impl PolicySet {
     /// The policies whose scope contains `image`.
     pub fn matching<'a>(&'a self, image: &ImageName) -> Vec<&'a Policy> {
         let name = image.to_string();
-        self.policies.iter().filter(|p| p.applies_to(&name)).collect()
+        self.policies
+            .iter()
+            .filter(|p| p.applies_to(&name))
+            .collect()
     }
 
     /// Where evidence for `image` may live: its own repository and the
@@ -159,7 +162,11 @@ fn quote(why: &[String]) -> String {
     }
     let mut s: Vec<&str> = why.iter().take(MAX_QUOTED).map(String::as_str).collect();
     let more = why.len().saturating_sub(MAX_QUOTED);
-    let tail = if more > 0 { format!(" (+{more} more)") } else { String::new() };
+    let tail = if more > 0 {
+        format!(" (+{more} more)")
+    } else {
+        String::new()
+    };
     s.dedup();
     format!(" [{}{tail}]", s.join("; "))
 }
@@ -196,9 +203,16 @@ fn evaluate_policy(
             .collect();
         let passed = signed.len() >= sig.threshold;
         let reason = if passed {
-            format!("signed by {} (threshold {})", signed.join(", "), sig.threshold)
+            format!(
+                "signed by {} (threshold {})",
+                signed.join(", "),
+                sig.threshold
+            )
         } else if signed.is_empty() && why.is_empty() {
-            format!("no signature found for {digest}; expected one from {}", names.join(", "))
+            format!(
+                "no signature found for {digest}; expected one from {}",
+                names.join(", ")
+            )
         } else {
             format!(
                 "{} of {} required authorities signed (accepted: {}){}",
@@ -254,7 +268,10 @@ fn evaluate_attestation(
                 if st.predicate_type == SLSA_V02 || st.predicate_type == SLSA_V1 {
                     result = slsa.check(&st.predicate_type, &st.predicate);
                 } else {
-                    result = Err(format!("slsa rules need a SLSA provenance predicate, found {}", st.predicate_type));
+                    result = Err(format!(
+                        "slsa rules need a SLSA provenance predicate, found {}",
+                        st.predicate_type
+                    ));
                 }
             }
             if result.is_ok() {
@@ -294,7 +311,11 @@ fn evaluate_attestation(
             quote(&why)
         )
     } else {
-        format!("no {} attestation passes its rules{}", rule.predicate_type, quote(&why))
+        format!(
+            "no {} attestation passes its rules{}",
+            rule.predicate_type,
+            quote(&why)
+        )
     };
     RuleResult {
         rule: name,

@@ -232,13 +232,16 @@ async fn collect_layers<R: EvidenceRegistry>(
     let m: ArtifactManifest = match serde_json::from_slice(manifest) {
         Ok(m) => m,
         Err(e) => {
-            ev.problems.push(format!("{at}: not an image manifest: {e}"));
+            ev.problems
+                .push(format!("{at}: not an image manifest: {e}"));
             return Ok(());
         }
     };
     if m.layers.len() > MAX_LAYERS {
-        ev.problems
-            .push(format!("{at}: {} layers, only the first {MAX_LAYERS} read", m.layers.len()));
+        ev.problems.push(format!(
+            "{at}: {} layers, only the first {MAX_LAYERS} read",
+            m.layers.len()
+        ));
     }
     for (i, layer) in m.layers.into_iter().take(MAX_LAYERS).enumerate() {
         let location = format!("{at}#{i}");
@@ -267,8 +270,9 @@ async fn collect_layers<R: EvidenceRegistry>(
         };
         let bytes = registry.blob(repo, &digest, MAX_LAYER_BYTES).await?;
         if Digest::of(&bytes) != digest {
-            ev.problems
-                .push(format!("{location}: content does not match its digest {digest}"));
+            ev.problems.push(format!(
+                "{location}: content does not match its digest {digest}"
+            ));
             continue;
         }
         let mut annotations = layer.annotations;
@@ -280,8 +284,9 @@ async fn collect_layers<R: EvidenceRegistry>(
         ev.items.push(match kind {
             0 => {
                 let Some(signature) = annotations.remove(SIGNATURE_ANNOTATION) else {
-                    ev.problems
-                        .push(format!("{location}: simple-signing layer without a signature"));
+                    ev.problems.push(format!(
+                        "{location}: simple-signing layer without a signature"
+                    ));
                     continue;
                 };
                 EvidenceItem::SimpleSigning {
@@ -325,8 +330,9 @@ async fn collect_referrers<R: EvidenceRegistry>(
             continue;
         };
         if Digest::of(&bytes) != r.digest {
-            ev.problems
-                .push(format!("{repo}@{reference}: referrer does not match its digest"));
+            ev.problems.push(format!(
+                "{repo}@{reference}: referrer does not match its digest"
+            ));
             continue;
         }
         collect_layers(registry, repo, &format!("{repo}@{reference}"), &bytes, ev).await?;

@@ -24,7 +24,9 @@ pub enum GlobError {
     #[error("`**` must be a whole path segment in {0:?}")]
     BadDoubleStar(String),
     /// Characters no image name contains.
-    #[error("image glob {0:?} contains characters no image name has (allowed: a-z 0-9 . _ - / : * and @ is not)")]
+    #[error(
+        "image glob {0:?} contains characters no image name has (allowed: a-z 0-9 . _ - / : * and @ is not)"
+    )]
     BadChar(String),
 }
 

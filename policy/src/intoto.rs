@@ -101,6 +101,12 @@ mod tests {
         assert!(parse(b"{}").is_err());
         assert!(parse(b"not json").is_err());
         assert!(parse(br#"{"_type":"x","subject":[{"digest":{}}],"predicateType":"t"}"#).is_err());
-        assert!(parse(format!(r#"{{"_type":"{STATEMENT_V1}","subject":[],"predicateType":"t"}}"#).as_bytes()).is_err());
+        assert!(
+            parse(
+                format!(r#"{{"_type":"{STATEMENT_V1}","subject":[],"predicateType":"t"}}"#)
+                    .as_bytes()
+            )
+            .is_err()
+        );
     }
 }

@@ -27,7 +27,10 @@ impl PublicKey {
             .map_err(|e| KeyError(format!("unsupported public key: {e}")))?;
         if !matches!(
             algorithm,
-            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 | KeyAlgorithm::Ed25519 | KeyAlgorithm::Rsa
+            KeyAlgorithm::EcdsaP256
+                | KeyAlgorithm::EcdsaP384
+                | KeyAlgorithm::Ed25519
+                | KeyAlgorithm::Rsa
         ) {
             return Err(KeyError(format!("unsupported key algorithm {algorithm:?}")));
         }
@@ -49,7 +52,10 @@ impl PublicKey {
     fn schemes(&self) -> &'static [SigningScheme] {
         match self.algorithm {
             KeyAlgorithm::EcdsaP256 => &[SigningScheme::EcdsaP256Sha256],
-            KeyAlgorithm::EcdsaP384 => &[SigningScheme::EcdsaP384Sha384, SigningScheme::EcdsaP384Sha256],
+            KeyAlgorithm::EcdsaP384 => &[
+                SigningScheme::EcdsaP384Sha384,
+                SigningScheme::EcdsaP384Sha256,
+            ],
             KeyAlgorithm::Ed25519 => &[SigningScheme::Ed25519],
             _ => &[SigningScheme::RsaPkcs1Sha256, SigningScheme::RsaPssSha256],
         }

@@ -100,8 +100,8 @@ pub fn build(
     let body = B64
         .decode(rekor.payload.body.as_bytes())
         .map_err(|e| err(format!("Rekor entry body is not base64: {e}")))?;
-    let head: EntryHead = serde_json::from_slice(&body)
-        .map_err(|e| err(format!("Rekor entry body: {e}")))?;
+    let head: EntryHead =
+        serde_json::from_slice(&body).map_err(|e| err(format!("Rekor entry body: {e}")))?;
     let log_id = hex::decode(&rekor.payload.log_id)
         .map_err(|e| err(format!("Rekor logID is not hex: {e}")))?;
     let material = if with_certificates {

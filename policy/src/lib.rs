@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod bundle_check;
 pub mod compile;
 pub mod conditions;
 pub mod decision;
@@ -17,6 +18,7 @@ pub mod evidence;
 pub mod glob;
 pub mod intoto;
 pub mod keys;
+pub mod layout;
 pub mod legacy_bundle;
 pub mod slsa;
 pub mod snapshot;

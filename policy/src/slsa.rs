@@ -38,9 +38,7 @@ pub struct Source {
 pub fn normalize_source(uri: &str) -> Source {
     let s = uri.trim();
     let s = s.strip_prefix("git+").unwrap_or(s);
-    let s = s
-        .split_once("://")
-        .map_or(s, |(_, rest)| rest);
+    let s = s.split_once("://").map_or(s, |(_, rest)| rest);
     let (repo, git_ref) = match s.split_once('@') {
         Some((r, rf)) => (r, Some(rf.to_owned())),
         None => (s, None),
@@ -84,9 +82,20 @@ pub struct Provenance {
 pub fn provenance(predicate_type: &str, p: &Value) -> Provenance {
     if predicate_type == SLSA_V1 {
         let mut sources = Vec::new();
-        if let Some(repo) = str_at(p, &["buildDefinition", "externalParameters", "workflow", "repository"]) {
+        if let Some(repo) = str_at(
+            p,
+            &[
+                "buildDefinition",
+                "externalParameters",
+                "workflow",
+                "repository",
+            ],
+        ) {
             let mut s = normalize_source(repo);
-            if let Some(r) = str_at(p, &["buildDefinition", "externalParameters", "workflow", "ref"]) {
+            if let Some(r) = str_at(
+                p,
+                &["buildDefinition", "externalParameters", "workflow", "ref"],
+            ) {
                 s.git_ref = Some(r.to_owned());
             }
             sources.push(s);
@@ -141,10 +150,9 @@ impl SlsaRules {
         }
         let ok = p.sources.iter().any(|s| {
             (self.source_repositories.is_empty()
-                || self.source_repositories.iter().any(|r| *r == s.repository))
+                || self.source_repositories.contains(&s.repository))
                 && (self.source_refs.is_empty()
-                    || s
-                        .git_ref
+                    || s.git_ref
                         .as_deref()
                         .is_some_and(|r| self.source_refs.iter().any(|g| g.matches(r))))
         });
@@ -174,7 +182,10 @@ mod tests {
         let s = normalize_source("git+https://github.com/Acme/app.git@refs/tags/v1");
         assert_eq!(s.repository, "github.com/acme/app");
         assert_eq!(s.git_ref.as_deref(), Some("refs/tags/v1"));
-        assert_eq!(normalize_source("https://github.com/acme/app").git_ref, None);
+        assert_eq!(
+            normalize_source("https://github.com/acme/app").git_ref,
+            None
+        );
     }
 
     #[test]

@@ -68,10 +68,11 @@ impl Snapshot {
                 if ft.is_dir() {
                     stack.push((entry.path(), rel_child));
                 } else if ft.is_file() {
-                    let bytes = std::fs::read(entry.path()).map_err(|source| SnapshotError::Io {
-                        path: entry.path().display().to_string(),
-                        source,
-                    })?;
+                    let bytes =
+                        std::fs::read(entry.path()).map_err(|source| SnapshotError::Io {
+                            path: entry.path().display().to_string(),
+                            source,
+                        })?;
                     total += bytes.len() as u64;
                     if total > MAX_SOURCE_BYTES || files.len() >= MAX_SOURCE_FILES {
                         return Err(SnapshotError::TooLarge(dir.display().to_string()));
@@ -106,7 +107,9 @@ impl Snapshot {
     /// refused: a policy cannot read files outside its own repository.
     pub fn resolve(&self, from: &str, rel: &str) -> Result<(String, &[u8]), String> {
         if rel.starts_with('/') || rel.contains('\\') || rel.contains('\0') {
-            return Err(format!("{rel:?}: paths must be relative to the policy file"));
+            return Err(format!(
+                "{rel:?}: paths must be relative to the policy file"
+            ));
         }
         let mut parts: Vec<&str> = from.split('/').collect();
         parts.pop();
@@ -124,7 +127,9 @@ impl Snapshot {
         let path = parts.join("/");
         match self.files.get(&path) {
             Some(b) => Ok((path, b)),
-            None => Err(format!("{rel:?}: no such file in the policy source ({path})")),
+            None => Err(format!(
+                "{rel:?}: no such file in the policy source ({path})"
+            )),
         }
     }
 }
@@ -143,7 +148,10 @@ mod tests {
     #[test]
     fn resolves_inside_only() {
         let s = snap();
-        assert_eq!(s.resolve("policies/a.yaml", "../keys/k.pub").unwrap().1, b"k");
+        assert_eq!(
+            s.resolve("policies/a.yaml", "../keys/k.pub").unwrap().1,
+            b"k"
+        );
         assert!(s.resolve("policies/a.yaml", "../../etc/passwd").is_err());
         assert!(s.resolve("policies/a.yaml", "/etc/passwd").is_err());
         assert!(s.resolve("policies/a.yaml", "missing.pub").is_err());

@@ -93,7 +93,10 @@ fn check_simple_signing(payload: &[u8], digest: &Digest) -> Result<(), String> {
     let p: SimpleSigning = serde_json::from_slice(payload)
         .map_err(|e| format!("simple-signing payload is malformed: {e}"))?;
     if p.critical.kind != "cosign container image signature" {
-        return Err(format!("simple-signing payload has type {:?}", p.critical.kind));
+        return Err(format!(
+            "simple-signing payload has type {:?}",
+            p.critical.kind
+        ));
     }
     if p.critical.image.digest != digest.to_string() {
         return Err(format!(
@@ -104,10 +107,7 @@ fn check_simple_signing(payload: &[u8], digest: &Digest) -> Result<(), String> {
     Ok(())
 }
 
-fn keyless_signer(
-    authority: &Authority,
-    result: &VerificationResult,
-) -> Result<String, String> {
+fn keyless_signer(authority: &Authority, result: &VerificationResult) -> Result<String, String> {
     let AuthorityKind::Keyless { identities, .. } = &authority.kind else {
         return Err("not a keyless authority".into());
     };
@@ -177,15 +177,15 @@ pub fn verify_item(
             keyless,
             ..
         } => {
-            let (signer, idx) =
-                verify_simple_signing(authority, &payload.0, signature, keyless)?;
+            let (signer, idx) = verify_simple_signing(authority, &payload.0, signature, keyless)?;
             check_simple_signing(&payload.0, digest)?;
             (signer, idx, Claim::ImageSignature)
         }
         EvidenceItem::DsseLayer {
             envelope, keyless, ..
         } => {
-            let (signer, idx, payload) = verify_dsse_layer(authority, &envelope.0, keyless, digest)?;
+            let (signer, idx, payload) =
+                verify_dsse_layer(authority, &envelope.0, keyless, digest)?;
             let st = intoto::parse(&payload)?;
             st.check_subject(digest)?;
             let claim = if st.predicate_type == COSIGN_SIGN_PREDICATE {
@@ -268,7 +268,13 @@ fn verify_simple_signing(
                 )
                 .map_err(|e| format!("a Rekor entry is required: {e}"))?;
                 let bundle = parse_bundle(&json)?;
-                verify_bundle_with_key(root, key, TlogPolicy::Required, Artifact::from_blob(payload), &bundle)?;
+                verify_bundle_with_key(
+                    root,
+                    key,
+                    TlogPolicy::Required,
+                    Artifact::from_blob(payload),
+                    &bundle,
+                )?;
                 idx = log_index(&bundle);
             }
             Ok((format!("key {}", key.id()), idx))
@@ -286,7 +292,11 @@ fn verify_simple_signing(
             let bundle = parse_bundle(&json)?;
             let r = root
                 .verifier
-                .verify(Artifact::from_blob(payload), &bundle, &VerificationPolicy::any_identity())
+                .verify(
+                    Artifact::from_blob(payload),
+                    &bundle,
+                    &VerificationPolicy::any_identity(),
+                )
                 .map_err(|e| format!("keyless signature does not verify: {e}"))?;
             Ok((keyless_signer(authority, &r)?, log_index(&bundle)))
         }
@@ -303,7 +313,10 @@ fn verify_dsse_layer(
     let env: Envelope = serde_json::from_slice(envelope_json)
         .map_err(|e| format!("malformed DSSE envelope: {e}"))?;
     if env.payload_type != INTOTO_PAYLOAD_TYPE {
-        return Err(format!("DSSE payload type {:?} is not in-toto", env.payload_type));
+        return Err(format!(
+            "DSSE payload type {:?} is not in-toto",
+            env.payload_type
+        ));
     }
     let payload = B64
         .decode(env.payload.as_bytes())
@@ -325,7 +338,13 @@ fn verify_dsse_layer(
                 let json = legacy_bundle::build(keyless, LegacyContent::Dsse(&value), false)
                     .map_err(|e| format!("a Rekor entry is required: {e}"))?;
                 let bundle = parse_bundle(&json)?;
-                verify_bundle_with_key(root, key, TlogPolicy::Required, Artifact::from(sha256_of(digest)?), &bundle)?;
+                verify_bundle_with_key(
+                    root,
+                    key,
+                    TlogPolicy::Required,
+                    Artifact::from(sha256_of(digest)?),
+                    &bundle,
+                )?;
                 idx = log_index(&bundle);
             }
             Ok((format!("key {}", key.id()), idx, payload))

@@ -1,26 +1,31 @@
 //! The gateway's admission point.
 //!
 //! Every manifest digest passes [`Admission::admit`] before any of its bytes
-//! are served. Until policies are configured the gateway allows everything
-//! in `audit` mode, says so loudly in every decision, and records each one.
+//! are served. With a policy source configured, decisions come from the
+//! policy gate (`customs-policy`) over evidence read from the upstream;
+//! without one, everything is allowed in `audit` mode and every decision
+//! says so. Every fresh decision is an audit event; a decision that cannot
+//! be recorded is a denial.
 
+use crate::upstream::Upstreams;
 use customs_mirror::{Admission, AdmissionRequest, Decision, Verdict};
+use customs_policy::{PolicyDecision, PolicySet};
 use customs_store::audit::AuditLog;
 use serde::Serialize;
+use std::sync::{Arc, RwLock};
 
-/// Allows everything, recording each decision in the audit log. If the
-/// audit write fails the decision is a denial: an unrecorded admission
-/// would break the audit invariant (fail closed).
-pub struct AllowAllAudited {
+/// The revision name used when no policy is configured.
+pub const NO_POLICY_REVISION: &str = "no-policy";
+
+/// The gateway's admission: policy gate, or allow-all in audit mode.
+pub struct GatewayAdmission {
     audit: AuditLog,
+    policy: Option<PolicyGate>,
 }
 
-impl AllowAllAudited {
-    /// Builds the admission point over an audit log.
-    pub fn new(audit: AuditLog) -> Self {
-        tracing::warn!("NO POLICY CONFIGURED: every image is admitted in audit mode");
-        AllowAllAudited { audit }
-    }
+struct PolicyGate {
+    set: RwLock<Arc<PolicySet>>,
+    registry: Arc<Upstreams>,
 }
 
 #[derive(Serialize)]
@@ -33,23 +38,47 @@ struct DecisionEvent<'a> {
     mode: &'a str,
     revision: &'a str,
     reasons: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a PolicyDecision>,
 }
 
-/// The revision name used when no policy is configured.
-pub const NO_POLICY_REVISION: &str = "no-policy";
-
-impl Admission for AllowAllAudited {
-    fn revision(&self) -> String {
-        NO_POLICY_REVISION.to_owned()
+impl GatewayAdmission {
+    /// Allows everything in audit mode, loudly.
+    pub fn allow_all(audit: AuditLog) -> Self {
+        tracing::warn!("NO POLICY CONFIGURED: every image is admitted in audit mode");
+        GatewayAdmission {
+            audit,
+            policy: None,
+        }
     }
 
-    async fn admit(&self, req: AdmissionRequest<'_>) -> Decision {
-        let mut decision = Decision {
-            verdict: Verdict::Allow,
-            mode: "audit".to_owned(),
-            reasons: vec!["no policy configured: everything is allowed (audit mode)".to_owned()],
-            revision: NO_POLICY_REVISION.to_owned(),
-        };
+    /// Enforces `set`, reading evidence through `registry`.
+    pub fn with_policy(audit: AuditLog, set: PolicySet, registry: Arc<Upstreams>) -> Self {
+        tracing::info!(revision = %set.revision, policies = set.policies.len(), "policy in force");
+        GatewayAdmission {
+            audit,
+            policy: Some(PolicyGate {
+                set: RwLock::new(Arc::new(set)),
+                registry,
+            }),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<PolicySet>> {
+        self.policy.as_ref().map(|p| {
+            p.set
+                .read()
+                .map(|s| s.clone())
+                .unwrap_or_else(|e| e.into_inner().clone())
+        })
+    }
+
+    async fn record(
+        &self,
+        req: &AdmissionRequest<'_>,
+        mut decision: Decision,
+        policy: Option<&PolicyDecision>,
+    ) -> Decision {
         let event = DecisionEvent {
             image: req.image.to_string(),
             digest: req.digest.to_string(),
@@ -59,14 +88,70 @@ impl Admission for AllowAllAudited {
             mode: &decision.mode,
             revision: &decision.revision,
             reasons: &decision.reasons,
+            policy,
         };
         if let Err(e) = self.audit.write("decision", &event).await {
             tracing::error!(error = %e, image = %req.image, digest = %req.digest, "audit write failed; denying");
             decision.verdict = Verdict::Deny;
             decision.reasons = vec![format!("the decision could not be recorded: {e}")];
         } else {
-            tracing::info!(image = %req.image, digest = %req.digest, verdict = "allow", mode = "audit", "admission decision");
+            tracing::info!(image = %req.image, digest = %req.digest, verdict = ?decision.verdict,
+                mode = %decision.mode, revision = %decision.revision, reasons = ?decision.reasons, "admission decision");
         }
         decision
+    }
+}
+
+fn to_decision(d: &PolicyDecision) -> Decision {
+    Decision {
+        verdict: if d.allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        },
+        mode: d.mode.as_str().to_owned(),
+        reasons: d.reasons(),
+        revision: d.revision.clone(),
+    }
+}
+
+impl Admission for GatewayAdmission {
+    fn revision(&self) -> String {
+        self.current()
+            .map_or_else(|| NO_POLICY_REVISION.to_owned(), |s| s.revision.clone())
+    }
+
+    async fn admit(&self, req: AdmissionRequest<'_>) -> Decision {
+        let (Some(set), Some(gate)) = (self.current(), self.policy.as_ref()) else {
+            let decision = Decision {
+                verdict: Verdict::Allow,
+                mode: "audit".to_owned(),
+                reasons: vec![
+                    "no policy configured: everything is allowed (audit mode)".to_owned(),
+                ],
+                revision: NO_POLICY_REVISION.to_owned(),
+            };
+            return self.record(&req, decision, None).await;
+        };
+        let (mut pd, _) = set
+            .decide(gate.registry.as_ref(), req.image, req.digest)
+            .await;
+        // Multi-arch: a platform manifest listed by an index is covered by
+        // the index's evidence when its own does not pass (documented in
+        // SECURITY.md). The index is re-decided under the current revision.
+        if !pd.allowed
+            && let Some(parent) = req.parent_index
+        {
+            let (parent_d, _) = set.decide(gate.registry.as_ref(), req.image, parent).await;
+            if parent_d.allowed {
+                let mut d = to_decision(&parent_d);
+                d.reasons
+                    .insert(0, format!("covered by the admitted index {parent}"));
+                pd = parent_d;
+                return self.record(&req, d, Some(&pd)).await;
+            }
+        }
+        let d = to_decision(&pd);
+        self.record(&req, d, Some(&pd)).await
     }
 }

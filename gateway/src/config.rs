@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub tls_cert: Option<PathBuf>,
     /// mTLS key file.
     pub tls_key: Option<PathBuf>,
+    /// Policy directory; without one everything is allowed in audit mode.
+    pub policy: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +61,7 @@ impl Default for GatewayConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            policy: None,
         }
     }
 }

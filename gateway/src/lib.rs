@@ -20,6 +20,7 @@
 pub mod admission;
 pub mod config;
 pub mod credentials;
+pub mod evidence;
 pub mod seed;
 pub mod server;
 pub mod status;

@@ -1,6 +1,6 @@
 //! Wiring: store, upstreams, admission, the OCI routes and the seed.
 
-use crate::admission::AllowAllAudited;
+use crate::admission::GatewayAdmission;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::credentials::{Credentials, CredentialsError};
 use crate::seed::Seed;
@@ -61,7 +61,7 @@ pub enum GatewayError {
 }
 
 /// The mirror type the gateway runs.
-pub type GatewayMirror = Mirror<Upstreams, AllowAllAudited>;
+pub type GatewayMirror = Mirror<Upstreams, GatewayAdmission>;
 
 /// A configured gateway, ready to serve.
 pub struct Gateway {
@@ -96,6 +96,26 @@ pub fn load_or_create_key(path: &std::path::Path) -> Result<GatewayKey, GatewayE
     .map_err(|e| err(e.to_string()))?;
     tracing::info!(key_id = key.id(), path = %path.display(), "created a gateway signing key");
     Ok(key)
+}
+
+/// Loads a policy directory. A source that cannot be read or does not
+/// validate is replaced by an empty policy set, which denies everything
+/// (fail closed), and the errors are logged with file:line.
+pub fn load_policy(dir: &std::path::Path) -> customs_policy::PolicySet {
+    let loaded = customs_policy::Snapshot::from_dir(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|snap| customs_policy::compile(&snap).map_err(|e| e.to_string()));
+    match loaded {
+        Ok(set) => set,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), errors = %e, "policy source refused: denying everything");
+            customs_policy::PolicySet {
+                revision: "refused".to_owned(),
+                policies: Vec::new(),
+                tests: Vec::new(),
+            }
+        }
+    }
 }
 
 impl Gateway {
@@ -149,10 +169,18 @@ impl Gateway {
             max_bytes: cfg.max_cache_bytes.unwrap_or(u64::MAX),
         })?;
         let audit = AuditLog::open(&cfg.data_dir.join("audit/audit.jsonl"))?;
+        let upstreams = Arc::new(upstreams);
+        let admission = match &cfg.policy {
+            None => GatewayAdmission::allow_all(audit),
+            Some(dir) => {
+                let set = load_policy(dir);
+                GatewayAdmission::with_policy(audit, set, upstreams.clone())
+            }
+        };
         let mirror = Mirror::new(
             store,
-            Arc::new(upstreams),
-            Arc::new(AllowAllAudited::new(audit)),
+            upstreams,
+            Arc::new(admission),
             MirrorConfig {
                 tag_ttl: Duration::from_secs(cfg.tag_ttl_secs),
                 stale_window: Duration::from_secs(cfg.stale_window_secs),

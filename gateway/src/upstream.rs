@@ -135,6 +135,24 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    /// The referrers index of `digest` (OCI 1.1 API, else the tag schema;
+    /// oci-client falls back by itself).
+    pub async fn referrers_index(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, FetchFailure> {
+        let up = self.get(&image.registry)?;
+        let r = oci_ref(&up, image, &Reference::Digest(digest.clone()));
+        up.client
+            .pull_referrers(&r, None)
+            .await
+            .map(|i| i.manifests)
+            .map_err(classify)
+    }
+}
+
 /// Maps oci-client's errors to fetch failure classes.
 fn classify(e: OciDistributionError) -> FetchFailure {
     use FetchFailureKind as K;

@@ -318,11 +318,12 @@ async fn collect_referrers<R: EvidenceRegistry>(
 ) -> Result<(), RegistryError> {
     let referrers = registry.referrers(repo, digest).await?;
     for r in referrers.into_iter().take(MAX_REFERRERS) {
-        let bundle_like = r
-            .artifact_type
+        // Some clients drop artifactType from the listing: fetch those and
+        // look at their layers.
+        if r.artifact_type
             .as_deref()
-            .is_some_and(|t| t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX));
-        if !bundle_like {
+            .is_some_and(|t| !t.starts_with(BUNDLE_MEDIA_TYPE_PREFIX))
+        {
             continue;
         }
         let reference = r.digest.to_string();

@@ -63,6 +63,10 @@ pub struct GatewayFlags {
     /// mTLS private key.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Policy directory (ImagePolicy YAML files, keys, trusted roots).
+    /// Without it every image is admitted in audit mode.
+    #[arg(long, env = "CUSTOMS_POLICY")]
+    pub policy: Option<PathBuf>,
 }
 
 impl GatewayFlags {
@@ -71,6 +75,9 @@ impl GatewayFlags {
         let mut cfg: GatewayConfig = super::load_yaml(self.config.as_deref())?;
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();
+        }
+        if let Some(p) = &self.policy {
+            cfg.policy = Some(p.clone());
         }
         if let Some(u) = &self.upstream {
             cfg.upstream = Some(u.clone());

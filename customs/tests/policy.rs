@@ -1,0 +1,178 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! End to end through the mirror with the policy gate: images signed and
+//! attested by an independent signer (testdata/sign.py: python
+//! `cryptography` + `securesystemslib`), pushed to a real `docker-registry`,
+//! pulled with `skopeo` through `customs up --policy DIR`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use support::*;
+
+fn sign_py(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(repo_root().join("testdata/sign.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sign.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn write_policy(dir: &Path, pubkey: &Path, registry: &str) {
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    std::fs::copy(pubkey, dir.join("keys/release.pub")).unwrap();
+    std::fs::write(
+        dir.join("release.yaml"),
+        format!(
+            r#"apiVersion: customs.dev/v1alpha1
+kind: ImagePolicy
+metadata: {{name: release}}
+spec:
+  images: ["{registry}/team/**"]
+  exclude: ["{registry}/team/audited"]
+  mode: enforce
+  authorities:
+    - name: release-key
+      key: {{path: keys/release.pub}}
+  signatures: {{authorities: [release-key], threshold: 1}}
+  attestations:
+    - name: sbom
+      predicateType: https://cyclonedx.org/bom
+      authorities: [release-key]
+      conditions:
+        - {{cel: "size(predicate.components) > 0", message: "the SBOM lists components"}}
+---
+apiVersion: customs.dev/v1alpha1
+kind: ImagePolicy
+metadata: {{name: audited}}
+spec:
+  images: ["{registry}/team/audited"]
+  mode: audit
+  authorities:
+    - name: release-key
+      key: {{path: keys/release.pub}}
+  signatures: {{authorities: [release-key]}}
+"#
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn policy_gate_admits_signed_and_attested_images_and_denies_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let reg = registry.addr.to_string();
+    let layout = dir.join("layout");
+    let mut digests = Vec::new();
+    for (i, repo) in [
+        "team/good",
+        "team/unsigned",
+        "team/nosbom",
+        "team/tampered",
+        "team/audited",
+        "team/stolen",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let tag = format!("t{i}");
+        let d = make_image(&layout, &tag, &[50_000], &[], 10 + i as u64);
+        push(&layout, &tag, registry.addr, repo);
+        digests.push((repo.to_string(), tag, d));
+    }
+    let keys = dir.join("keys");
+    sign_py(&["keygen", "--out", keys.to_str().unwrap()]);
+    let key = keys.join("cosign.key");
+    let key = key.to_str().unwrap();
+    let sign = |repo: &str, d: &str, extra: &[&str]| {
+        let mut a = vec![
+            "sign",
+            "--registry",
+            &reg,
+            "--repo",
+            repo,
+            "--digest",
+            d,
+            "--key",
+            key,
+        ];
+        a.extend_from_slice(extra);
+        sign_py(&a);
+    };
+    let attest = |repo: &str, d: &str| {
+        sign_py(&[
+            "attest",
+            "--registry",
+            &reg,
+            "--repo",
+            repo,
+            "--digest",
+            d,
+            "--key",
+            key,
+            "--predicate",
+            "cyclonedx",
+        ]);
+    };
+    let (good, nosbom, tampered, stolen) =
+        (&digests[0].2, &digests[2].2, &digests[3].2, &digests[5].2);
+    sign("team/good", good, &[]);
+    attest("team/good", good);
+    sign("team/nosbom", nosbom, &[]);
+    sign("team/tampered", tampered, &["--tamper", "signature"]);
+    attest("team/tampered", tampered);
+    // A valid signature for another image, copied beside this one.
+    sign("team/stolen", stolen, &["--payload-digest", good]);
+    attest("team/stolen", stolen);
+
+    let policy = dir.join("policy");
+    write_policy(&policy, &keys.join("cosign.pub"), &reg);
+    let customs = Customs::up(
+        &dir.join("gw"),
+        &registry.url(),
+        &["--policy", policy.to_str().unwrap()],
+    );
+    let pull = |repo: &str, tag: &str| {
+        skopeo_pull(
+            &format!("{}/{repo}:{tag}", customs.addr),
+            &dir.join(format!("out-{}", repo.replace('/', "-"))),
+        )
+    };
+    let (ok, err) = pull("team/good", "t0");
+    assert!(
+        ok,
+        "signed + attested image must pull: {err}\n{}",
+        customs.log_text()
+    );
+    for (repo, tag, want) in [
+        ("team/unsigned", "t1", "signatures"),
+        ("team/nosbom", "t2", "attestation sbom"),
+        ("team/tampered", "t3", "does not verify"),
+        ("team/stolen", "t5", "not sha256"),
+    ] {
+        let (ok, err) = pull(repo, tag);
+        assert!(!ok, "{repo} must be denied");
+        assert!(
+            err.contains("denied") || err.contains("DENIED"),
+            "{repo}: {err}"
+        );
+        let log = customs.log_text();
+        assert!(
+            err.contains(want) || log.contains(want),
+            "{repo}: reason {want:?} not found in\n{err}\n{log}"
+        );
+    }
+    // Audit mode: unsigned, allowed, and the decision records the failure.
+    let (ok, err) = pull("team/audited", "t4");
+    assert!(ok, "audit mode must allow: {err}");
+    let audit = std::fs::read_to_string(dir.join("gw/audit/audit.jsonl")).unwrap();
+    assert!(audit.contains("AUDIT policy audited"), "{audit}");
+}

@@ -90,6 +90,8 @@ struct Ctx<'a> {
     file: String,
     errors: Vec<LoadError>,
     roots: HashMap<String, Arc<TrustRoot>>,
+    /// Lines before the current document in its file.
+    offset: u64,
 }
 
 impl Ctx<'_> {
@@ -102,7 +104,7 @@ impl Ctx<'_> {
     }
 
     fn err_at<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
-        self.err(Some(at.referenced.line()), message);
+        self.err(Some(at.referenced.line() + self.offset), message);
     }
 
     fn regex(&mut self, at: &Spanned<String>) -> Option<regex::Regex> {
@@ -136,7 +138,7 @@ impl Ctx<'_> {
                 Ok((path, bytes)) => (
                     path,
                     String::from_utf8_lossy(bytes).into_owned(),
-                    Some(p.referenced.line()),
+                    Some(p.referenced.line() + self.offset),
                 ),
                 Err(e) => {
                     self.err_at(p, format!("trusted root: {e}"));
@@ -328,7 +330,10 @@ fn policy(ctx: &mut Ctx<'_>, doc: spec::ImagePolicyDoc) -> Option<Policy> {
             );
         }
         if threshold == 0 || threshold > s.authorities.len().max(1) {
-            let at = s.threshold.as_ref().map(|t| t.referenced.line());
+            let at = s
+                .threshold
+                .as_ref()
+                .map(|t| t.referenced.line() + ctx.offset);
             ctx.err(
                 at,
                 format!("threshold must be between 1 and {}", s.authorities.len()),
@@ -402,6 +407,7 @@ pub fn compile(snap: &Snapshot) -> Result<PolicySet, LoadErrors> {
         file: String::new(),
         errors: Vec::new(),
         roots: HashMap::new(),
+        offset: 0,
     };
     let mut policies: Vec<Policy> = Vec::new();
     let mut tests = Vec::new();
@@ -417,18 +423,33 @@ pub fn compile(snap: &Snapshot) -> Result<PolicySet, LoadErrors> {
                 continue;
             }
         };
-        let docs: Vec<Document> = match serde_saphyr::from_multiple(text) {
-            Ok(d) => d,
-            Err(e) => {
-                let msg = e.to_string();
-                ctx.err(None, msg);
+        let mut docs = Vec::new();
+        for (offset, doc_text) in split_documents(text) {
+            ctx.offset = offset;
+            if doc_text.trim().is_empty() {
                 continue;
             }
-        };
-        for doc in docs {
+            let parsed = serde_saphyr::from_str::<spec::KindProbe>(doc_text).and_then(|probe| {
+                match probe.kind.as_str() {
+                    "ImagePolicyTest" => {
+                        serde_saphyr::from_str(doc_text).map(Document::ImagePolicyTest)
+                    }
+                    _ => serde_saphyr::from_str(doc_text).map(Document::ImagePolicy),
+                }
+            });
+            match parsed {
+                Ok(d) => docs.push((offset, d)),
+                Err(e) => {
+                    let msg = e.to_string();
+                    ctx.err(None, msg);
+                }
+            }
+        }
+        for (offset, doc) in docs {
+            ctx.offset = offset;
             match doc {
                 Document::ImagePolicy(p) => {
-                    let line = p.metadata.name.referenced.line();
+                    let line = p.metadata.name.referenced.line() + offset;
                     if let Some(p) = policy(&mut ctx, p) {
                         if policies.iter().any(|q| q.name == p.name) {
                             ctx.err(Some(line), format!("policy {} is defined twice", p.name));
@@ -456,4 +477,23 @@ pub fn compile(snap: &Snapshot) -> Result<PolicySet, LoadErrors> {
     } else {
         Err(LoadErrors(ctx.errors))
     }
+}
+
+/// Splits a YAML stream at `---` lines; each part with the number of lines
+/// before it, so errors keep their line in the file.
+fn split_documents(text: &str) -> Vec<(u64, &str)> {
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let mut start_line = 0u64;
+    let mut pos = 0usize;
+    for (line, l) in (0u64..).zip(text.split_inclusive('\n')) {
+        if l.trim_end() == "---" {
+            out.push((start_line, &text[start..pos]));
+            start = pos + l.len();
+            start_line = line + 1;
+        }
+        pos += l.len();
+    }
+    out.push((start_line, &text[start..]));
+    out
 }

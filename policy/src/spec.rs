@@ -10,9 +10,17 @@ use serde_saphyr::Spanned;
 /// The only API version this build reads.
 pub const API_VERSION: &str = "customs.dev/v1alpha1";
 
-/// A YAML document in a policy source: a policy or a policy's tests.
+/// Just the `kind` of a document, read first so the document itself is
+/// parsed into its own type (an internally tagged enum would buffer the
+/// document and lose the line numbers of `Spanned` values).
 #[derive(Debug, Deserialize)]
-#[serde(tag = "kind", deny_unknown_fields)]
+pub struct KindProbe {
+    /// `ImagePolicy` or `ImagePolicyTest`.
+    pub kind: String,
+}
+
+/// A YAML document in a policy source: a policy or a policy's tests.
+#[derive(Debug)]
 pub enum Document {
     /// Rules for a set of images.
     ImagePolicy(ImagePolicyDoc),
@@ -24,6 +32,8 @@ pub enum Document {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ImagePolicyDoc {
+    /// The document kind (already dispatched on).
+    pub kind: String,
     /// Must be [`API_VERSION`].
     pub api_version: Spanned<String>,
     /// Names the policy in decisions.
@@ -229,6 +239,8 @@ pub struct ConditionSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ImagePolicyTestDoc {
+    /// The document kind (already dispatched on).
+    pub kind: String,
     /// Must be [`API_VERSION`].
     pub api_version: Spanned<String>,
     /// Names the test suite.

@@ -176,3 +176,58 @@ fn policy_gate_admits_signed_and_attested_images_and_denies_the_rest() {
     let audit = std::fs::read_to_string(dir.join("gw/audit/audit.jsonl")).unwrap();
     assert!(audit.contains("AUDIT policy audited"), "{audit}");
 }
+
+#[test]
+fn verify_bundle_cli_accepts_the_right_signer_and_refuses_the_wrong_one() {
+    let v = repo_root().join("testdata/vectors");
+    let run = |bundle: &str, identity: &str, target: &str, root: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_customs"));
+        c.arg("verify-bundle")
+            .arg("--bundle")
+            .arg(v.join(bundle))
+            .arg("--certificate-identity")
+            .arg(identity)
+            .arg("--certificate-oidc-issuer")
+            .arg(
+                if identity.contains('@') && !identity.starts_with("https") {
+                    "https://github.com/login/oauth"
+                } else {
+                    "https://token.actions.githubusercontent.com"
+                },
+            );
+        if let Some(r) = root {
+            c.arg("--trusted-root").arg(v.join(r));
+        }
+        c.arg(target).status().unwrap().success()
+    };
+    let bcr = "https://github.com/bazel-contrib/publish-to-bcr/.github/workflows/publish.yaml@refs/tags/v0.0.1";
+    let module = v.join("slsa-bcr/MODULE.bazel").display().to_string();
+    // Embedded public-good root (no --trusted-root).
+    assert!(run(
+        "slsa-bcr/MODULE.bazel.intoto.jsonl",
+        bcr,
+        &module,
+        None
+    ));
+    assert!(!run(
+        "slsa-bcr/MODULE-wrong-signer.bazel.intoto.jsonl",
+        bcr,
+        &module,
+        None
+    ));
+    let digest = "sha256:732112270d7e59418a8c080b134b24cabd67d250d0d0147a97ed95ba5c280aa4";
+    let root = Some("cosign/trusted_root_pgi.json");
+    assert!(run(
+        "cosign/oci-attestation.sigstore.json",
+        "cody@soyland.com",
+        digest,
+        root
+    ));
+    let other = format!("sha256:{}", "1".repeat(64));
+    assert!(!run(
+        "cosign/oci-attestation.sigstore.json",
+        "cody@soyland.com",
+        &other,
+        root
+    ));
+}

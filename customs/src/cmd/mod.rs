@@ -7,6 +7,7 @@ mod gc;
 mod peer;
 mod scheduler;
 mod up;
+mod verify_bundle;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +43,8 @@ enum Command {
     Gc(gc::GcArgs),
     /// Create a development CA and mTLS certificates for components.
     Certs(certs::CertsArgs),
+    /// Verify a Sigstore bundle for a file or a digest, offline.
+    VerifyBundle(verify_bundle::VerifyBundleArgs),
 }
 
 /// Starts tracing; `RUST_LOG` filters (default `info`).
@@ -71,6 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ContainerdConfig(a) => containerd_config::run(a),
         Command::Gc(a) => gc::run(a).await,
         Command::Certs(a) => certs::run(a),
+        Command::VerifyBundle(a) => verify_bundle::run(a),
     }
 }
 

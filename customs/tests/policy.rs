@@ -231,3 +231,97 @@ fn verify_bundle_cli_accepts_the_right_signer_and_refuses_the_wrong_one() {
         root
     ));
 }
+
+/// Keyless bundles made offline by sigstore-js (`@sigstore/sign` against
+/// `@sigstore/mock`'s Fulcio, Rekor and CT log; testdata/keyless/sign.mjs),
+/// checked by our verifier against the trusted root the mock describes.
+#[test]
+fn sigstore_js_keyless_bundles_verify_and_their_bad_variants_fail() {
+    require("node");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("art.txt"), b"hello customs\n").unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let id = "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main";
+    let issuer = "https://token.actions.githubusercontent.com";
+    let spec = serde_json::json!({"seed": "customs-test", "bundles": [
+        {"name": "ok", "identity": id, "issuer": issuer, "kind": "message", "artifactFile": "art.txt"},
+        {"name": "untrusted", "identity": id, "issuer": issuer, "kind": "message", "artifactFile": "art.txt", "untrustedCA": true},
+        {"name": "expired", "identity": id, "issuer": issuer, "kind": "message", "artifactFile": "art.txt", "expired": true},
+        {"name": "dsse", "identity": id, "issuer": issuer, "kind": "dsse", "subjectDigest": digest,
+         "predicateType": "https://slsa.dev/provenance/v1", "predicate": {"buildDefinition": {"buildType": "t"}}},
+    ]});
+    std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+    let out = Command::new("node")
+        .arg(repo_root().join("testdata/keyless/sign.mjs"))
+        .arg("--spec")
+        .arg(dir.join("spec.json"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sign.mjs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = |name: &str, identity: &str, target: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_customs"))
+            .arg("verify-bundle")
+            .arg("--bundle")
+            .arg(dir.join(format!("out/{name}.sigstore.json")))
+            .args([
+                "--certificate-identity",
+                identity,
+                "--certificate-oidc-issuer",
+                issuer,
+            ])
+            .arg("--trusted-root")
+            .arg(dir.join("out/trusted_root.json"))
+            .arg(target)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let art = dir.join("art.txt").display().to_string();
+    let (ok, err) = verify("ok", id, &art);
+    assert!(ok, "{err}");
+    let (ok, err) = verify("untrusted", id, &art);
+    assert!(!ok && err.contains("chain"), "untrusted CA: {err}");
+    let (ok, err) = verify("expired", id, &art);
+    assert!(
+        !ok && err.contains("Expired"),
+        "expired at signing time: {err}"
+    );
+    let (ok, _) = verify(
+        "ok",
+        "https://github.com/evil/app/.github/workflows/x.yml@refs/heads/main",
+        &art,
+    );
+    assert!(!ok, "wrong identity");
+    let (ok, err) = verify("dsse", id, &digest);
+    assert!(ok, "{err}");
+    let (ok, _) = verify("dsse", id, &format!("sha256:{}", "cd".repeat(32)));
+    assert!(!ok, "DSSE bundle for another subject");
+    // A corrupted inclusion promise / proof must fail.
+    let path = dir.join("out/ok.sigstore.json");
+    let mut b: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let entry = &mut b["verificationMaterial"]["tlogEntries"][0];
+    if let Some(p) = entry.get_mut("inclusionProof") {
+        p["rootHash"] = serde_json::Value::String(base64_of(&[7u8; 32]));
+    }
+    if let Some(p) = entry.get_mut("inclusionPromise") {
+        p["signedEntryTimestamp"] = serde_json::Value::String(base64_of(&[9u8; 70]));
+    }
+    std::fs::write(dir.join("out/bad.sigstore.json"), b.to_string()).unwrap();
+    let (ok, _) = verify("bad", id, &art);
+    assert!(!ok, "a corrupted inclusion proof/SET must fail");
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -429,20 +429,29 @@ pub fn compile(snap: &Snapshot) -> Result<PolicySet, LoadErrors> {
             if doc_text.trim().is_empty() {
                 continue;
             }
-            let parsed = serde_saphyr::from_str::<spec::KindProbe>(doc_text).and_then(|probe| {
-                match probe.kind.as_str() {
-                    "ImagePolicyTest" => {
-                        serde_saphyr::from_str(doc_text).map(Document::ImagePolicyTest)
-                    }
-                    _ => serde_saphyr::from_str(doc_text).map(Document::ImagePolicy),
+            let kind = match serde_saphyr::from_str::<spec::KindProbe>(doc_text) {
+                Ok(p) => p.kind,
+                Err(e) => {
+                    ctx.err(None, e.to_string());
+                    continue;
                 }
-            });
+            };
+            let parsed = match kind.as_str() {
+                "ImagePolicy" => serde_saphyr::from_str(doc_text).map(Document::ImagePolicy),
+                "ImagePolicyTest" => {
+                    serde_saphyr::from_str(doc_text).map(Document::ImagePolicyTest)
+                }
+                other => {
+                    ctx.err(
+                        Some(offset + 1),
+                        format!("unknown kind {other:?} (ImagePolicy or ImagePolicyTest)"),
+                    );
+                    continue;
+                }
+            };
             match parsed {
                 Ok(d) => docs.push((offset, d)),
-                Err(e) => {
-                    let msg = e.to_string();
-                    ctx.err(None, msg);
-                }
+                Err(e) => ctx.err(None, e.to_string()),
             }
         }
         for (offset, doc) in docs {

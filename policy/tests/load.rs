@@ -62,6 +62,11 @@ fn unknown_keys_and_bad_mode_are_refused() {
         "apiVersion: v0\nkind: ImagePolicy\nmetadata: {name: p}\nspec: {images: [\"**\"]}\n",
     );
     assert!(e.contains("apiVersion"), "{e}");
+    // A misspelt kind is an error, never silently read as a policy.
+    let e = errors(
+        "apiVersion: customs.dev/v1alpha1\nkind: ImagePolicyy\nmetadata: {name: p}\nspec: {images: [\"**\"]}\n",
+    );
+    assert!(e.contains("unknown kind"), "{e}");
 }
 
 #[test]

@@ -18,6 +18,9 @@ impl EvidenceRegistry for Upstreams {
             .parse()
             .map_err(|e| RegistryError(format!("{reference:?}: {e}")))?;
         match customs_mirror::Source::manifest(self, repo, &r).await {
+            Ok(m) if m.bytes.len() > customs_protocol::manifest::MAX_MANIFEST_BYTES => Err(
+                RegistryError(format!("{repo}:{reference}: manifest over the 4 MiB limit")),
+            ),
             Ok(m) => Ok(Some(m.bytes.to_vec())),
             Err(f) if f.kind == FetchFailureKind::NotFound => Ok(None),
             Err(f) => Err(RegistryError(format!("{repo}:{reference}: {}", f.message))),

@@ -7,6 +7,7 @@
 //! says so. Every fresh decision is an audit event; a decision that cannot
 //! be recorded is a denial.
 
+use crate::metrics::{DecisionLabels, Metrics};
 use crate::upstream::Upstreams;
 use customs_mirror::{Admission, AdmissionRequest, Decision, Verdict};
 use customs_policy::{PolicyDecision, PolicySet};
@@ -21,6 +22,7 @@ pub const NO_POLICY_REVISION: &str = "no-policy";
 pub struct GatewayAdmission {
     audit: AuditLog,
     policy: Option<PolicyGate>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 struct PolicyGate {
@@ -49,6 +51,7 @@ impl GatewayAdmission {
         GatewayAdmission {
             audit,
             policy: None,
+            metrics: None,
         }
     }
 
@@ -61,6 +64,33 @@ impl GatewayAdmission {
                 set: RwLock::new(Arc::new(set)),
                 registry,
             }),
+            metrics: None,
+        }
+    }
+
+    /// Counts every fresh decision in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The audit log decisions and policy changes are written to.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The revision in force, if a policy source is configured.
+    pub fn policy_revision(&self) -> Option<String> {
+        self.current().map(|s| s.revision.clone())
+    }
+
+    /// Puts a validated revision in force. Later decisions are made (and
+    /// cached, since the revision is part of the cache key) under it.
+    /// Ignored without a policy source: allow-all stays allow-all.
+    pub fn replace_policy(&self, set: PolicySet) {
+        if let Some(gate) = &self.policy {
+            let mut guard = gate.set.write().unwrap_or_else(|e| e.into_inner());
+            *guard = Arc::new(set);
         }
     }
 
@@ -95,6 +125,18 @@ impl GatewayAdmission {
             decision.verdict = Verdict::Deny;
             decision.reasons = vec![format!("the decision could not be recorded: {e}")];
         } else {
+            if let Some(m) = &self.metrics {
+                let verdict = match decision.verdict {
+                    Verdict::Allow => "allow",
+                    Verdict::Deny => "deny",
+                };
+                m.decisions
+                    .get_or_create(&DecisionLabels {
+                        verdict: verdict.to_owned(),
+                        mode: decision.mode.clone(),
+                    })
+                    .inc();
+            }
             tracing::info!(image = %req.image, digest = %req.digest, verdict = ?decision.verdict,
                 mode = %decision.mode, revision = %decision.revision, reasons = ?decision.reasons, "admission decision");
         }

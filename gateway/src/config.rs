@@ -39,8 +39,21 @@ pub struct GatewayConfig {
     pub tls_cert: Option<PathBuf>,
     /// mTLS key file.
     pub tls_key: Option<PathBuf>,
-    /// Policy directory; without one everything is allowed in audit mode.
+    /// Policy directory; without one (and without `policy_git`)
+    /// everything is allowed in audit mode.
     pub policy: Option<PathBuf>,
+    /// Policy Git repository (URL or path), polled.
+    pub policy_git: Option<String>,
+    /// Branch, tag or commit of `policy_git`.
+    pub policy_ref: String,
+    /// Seconds between polls of the policy source.
+    pub policy_poll_secs: u64,
+    /// Operator API address (preheat jobs, Harbor webhook, /metrics).
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// Bearer token the API requires for jobs and webhooks.
+    pub api_token: Option<String>,
+    /// Scope of preheats triggered by Harbor push webhooks.
+    pub webhook_scope: String,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +75,12 @@ impl Default for GatewayConfig {
             tls_cert: None,
             tls_key: None,
             policy: None,
+            policy_git: None,
+            policy_ref: "main".to_owned(),
+            policy_poll_secs: 10,
+            api_listen: None,
+            api_token: None,
+            webhook_scope: "all_peers".to_owned(),
         }
     }
 }
@@ -78,6 +97,21 @@ pub enum ConfigError {
 }
 
 impl GatewayConfig {
+    /// The configured policy source, if any (`policy_git` wins over
+    /// `policy`; `validate` refuses both at once).
+    pub fn policy_source(&self) -> Option<crate::policy_source::PolicySource> {
+        use crate::policy_source::PolicySource;
+        match (&self.policy_git, &self.policy) {
+            (Some(url), _) => Some(PolicySource::Git {
+                url: url.clone(),
+                reference: self.policy_ref.clone(),
+                mirror_dir: self.data_dir.join("policy-git"),
+            }),
+            (None, Some(dir)) => Some(PolicySource::Dir(dir.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// Parses a YAML document.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
@@ -108,6 +142,11 @@ impl GatewayConfig {
         {
             return Err(ConfigError::Invalid(
                 "a scheduler needs tls_ca, tls_cert, tls_key and upload_addr".into(),
+            ));
+        }
+        if self.policy.is_some() && self.policy_git.is_some() {
+            return Err(ConfigError::Invalid(
+                "policy and policy_git are exclusive: choose one policy source".into(),
             ));
         }
         if self.stale_window_secs < self.tag_ttl_secs {

@@ -9,6 +9,9 @@
 //! - [`credentials`]: docker `config.json` credentials, redacted in logs.
 //! - [`upstream`]: one oci-client per upstream registry, as a mirror [`Source`].
 //! - [`admission`]: the admission point (allow-all until policies land).
+//! - [`policy_source`]: policies from a directory or Git, polled and reloaded.
+//! - [`preheat`], [`api`]: preheat jobs, the Dragonfly-compatible job API and Harbor's webhook.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`seed`]: piece manifests signed for verified blobs, registered with the scheduler.
 //! - [`config`]: the gateway's configuration.
 //! - [`status`]: `/customs/v1/status` and `/metrics`.
@@ -18,9 +21,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod api;
 pub mod config;
 pub mod credentials;
 pub mod evidence;
+pub mod metrics;
+pub mod policy_source;
+pub mod preheat;
 pub mod seed;
 pub mod server;
 pub mod status;

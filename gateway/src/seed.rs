@@ -53,6 +53,17 @@ impl Seed {
         }
     }
 
+    /// The live peers the scheduler knows (preheat targets).
+    pub async fn list_peers(
+        &self,
+    ) -> Result<Vec<customs_protocol::scheduler_proto::PeerInfo>, tonic::Status> {
+        let mut client = self.scheduler.clone();
+        let resp = client
+            .list_peers(customs_protocol::scheduler_proto::ListPeersRequest {})
+            .await?;
+        Ok(resp.into_inner().peers)
+    }
+
     /// The signing key's id.
     pub fn key_id(&self) -> &str {
         self.key.id()

@@ -3,6 +3,9 @@
 use crate::admission::GatewayAdmission;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::credentials::{Credentials, CredentialsError};
+use crate::metrics::Metrics;
+use crate::policy_source::{Loaded, PolicySource, deny_all, load, reload_loop};
+use crate::preheat::{Preheater, Scope};
 use crate::seed::Seed;
 use crate::upstream::{UpstreamError, UpstreamSettings, Upstreams, registry_identity};
 use axum::extract::{Query, State};
@@ -60,12 +63,23 @@ pub enum GatewayError {
     Serve(#[from] std::io::Error),
 }
 
+/// Where and how the operator API is served.
+struct ApiSettings {
+    addr: std::net::SocketAddr,
+    token: String,
+    webhook_scope: Scope,
+}
+
 /// The mirror type the gateway runs.
 pub type GatewayMirror = Mirror<Upstreams, GatewayAdmission>;
 
 /// A configured gateway, ready to serve.
 pub struct Gateway {
     mirror: Arc<GatewayMirror>,
+    admission: Arc<GatewayAdmission>,
+    policy_source: Option<(PolicySource, Duration)>,
+    metrics: Arc<Metrics>,
+    api: Option<ApiSettings>,
     default_registry: RegistryHost,
     limiter: Arc<RateLimiter>,
     swarm: Option<(Arc<Seed>, Arc<TlsIdentity>)>,
@@ -96,26 +110,6 @@ pub fn load_or_create_key(path: &std::path::Path) -> Result<GatewayKey, GatewayE
     .map_err(|e| err(e.to_string()))?;
     tracing::info!(key_id = key.id(), path = %path.display(), "created a gateway signing key");
     Ok(key)
-}
-
-/// Loads a policy directory. A source that cannot be read or does not
-/// validate is replaced by an empty policy set, which denies everything
-/// (fail closed), and the errors are logged with file:line.
-pub fn load_policy(dir: &std::path::Path) -> customs_policy::PolicySet {
-    let loaded = customs_policy::Snapshot::from_dir(dir)
-        .map_err(|e| e.to_string())
-        .and_then(|snap| customs_policy::compile(&snap).map_err(|e| e.to_string()));
-    match loaded {
-        Ok(set) => set,
-        Err(e) => {
-            tracing::error!(dir = %dir.display(), errors = %e, "policy source refused: denying everything");
-            customs_policy::PolicySet {
-                revision: "refused".to_owned(),
-                policies: Vec::new(),
-                tests: Vec::new(),
-            }
-        }
-    }
 }
 
 impl Gateway {
@@ -170,17 +164,29 @@ impl Gateway {
         })?;
         let audit = AuditLog::open(&cfg.data_dir.join("audit/audit.jsonl"))?;
         let upstreams = Arc::new(upstreams);
-        let admission = match &cfg.policy {
+        let limiter = RateLimiter::new(cfg.upload_limit);
+        let refused: Arc<RefusedConnections> = Arc::default();
+        let metrics = Metrics::new(limiter.clone(), refused.clone());
+        let policy_source = cfg.policy_source();
+        let admission = match &policy_source {
             None => GatewayAdmission::allow_all(audit),
-            Some(dir) => {
-                let set = load_policy(dir);
+            Some(source) => {
+                let set = match load(source) {
+                    Loaded::Good(set) => set,
+                    Loaded::Refused { revision, errors } => {
+                        tracing::error!(source = %source, revision = ?revision, errors = %errors,
+                            "policy source refused: denying everything until a revision validates");
+                        deny_all()
+                    }
+                };
                 GatewayAdmission::with_policy(audit, set, upstreams.clone())
             }
         };
+        let admission = Arc::new(admission.with_metrics(metrics.clone()));
         let mirror = Mirror::new(
             store,
             upstreams,
-            Arc::new(admission),
+            admission.clone(),
             MirrorConfig {
                 tag_ttl: Duration::from_secs(cfg.tag_ttl_secs),
                 stale_window: Duration::from_secs(cfg.stale_window_secs),
@@ -216,10 +222,29 @@ impl Gateway {
         };
         Ok(Gateway {
             mirror: Arc::new(mirror),
+            admission,
+            policy_source: policy_source
+                .map(|s| (s, Duration::from_secs(cfg.policy_poll_secs.max(1)))),
+            metrics,
+            api: match (&cfg.api_listen, &cfg.api_token) {
+                (Some(addr), Some(token)) => Some(ApiSettings {
+                    addr: *addr,
+                    token: token.clone(),
+                    webhook_scope: Scope::parse(Some(&cfg.webhook_scope), None, None)
+                        .map_err(|e| ConfigError::Invalid(format!("webhook_scope: {e}")))?,
+                }),
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid(
+                        "api_listen needs api_token (jobs and webhooks are authenticated)".into(),
+                    )
+                    .into());
+                }
+                _ => None,
+            },
             default_registry,
-            limiter: RateLimiter::new(cfg.upload_limit),
+            limiter,
             swarm,
-            refused: Arc::default(),
+            refused,
         })
     }
 
@@ -258,7 +283,53 @@ impl Gateway {
         .merge(crate::status::routes(
             self.limiter.clone(),
             self.refused.clone(),
+            self.metrics.clone(),
         ));
+        if let Some(api) = &self.api {
+            let peers_http = match &self.swarm {
+                Some((_, identity)) => Some(
+                    reqwest::Client::builder()
+                        .use_preconfigured_tls(identity.client_config()?)
+                        .connect_timeout(Duration::from_secs(10))
+                        .build()
+                        .map_err(|e| ConfigError::Invalid(format!("peer client: {e}")))?,
+                ),
+                None => None,
+            };
+            let preheater = Arc::new(Preheater::new(
+                self.mirror.clone(),
+                self.swarm.as_ref().map(|(s, _)| s.clone()),
+                peers_http,
+                resolver.clone(),
+                self.admission.audit().clone(),
+                self.metrics.clone(),
+            ));
+            let app = crate::api::router(
+                api.token.clone(),
+                preheater,
+                self.metrics.clone(),
+                api.webhook_scope,
+            );
+            let listener = TcpListener::bind(api.addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "operator API serving (preheat jobs, Harbor webhook, /metrics)");
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(error = %e, "operator API stopped");
+                }
+            });
+        }
+        if let Some((source, interval)) = self.policy_source.clone() {
+            tokio::spawn(reload_loop(
+                source,
+                self.admission.clone(),
+                interval,
+                shutdown.clone(),
+            ));
+        }
         tracing::info!(addr = %listener.local_addr()?, default_registry = %self.default_registry, "gateway serving the OCI pull API");
         let oci =
             axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -1,9 +1,8 @@
 //! Operator-facing status and metrics on the gateway's OCI listener.
 //!
-//! The metrics text is written by hand for the two counters that exist so
-//! far; the full Prometheus registry (prometheus-client) arrives with the
-//! metrics issue.
+//! `/metrics` here is the same registry the API listener serves.
 
+use crate::metrics::Metrics;
 use axum::Router;
 use axum::routing::get;
 use customs_mirror::rate::RateLimiter;
@@ -11,8 +10,11 @@ use customs_tls::RefusedConnections;
 use std::sync::Arc;
 
 /// `/customs/v1/status` (JSON) and `/metrics` (Prometheus text).
-pub fn routes(limiter: Arc<RateLimiter>, refused: Arc<RefusedConnections>) -> Router {
-    let (l2, r2) = (limiter.clone(), refused.clone());
+pub fn routes(
+    limiter: Arc<RateLimiter>,
+    refused: Arc<RefusedConnections>,
+    metrics: Arc<Metrics>,
+) -> Router {
     Router::new()
         .route(
             "/customs/v1/status",
@@ -25,15 +27,5 @@ pub fn routes(limiter: Arc<RateLimiter>, refused: Arc<RefusedConnections>) -> Ro
                 }))
             }),
         )
-        .route(
-            "/metrics",
-            get(move || async move {
-                format!(
-                    "# TYPE customs_served_bytes counter\ncustoms_served_bytes_total{{node=\"gateway\"}} {}\n\
-                     # TYPE customs_refused_connections counter\ncustoms_refused_connections_total{{node=\"gateway\"}} {}\n",
-                    l2.served(),
-                    r2.get()
-                )
-            }),
-        )
+        .route("/metrics", get(move || async move { metrics.render() }))
 }

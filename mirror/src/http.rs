@@ -221,7 +221,13 @@ pub fn oci_error(e: MirrorError, code_override: Option<OciErrorCode>) -> Respons
         e.status()
     };
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = (status, axum::Json(error_body(code, &e.to_string()))).into_response();
+    let message = e.to_string();
+    let mut r = (status, axum::Json(error_body(code, &message))).into_response();
+    // A HEAD response has no body, and containerd resolves with HEAD: its
+    // error output quotes the status line, so the reason goes there too.
+    if let Some(phrase) = reason_phrase(status, code, &message) {
+        r.extensions_mut().insert(phrase);
+    }
     if code == OciErrorCode::RangeInvalid {
         r.headers_mut()
             .insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes */*"));
@@ -229,9 +235,59 @@ pub fn oci_error(e: MirrorError, code_override: Option<OciErrorCode>) -> Respons
     r
 }
 
+/// Longest reason phrase sent; the full message is in the JSON body.
+const MAX_REASON_PHRASE: usize = 400;
+
+/// `Forbidden (DENIED: …)`: the standard phrase, then the OCI code and
+/// message, cut to printable ASCII (a reason phrase allows no control
+/// characters) and bounded.
+fn reason_phrase(
+    status: StatusCode,
+    code: OciErrorCode,
+    message: &str,
+) -> Option<hyper::ext::ReasonPhrase> {
+    let standard = status.canonical_reason().unwrap_or("Error");
+    let mut text = format!("{standard} ({}: ", code.as_str());
+    for c in message.chars() {
+        if text.len() >= MAX_REASON_PHRASE {
+            text.push_str("...");
+            break;
+        }
+        text.push(if c == ' ' || c.is_ascii_graphic() {
+            c
+        } else {
+            '?'
+        });
+    }
+    text.push(')');
+    hyper::ext::ReasonPhrase::try_from(text.into_bytes()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_phrase_carries_a_clean_bounded_message() {
+        let p = reason_phrase(
+            StatusCode::FORBIDDEN,
+            OciErrorCode::Denied,
+            "policy release: signatures: no signature\r\nX-Evil: 1",
+        )
+        .expect("a valid phrase");
+        let text = std::str::from_utf8(p.as_bytes()).unwrap();
+        assert_eq!(
+            text,
+            "Forbidden (DENIED: policy release: signatures: no signature??X-Evil: 1)"
+        );
+        let long = reason_phrase(
+            StatusCode::FORBIDDEN,
+            OciErrorCode::Denied,
+            &"x".repeat(5000),
+        )
+        .expect("a valid phrase");
+        assert!(long.as_bytes().len() < MAX_REASON_PHRASE + 10);
+    }
 
     #[test]
     fn targets() {

@@ -22,6 +22,7 @@ pub mod mirror;
 pub mod range;
 pub mod rate;
 pub mod source;
+pub mod warm;
 
 pub use admission::{Admission, AdmissionRequest, Decision, Verdict};
 pub use error::MirrorError;

@@ -105,9 +105,12 @@ impl Source for PeerSource {
     }
 }
 
+/// The mirror a peer runs.
+pub type PeerMirror = Mirror<PeerSource, AdmittedByGateway>;
+
 /// A configured peer.
 pub struct Peer {
-    mirror: Arc<Mirror<PeerSource, AdmittedByGateway>>,
+    mirror: Arc<PeerMirror>,
     default_registry: RegistryHost,
     swarm: Option<(Arc<Swarm>, Arc<TlsIdentity>, Arc<RateLimiter>)>,
     /// Refused piece-server connections (no valid client certificate).
@@ -257,7 +260,8 @@ impl Peer {
                 let pieces = customs_tls::serve_mtls(
                     upload,
                     identity.server_config()?,
-                    piece_server::router(provider),
+                    piece_server::router(provider)
+                        .merge(crate::preheat::router(self.mirror.clone())),
                     self.refused.clone(),
                     shutdown.clone(),
                 );

@@ -30,6 +30,12 @@ pub enum GlobError {
     BadChar(String),
 }
 
+impl std::fmt::Display for ImageGlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
 impl ImageGlob {
     /// Compiles a pattern such as `registry.example.com/team/**`.
     pub fn new(pattern: &str) -> Result<Self, GlobError> {

@@ -23,6 +23,7 @@ pub mod legacy_bundle;
 pub mod slsa;
 pub mod snapshot;
 pub mod spec;
+pub mod testing;
 pub mod verify;
 
 pub use compile::{PolicySet, compile};

@@ -131,7 +131,12 @@ impl SlsaRules {
         if !self.builder_ids.is_empty() {
             match &p.builder_id {
                 Some(b) if self.builder_ids.iter().any(|x| x == b) => {}
-                Some(b) => return Err(format!("builder id {b:?} is not accepted")),
+                Some(b) => {
+                    return Err(format!(
+                        "builder id {b:?} is not accepted (policy allows {})",
+                        self.builder_ids.join(", ")
+                    ));
+                }
                 None => return Err("provenance names no builder id".into()),
             }
         }
@@ -167,7 +172,22 @@ impl SlsaRules {
                     None => s.repository.clone(),
                 })
                 .collect();
-            Err(format!("source {} is not accepted", found.join(", ")))
+            let mut wanted = Vec::new();
+            if !self.source_repositories.is_empty() {
+                wanted.push(format!(
+                    "repositories {}",
+                    self.source_repositories.join(", ")
+                ));
+            }
+            if !self.source_refs.is_empty() {
+                let refs: Vec<String> = self.source_refs.iter().map(|g| g.to_string()).collect();
+                wanted.push(format!("refs {}", refs.join(", ")));
+            }
+            Err(format!(
+                "source {} is not accepted (policy allows {})",
+                found.join(", "),
+                wanted.join("; ")
+            ))
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`digest`]: the `Digest` newtype (`sha256:<hex>`) and a streaming hasher.
+//! - [`image_ref`]: image references as users type them.
 //! - [`name`]: registry hosts, repository names, tags and references, each
 //!   parsed once at the edge and carried in checked form afterwards.
 //! - [`manifest`]: what an OCI/docker manifest or index references, which is
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod digest;
+pub mod image_ref;
 pub mod manifest;
 pub mod name;
 pub mod oci_error;
@@ -25,6 +27,7 @@ pub mod scheduler_proto {
 }
 
 pub use digest::{Digest, DigestError, Sha256Hasher};
+pub use image_ref::{ImageRef, ImageRefError};
 pub use manifest::{MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestRefs};
 pub use name::{ImageName, NameError, Reference, RegistryHost, Repository, Tag};
 pub use oci_error::OciErrorCode;

@@ -60,6 +60,37 @@ pub struct Descriptor {
     pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
+    /// For index entries: the platform the child manifest is for.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+/// An index entry's platform (`os`/`architecture`[/`variant`]), which
+/// preheat uses to pick the manifests a fleet will run.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Platform {
+    /// `linux`, `windows`…
+    #[serde(default)]
+    pub os: String,
+    /// `amd64`, `arm64`…
+    #[serde(default)]
+    pub architecture: String,
+    /// `v8`, `v7`…
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Whether `self` satisfies a filter written `os/arch[/variant]`.
+    pub fn matches(&self, filter: &str) -> bool {
+        let mut parts = filter.split('/');
+        let os = parts.next().unwrap_or_default();
+        let arch = parts.next().unwrap_or_default();
+        let variant = parts.next();
+        self.os == os
+            && self.architecture == arch
+            && variant.is_none_or(|v| self.variant.as_deref() == Some(v))
+    }
 }
 
 #[derive(Deserialize)]

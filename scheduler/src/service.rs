@@ -114,6 +114,17 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(pb::RegisterTaskResponse {}))
     }
 
+    async fn list_peers(
+        &self,
+        req: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        if !caller_has(&req, |c| has_role(c, Role::Gateway)) {
+            return Err(Status::permission_denied("only gateways list peers"));
+        }
+        let peers = self.state().live_peers(Instant::now());
+        Ok(Response::new(pb::ListPeersResponse { peers }))
+    }
+
     async fn announce_peer(
         &self,
         req: Request<pb::AnnouncePeerRequest>,

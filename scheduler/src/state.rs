@@ -70,6 +70,22 @@ pub enum BlockOutcome {
 }
 
 impl SchedulerState {
+    /// Live, non-blocklisted, non-seed peers, sorted by id (preheat targets).
+    pub fn live_peers(&self, now: Instant) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .filter(|p| {
+                !p.info.seed
+                    && now.duration_since(p.last_seen) < PEER_TTL
+                    && p.blocked_until.is_none_or(|t| t <= now)
+            })
+            .map(|p| p.info.clone())
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        peers
+    }
+
     /// Records a verified task (idempotent; a re-registration keeps holders).
     pub fn register(&mut self, manifest: VerifiedPieceManifest) {
         let blob = manifest.manifest().blob.clone();

@@ -11,6 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The verified client certificate of an mTLS connection, as a request
+/// extension.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub rustls::pki_types::CertificateDer<'static>);
+
 /// Counts TLS handshakes refused (no or untrusted client certificate).
 #[derive(Debug, Default)]
 pub struct RefusedConnections(AtomicU64);
@@ -60,6 +65,18 @@ pub async fn serve_mtls(
                     }
                     return;
                 }
+            };
+            // Handlers that authorise by role read the client certificate
+            // from the request (e.g. only a gateway may order a preheat).
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| PeerCertificate(c.clone().into_owned()));
+            let app = match cert {
+                Some(c) => app.layer(axum::Extension(c)),
+                None => app,
             };
             let svc = TowerToHyperService::new(app);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

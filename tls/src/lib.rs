@@ -12,7 +12,7 @@
 
 pub mod https;
 
-pub use https::{RefusedConnections, serve_mtls};
+pub use https::{PeerCertificate, RefusedConnections, serve_mtls};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use std::path::{Path, PathBuf};

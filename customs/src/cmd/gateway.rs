@@ -65,8 +65,29 @@ pub struct GatewayFlags {
     pub tls_key: Option<PathBuf>,
     /// Policy directory (ImagePolicy YAML files, keys, trusted roots).
     /// Without it every image is admitted in audit mode.
-    #[arg(long, env = "CUSTOMS_POLICY")]
+    #[arg(long, env = "CUSTOMS_POLICY", conflicts_with = "policy_git")]
     pub policy: Option<PathBuf>,
+    /// Policy Git repository (path, file://, https:// or ssh:// URL), polled;
+    /// each new commit is validated as a whole before it takes effect.
+    #[arg(long, env = "CUSTOMS_POLICY_GIT")]
+    pub policy_git: Option<String>,
+    /// Branch, tag or commit of `--policy-git` (default `main`).
+    #[arg(long, env = "CUSTOMS_POLICY_REF", requires = "policy_git")]
+    pub policy_ref: Option<String>,
+    /// Seconds between polls of the policy source (default 10).
+    #[arg(long)]
+    pub policy_poll_secs: Option<u64>,
+    /// Operator API: Dragonfly-compatible preheat jobs (`/oapi/v1/jobs`),
+    /// Harbor's webhook (`/webhooks/harbor`), `/healthy` and `/metrics`.
+    #[arg(long, env = "CUSTOMS_API_LISTEN", requires = "api_token")]
+    pub api_listen: Option<SocketAddr>,
+    /// Bearer token for jobs and webhooks (what Harbor sends).
+    #[arg(long, env = "CUSTOMS_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Scope of webhook-triggered preheats: all_peers (default),
+    /// single_peer, single_seed_peer, all_seed_peers.
+    #[arg(long)]
+    pub webhook_scope: Option<String>,
 }
 
 impl GatewayFlags {
@@ -78,6 +99,24 @@ impl GatewayFlags {
         }
         if let Some(p) = &self.policy {
             cfg.policy = Some(p.clone());
+        }
+        if let Some(g) = &self.policy_git {
+            cfg.policy_git = Some(g.clone());
+        }
+        if let Some(r) = &self.policy_ref {
+            cfg.policy_ref = r.clone();
+        }
+        if let Some(n) = self.policy_poll_secs {
+            cfg.policy_poll_secs = n;
+        }
+        if let Some(a) = self.api_listen {
+            cfg.api_listen = Some(a);
+        }
+        if let Some(t) = &self.api_token {
+            cfg.api_token = Some(t.clone());
+        }
+        if let Some(s) = &self.webhook_scope {
+            cfg.webhook_scope = s.clone();
         }
         if let Some(u) = &self.upstream {
             cfg.upstream = Some(u.clone());

@@ -5,8 +5,11 @@ mod containerd_config;
 mod gateway;
 mod gc;
 mod peer;
+mod policy;
+mod preheat;
 mod scheduler;
 mod up;
+mod verify;
 mod verify_bundle;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +48,13 @@ enum Command {
     Certs(certs::CertsArgs),
     /// Verify a Sigstore bundle for a file or a digest, offline.
     VerifyBundle(verify_bundle::VerifyBundleArgs),
+    /// The policy decision for one image (exit 0 allow, 1 deny).
+    Verify(verify::VerifyArgs),
+    /// Verify an image and warm it into the fleet through a gateway's API.
+    Preheat(preheat::PreheatArgs),
+    /// Policy-repository tools: `test`, `check`.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Starts tracing; `RUST_LOG` filters (default `info`).
@@ -64,6 +74,15 @@ pub fn init_tracing(format: &str) {
     }
 }
 
+/// A check that ran but said no (a denial, a failed test) exits 1 without
+/// an error message of its own: the command already printed why.
+fn exit_on_false(ok: bool) -> anyhow::Result<()> {
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 /// Runs the chosen subcommand.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -75,6 +94,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => gc::run(a).await,
         Command::Certs(a) => certs::run(a),
         Command::VerifyBundle(a) => verify_bundle::run(a),
+        Command::Verify(a) => exit_on_false(verify::run(a).await?),
+        Command::Policy(c) => exit_on_false(policy::run(c)?),
+        Command::Preheat(a) => exit_on_false(preheat::run(a).await?),
     }
 }
 

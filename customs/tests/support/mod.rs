@@ -457,3 +457,47 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The slsa-verifier container vector (keyless SLSA v0.2 provenance on a
+/// multi-arch index, as `cosign save` wrote it).
+pub fn slsa_vector_dir() -> PathBuf {
+    repo_root().join("testdata/vectors/slsa-container-v1.10.0")
+}
+
+/// The vector's index digest.
+pub fn slsa_vector_digest() -> String {
+    std::fs::read_to_string(slsa_vector_dir().join("digest"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Pushes the vector to `registry/repo`: the layout is copied, its entries
+/// named (`v1` for the index, `sha256-<hex>.att` for the attestation) so
+/// skopeo can address them, and both pushed with digests preserved.
+pub fn push_slsa_vector(dir: &Path, registry: SocketAddr, repo: &str) {
+    let layout = dir.join("slsa-layout");
+    let src = slsa_vector_dir().join("layout");
+    let att_tag = slsa_vector_digest().replace(':', "-") + ".att";
+    if !layout.join("index.json").exists() {
+        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), layout.join("blobs/sha256").join(e.file_name())).unwrap();
+        }
+        std::fs::copy(src.join("oci-layout"), layout.join("oci-layout")).unwrap();
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+        for m in index["manifests"].as_array_mut().unwrap() {
+            let name = match m["annotations"]["kind"].as_str().unwrap() {
+                "dev.cosignproject.cosign/imageIndex" => "v1".to_owned(),
+                "dev.cosignproject.cosign/atts" => att_tag.clone(),
+                other => panic!("unexpected entry {other}"),
+            };
+            m["annotations"]["org.opencontainers.image.ref.name"] = name.into();
+        }
+        std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    }
+    push(&layout, "v1", registry, repo);
+    push(&layout, &att_tag, registry, repo);
+}

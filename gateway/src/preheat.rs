@@ -1,0 +1,451 @@
+//! Preheat jobs: verify an image and warm it into the fleet before any node
+//! asks. A job resolves the manifest through the gateway's mirror (so the
+//! policy decides; a denial fails the job with the policy's reason),
+//! fetches and verifies every blob once, registers each blob's signed piece
+//! manifest with the scheduler, then orders the targeted peers to pull the
+//! pieces onto their own disks. A job is `SUCCESS` only when every targeted
+//! peer answered that it holds every blob.
+//!
+//! Jobs live in memory (like the mirror's in-flight state): a restarted
+//! gateway forgets them, and Harbor re-triggers on its next push.
+
+use crate::metrics::{JobLabels, Metrics};
+use crate::seed::Seed;
+use crate::server::GatewayMirror;
+use customs_mirror::MirrorError;
+use customs_mirror::http::RegistryResolver;
+use customs_mirror::warm::{PlatformFilter, WarmReport, warm};
+use customs_protocol::scheduler_proto::PeerInfo;
+use customs_protocol::{ImageName, Reference};
+use customs_store::audit::{AuditLog, format_rfc3339};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Most jobs remembered; the oldest finished ones are forgotten first.
+const MAX_JOBS: usize = 10_000;
+
+/// Which nodes a preheat targets (Harbor's and Dragonfly's names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scope {
+    /// The gateway only (`single_seed_peer`, `all_seed_peers`).
+    SeedPeers,
+    /// One peer (`single_peer`, Harbor's default).
+    SinglePeer,
+    /// Every live peer (`all_peers`).
+    AllPeers,
+    /// This many peers (`count`).
+    Count(usize),
+    /// This percentage of live peers, rounded up (`percentage`).
+    Percentage(u8),
+}
+
+impl Scope {
+    /// Reads Dragonfly's `scope`, `count` and `percentage` args.
+    pub fn parse(
+        scope: Option<&str>,
+        count: Option<u64>,
+        percentage: Option<u64>,
+    ) -> Result<Scope, String> {
+        match scope.unwrap_or("single_peer") {
+            "single_seed_peer" | "all_seed_peers" => Ok(Scope::SeedPeers),
+            "single_peer" | "" => Ok(Scope::SinglePeer),
+            "all_peers" => Ok(Scope::AllPeers),
+            "count" => match count {
+                Some(n) if n > 0 => Ok(Scope::Count(n as usize)),
+                _ => Err("scope count needs a positive `count`".into()),
+            },
+            "percentage" => match percentage {
+                Some(p) if (1..=100).contains(&p) => Ok(Scope::Percentage(p as u8)),
+                _ => Err("scope percentage needs `percentage` between 1 and 100".into()),
+            },
+            other => Err(format!("unknown scope {other:?}")),
+        }
+    }
+
+    /// The targets among `peers` (sorted by id, so a count is stable).
+    pub fn select(self, peers: Vec<PeerInfo>) -> Vec<PeerInfo> {
+        let n = match self {
+            Scope::SeedPeers => 0,
+            Scope::SinglePeer => 1,
+            Scope::AllPeers => peers.len(),
+            Scope::Count(n) => n,
+            Scope::Percentage(p) => (peers.len() * p as usize).div_ceil(100),
+        };
+        peers.into_iter().take(n).collect()
+    }
+}
+
+/// What to preheat, parsed from a job request or a webhook.
+#[derive(Debug, Clone)]
+pub struct PreheatSpec {
+    /// The image (its real registry and repository).
+    pub image: ImageName,
+    /// Tag or digest.
+    pub reference: Reference,
+    /// Platforms of an index to warm.
+    pub platform: PlatformFilter,
+    /// Which nodes.
+    pub scope: Scope,
+}
+
+/// A job's state, as Dragonfly (and Harbor) name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum JobState {
+    /// Running or queued (Harbor polls again).
+    Pending,
+    /// Every targeted node holds every verified blob.
+    Success,
+    /// Denied by policy, or some node failed.
+    Failure,
+}
+
+/// One node's part of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeResult {
+    /// `gateway` or the peer id.
+    pub node: String,
+    /// Its state.
+    pub state: JobState,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// What it holds now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<WarmReport>,
+}
+
+/// A preheat job and its progress.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Integer id (Harbor decodes it as one).
+    pub id: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Overall state.
+    pub state: JobState,
+    /// The request's `args`, echoed back.
+    pub args: serde_json::Value,
+    /// `registry/repository:ref`.
+    pub image: String,
+    /// The failure reason, if any.
+    pub error: String,
+    /// Per-node results (gateway first).
+    pub nodes: Vec<NodeResult>,
+    /// Targets chosen (known once the gateway has verified the image).
+    pub targets: usize,
+}
+
+impl Job {
+    /// RFC 3339 time of creation.
+    pub fn created(&self) -> String {
+        format_rfc3339(self.created_at)
+    }
+    /// RFC 3339 time of the last change.
+    pub fn updated(&self) -> String {
+        format_rfc3339(self.updated_at)
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs and remembers preheat jobs.
+pub struct Preheater {
+    mirror: Arc<GatewayMirror>,
+    seed: Option<Arc<Seed>>,
+    peers_http: Option<reqwest::Client>,
+    resolver: RegistryResolver,
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
+    jobs: Mutex<BTreeMap<u64, Job>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Serialize)]
+struct PreheatEvent<'a> {
+    job: u64,
+    image: &'a str,
+    state: JobState,
+    error: &'a str,
+    nodes: &'a [NodeResult],
+}
+
+impl Preheater {
+    /// `seed` and `peers_http` (an mTLS client) are needed to reach peers;
+    /// without them only the gateway is warmed.
+    pub fn new(
+        mirror: Arc<GatewayMirror>,
+        seed: Option<Arc<Seed>>,
+        peers_http: Option<reqwest::Client>,
+        resolver: RegistryResolver,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Preheater {
+            mirror,
+            seed,
+            peers_http,
+            resolver,
+            audit,
+            metrics,
+            jobs: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The registry a preheat URL's host names, if the gateway serves it.
+    pub fn registry_for_host(
+        &self,
+        host: &str,
+    ) -> Result<customs_protocol::RegistryHost, MirrorError> {
+        self.resolver.resolve(Some(host))
+    }
+
+    /// A job by id.
+    pub fn job(&self, id: u64) -> Option<Job> {
+        self.lock().get(&id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Job>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut Job)) {
+        if let Some(j) = self.lock().get_mut(&id) {
+            f(j);
+            j.updated_at = now();
+        }
+    }
+
+    /// Creates a job and starts it in the background.
+    pub fn submit(self: &Arc<Self>, spec: PreheatSpec, args: serde_json::Value) -> Job {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let t = now();
+        let image = match &spec.reference {
+            Reference::Tag(tag) => format!("{}:{tag}", spec.image),
+            Reference::Digest(d) => format!("{}@{d}", spec.image),
+        };
+        let job = Job {
+            id,
+            created_at: t,
+            updated_at: t,
+            state: JobState::Pending,
+            args,
+            image,
+            error: String::new(),
+            nodes: Vec::new(),
+            targets: 0,
+        };
+        {
+            let mut jobs = self.lock();
+            while jobs.len() >= MAX_JOBS {
+                let oldest = jobs
+                    .iter()
+                    .find(|(_, j)| j.state != JobState::Pending)
+                    .map(|(k, _)| *k);
+                match oldest {
+                    Some(k) => jobs.remove(&k),
+                    None => break,
+                };
+            }
+            jobs.insert(id, job.clone());
+        }
+        tracing::info!(job = id, image = %job.image, scope = ?spec.scope, "preheat job created");
+        let me = self.clone();
+        tokio::spawn(async move { me.run(id, spec).await });
+        job
+    }
+
+    async fn run(self: Arc<Self>, id: u64, spec: PreheatSpec) {
+        let result = self.run_inner(id, &spec).await;
+        let (state, error) = match result {
+            Ok(()) => (JobState::Success, String::new()),
+            Err(e) => (JobState::Failure, e),
+        };
+        self.update(id, |j| {
+            j.state = state;
+            j.error = error.clone();
+        });
+        self.metrics
+            .preheats
+            .get_or_create(&JobLabels {
+                state: if state == JobState::Success {
+                    "success"
+                } else {
+                    "failure"
+                }
+                .to_owned(),
+            })
+            .inc();
+        let Some(job) = self.job(id) else { return };
+        tracing::info!(job = id, image = %job.image, state = ?state, error = %error, "preheat job finished");
+        let event = PreheatEvent {
+            job: id,
+            image: &job.image,
+            state,
+            error: &error,
+            nodes: &job.nodes,
+        };
+        if let Err(e) = self.audit.write("preheat", &event).await {
+            tracing::error!(job = id, error = %e, "preheat audit event could not be written");
+        }
+    }
+
+    async fn run_inner(&self, id: u64, spec: &PreheatSpec) -> Result<(), String> {
+        // The gateway first: policy, every blob fetched once and verified.
+        let report = warm(&self.mirror, &spec.image, &spec.reference, &spec.platform)
+            .await
+            .map_err(|e| e.to_string());
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                self.update(id, |j| {
+                    j.nodes.push(NodeResult {
+                        node: "gateway".into(),
+                        state: JobState::Failure,
+                        error: e.clone(),
+                        report: None,
+                    });
+                });
+                return Err(e);
+            }
+        };
+        self.update(id, |j| {
+            j.nodes.push(NodeResult {
+                node: "gateway".into(),
+                state: JobState::Success,
+                error: String::new(),
+                report: Some(report.clone()),
+            })
+        });
+        if spec.scope == Scope::SeedPeers {
+            return Ok(());
+        }
+        let (Some(seed), Some(http)) = (&self.seed, &self.peers_http) else {
+            return Err("no scheduler configured: only seed-peer scopes can be preheated".into());
+        };
+        // Every blob's piece manifest registered before any peer asks.
+        let manifest_digest: customs_protocol::Digest =
+            report.manifest.parse().map_err(|e| format!("{e}"))?;
+        for digest in self
+            .blob_digests(&spec.image, &manifest_digest, &report)
+            .await?
+        {
+            seed.ensure_task(&self.mirror, &spec.image, &digest)
+                .await
+                .map_err(|e| format!("registering {digest}: {e}"))?;
+        }
+        let peers = seed
+            .list_peers()
+            .await
+            .map_err(|e| format!("listing peers: {e}"))?;
+        let targets = spec.scope.select(peers);
+        if targets.is_empty() {
+            return Err("no live peer to preheat".into());
+        }
+        self.update(id, |j| j.targets = targets.len());
+        let platform = match &spec.platform {
+            PlatformFilter::All => None,
+            PlatformFilter::Only(p) => Some(p.clone()),
+        };
+        let order = serde_json::json!({
+            "registry": spec.image.registry.as_str(),
+            "repository": spec.image.repository.as_str(),
+            "digest": report.manifest,
+            "platform": platform,
+        });
+        let calls = targets.iter().map(|p| {
+            let http = http.clone();
+            let order = order.clone();
+            let peer = p.clone();
+            async move {
+                let url = format!("https://{}/customs/v1/preheat", peer.upload_addr);
+                let r = async {
+                    let resp = http
+                        .post(&url)
+                        .json(&order)
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = resp.status();
+                    if !status.is_success() {
+                        let body = resp.text().await.unwrap_or_default();
+                        return Err(format!(
+                            "{status}: {}",
+                            body.chars().take(500).collect::<String>()
+                        ));
+                    }
+                    resp.json::<WarmReport>().await.map_err(|e| e.to_string())
+                }
+                .await;
+                (peer.peer_id, r)
+            }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let mut failed = Vec::new();
+        for (node, r) in results {
+            let result = match r {
+                Ok(report) => NodeResult {
+                    node,
+                    state: JobState::Success,
+                    error: String::new(),
+                    report: Some(report),
+                },
+                Err(e) => {
+                    failed.push(format!("{node}: {e}"));
+                    NodeResult {
+                        node,
+                        state: JobState::Failure,
+                        error: e,
+                        report: None,
+                    }
+                }
+            };
+            self.update(id, |j| j.nodes.push(result));
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("peers failed: {}", failed.join("; ")))
+        }
+    }
+
+    /// The blobs of the warmed manifests (config and layers of each image).
+    async fn blob_digests(
+        &self,
+        image: &ImageName,
+        top: &customs_protocol::Digest,
+        report: &WarmReport,
+    ) -> Result<Vec<customs_protocol::Digest>, String> {
+        let mut manifests = vec![top.clone()];
+        for p in &report.platforms {
+            manifests.push(p.parse().map_err(|e| format!("{e}"))?);
+        }
+        let mut out = Vec::new();
+        for m in manifests {
+            let served = self
+                .mirror
+                .manifest(image, &Reference::Digest(m))
+                .await
+                .map_err(|e| e.to_string())?;
+            let refs =
+                customs_protocol::ManifestRefs::parse(&served.bytes, Some(&served.media_type))
+                    .map_err(|e| e.to_string())?;
+            for b in refs.blobs {
+                if !out.contains(&b.digest) {
+                    out.push(b.digest);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,422 @@
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! Preheat end to end: Harbor's exact requests (the Dragonfly provider's
+//! job calls and push webhooks, recorded in testdata/harbor/) replayed
+//! against a standalone gateway (`--api-listen --api-token`), scheduler and
+//! peers on mTLS, with a real `docker-registry` upstream. The upstream and
+//! the gateway are then stopped and every targeted peer still serves the
+//! image from its own disk.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::*;
+
+const TOKEN: &str = "harbor-s3cret";
+
+/// One HTTP/1.1 request on loopback; returns (status, body).
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    // Bodies may be chunked: keep the JSON object only.
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_owned(),
+        _ => body.to_owned(),
+    };
+    (status, json)
+}
+
+fn fixture(name: &str, vars: &[(&str, &str)]) -> String {
+    let mut text = std::fs::read_to_string(repo_root().join("testdata/harbor").join(name)).unwrap();
+    for (k, v) in vars {
+        text = text.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    assert!(
+        !text.contains("{{"),
+        "unfilled placeholder in {name}: {text}"
+    );
+    text
+}
+
+/// Polls a job until it leaves PENDING; checks the shape Harbor decodes.
+fn wait_job(api: SocketAddr, id: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = call(api, "GET", &format!("/oapi/v1/jobs/{id}"), Some(TOKEN), "");
+        assert_eq!(status, 200, "{body}");
+        let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(job["id"].as_u64(), Some(id), "integer id: {job}");
+        for t in ["created_at", "updated_at"] {
+            let s = job[t].as_str().unwrap();
+            assert!(
+                s.len() == 20 && s.ends_with('Z') && s.as_bytes()[10] == b'T',
+                "{t} is RFC 3339: {s}"
+            );
+        }
+        let state = job["state"].as_str().unwrap().to_owned();
+        assert!(
+            ["PENDING", "SUCCESS", "FAILURE"].contains(&state.as_str()),
+            "only the three states Harbor knows: {state}"
+        );
+        if state != "PENDING" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} still pending: {job}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Standalone {
+    gateway: Proc,
+    _scheduler: Proc,
+    _peers: Vec<Proc>,
+    api: SocketAddr,
+    peer_addrs: Vec<String>,
+}
+
+fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: name.into(),
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Gateway (with the operator API), scheduler and `n` peers, all on mTLS.
+fn standalone(dir: &Path, registry: &Registry, policy: Option<&Path>, n: usize) -> Standalone {
+    let pki = dir.join("pki");
+    let mut issue = s(&[
+        "certs",
+        "--out",
+        pki.to_str().unwrap(),
+        "--issue",
+        "gateway:gateway",
+        "--issue",
+        "scheduler:scheduler",
+    ]);
+    for i in 1..=n {
+        issue.push("--issue".into());
+        issue.push(format!("peer-{i}:peer"));
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+        .args(&issue)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = |f: &str| pki.join(f).display().to_string();
+    let port = || format!("127.0.0.1:{}", free_port());
+    let (gw_addr, up_addr, sched_addr, api) = (port(), port(), port(), port());
+    let key = dir.join("gw/key.pem");
+    let mut gw_args = [
+        s(&["gateway", "--data-dir", dir.join("gw").to_str().unwrap()]),
+        s(&[
+            "--listen",
+            &gw_addr,
+            "--upstream",
+            &registry.url(),
+            "--upload-listen",
+            &up_addr,
+        ]),
+        s(&["--scheduler", &format!("https://{sched_addr}")]),
+        s(&["--signing-key", key.to_str().unwrap()]),
+        s(&[
+            "--tls-ca",
+            &p("ca.pem"),
+            "--tls-cert",
+            &p("gateway.pem"),
+            "--tls-key",
+            &p("gateway.key"),
+        ]),
+        s(&["--api-listen", &api, "--api-token", TOKEN]),
+    ]
+    .concat();
+    if let Some(pol) = policy {
+        gw_args.extend(s(&["--policy", pol.to_str().unwrap()]));
+    }
+    let gateway = spawn(dir, "gateway", &gw_args);
+    wait_for_port(api.parse().unwrap(), Duration::from_secs(30));
+    let key_pub = key.with_extension("pub").display().to_string();
+    let scheduler = spawn(
+        dir,
+        "scheduler",
+        &s(&[
+            "scheduler",
+            "--listen",
+            &sched_addr,
+            "--gateway-key",
+            &key_pub,
+            "--tls-ca",
+            &p("ca.pem"),
+            "--tls-cert",
+            &p("scheduler.pem"),
+            "--tls-key",
+            &p("scheduler.key"),
+        ]),
+    );
+    wait_for_port(sched_addr.parse().unwrap(), Duration::from_secs(20));
+    let mut peers = Vec::new();
+    let mut peer_addrs = Vec::new();
+    for i in 1..=n {
+        let name = format!("peer-{i}");
+        let listen = port();
+        peers.push(spawn(
+            dir,
+            &name,
+            &[
+                s(&[
+                    "peer",
+                    "--gateway",
+                    &format!("https://{up_addr}"),
+                    "--scheduler",
+                    &format!("https://{sched_addr}"),
+                ]),
+                s(&[
+                    "--listen",
+                    &listen,
+                    "--upload-listen",
+                    &port(),
+                    "--peer-id",
+                    &name,
+                    "--gateway-key",
+                    &key_pub,
+                ]),
+                s(&["--data-dir", dir.join(&name).to_str().unwrap()]),
+                s(&[
+                    "--tls-ca",
+                    &p("ca.pem"),
+                    "--tls-cert",
+                    &p(&format!("{name}.pem")),
+                    "--tls-key",
+                    &p(&format!("{name}.key")),
+                ]),
+                s(&["--default-registry", &registry.addr.to_string()]),
+            ]
+            .concat(),
+        ));
+        wait_for_port(listen.parse().unwrap(), Duration::from_secs(20));
+        peer_addrs.push(listen);
+    }
+    // Peers announce every 2 s; give the scheduler one round.
+    std::thread::sleep(Duration::from_millis(2500));
+    Standalone {
+        gateway,
+        _scheduler: scheduler,
+        _peers: peers,
+        api: api.parse().unwrap(),
+        peer_addrs,
+    }
+}
+
+#[test]
+fn harbor_provider_and_webhooks_preheat_every_peer_which_then_serve_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut registry = Registry::start(&dir.join("registry"));
+    let reg = registry.addr.to_string();
+    let app = make_image(&dir.join("app"), "v1", &[3 * 1024 * 1024, 200_000], &[], 31);
+    push(&dir.join("app"), "v1", registry.addr, "library/app");
+    let web = make_image(&dir.join("web"), "v2", &[1024 * 1024], &[], 32);
+    push(&dir.join("web"), "v2", registry.addr, "library/web");
+    let mut fleet = standalone(dir, &registry, None, 3);
+    let api = fleet.api;
+
+    // Unauthenticated: health and metrics only.
+    assert_eq!(call(api, "GET", "/healthy", None, "").0, 200);
+    let create = fixture(
+        "provider-create-job.json",
+        &[
+            ("REGISTRY", &reg),
+            ("REPO", "library/app"),
+            ("TAG", "v1"),
+            ("TOKEN", "upstream-token"),
+        ],
+    );
+    assert_eq!(call(api, "POST", "/oapi/v1/jobs", None, &create).0, 401);
+    assert_eq!(
+        call(api, "POST", "/oapi/v1/jobs", Some("wrong"), &create).0,
+        401
+    );
+    assert_eq!(call(api, "GET", "/oapi/v1/jobs/1", None, "").0, 401);
+
+    // Harbor's provider: create, then poll until SUCCESS.
+    let (status, body) = call(api, "POST", "/oapi/v1/jobs", Some(TOKEN), &create);
+    assert_eq!(status, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .expect("integer id");
+    let job = wait_job(api, id);
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    let states = job["result"]["job_states"].as_array().unwrap();
+    assert_eq!(states.len(), 4, "the gateway and all three peers: {job}");
+
+    // Harbor's push webhooks, both formats; a delete is acknowledged and ignored.
+    let vars = [
+        ("REGISTRY", reg.as_str()),
+        ("REPO", "library/web"),
+        ("REPO_NAME", "web"),
+        ("NAMESPACE", "library"),
+        ("TAG", "v2"),
+        ("DIGEST", web.as_str()),
+    ];
+    let hook = fixture("webhook-default-push.json", &vars);
+    assert_eq!(call(api, "POST", "/webhooks/harbor", None, &hook).0, 401);
+    let (status, body) = call(api, "POST", "/webhooks/harbor", Some(TOKEN), &hook);
+    assert_eq!(status, 200, "{body}");
+    let ids: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hook_job = wait_job(api, ids["jobs"][0].as_u64().unwrap());
+    assert_eq!(hook_job["state"], "SUCCESS", "{hook_job}");
+    let ce = fixture("webhook-cloudevents-push.json", &vars);
+    let (status, body) = call(api, "POST", "/webhooks/harbor", Some(TOKEN), &ce);
+    assert_eq!(status, 200, "{body}");
+    let ids: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        wait_job(api, ids["jobs"][0].as_u64().unwrap())["state"],
+        "SUCCESS"
+    );
+    let del = fixture("webhook-default-delete.json", &vars);
+    let (status, body) = call(api, "POST", "/webhooks/harbor", Some(TOKEN), &del);
+    assert_eq!(status, 200);
+    assert!(body.contains("ignored"), "{body}");
+
+    // Malformed requests are refused with a reason, never a panic.
+    for bad in [
+        "{",
+        r#"{"type":"preheat","args":{"type":"image","url":"http://x/v2/../etc/manifests/v1"}}"#,
+        r#"{"type":"preheat","args":{"type":"file","url":"http://x/file"}}"#,
+        r#"{"type":"sync_peers","args":{}}"#,
+    ] {
+        let (status, body) = call(api, "POST", "/oapi/v1/jobs", Some(TOKEN), bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // Metrics (no token) count the gateway's served bytes and the jobs.
+    let (status, metrics) = call(api, "GET", "/metrics", None, "");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("customs_served_bytes_total{node=\"gateway\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("customs_preheat_jobs_total{state=\"success\"} 3"),
+        "{metrics}"
+    );
+
+    // Upstream and gateway gone: every peer serves both images from disk.
+    registry.stop();
+    let _ = fleet.gateway.child.kill();
+    let _ = fleet.gateway.child.wait();
+    for (i, peer) in fleet.peer_addrs.iter().enumerate() {
+        for (repo, digest) in [("library/app", &app), ("library/web", &web)] {
+            let out = dir.join(format!("pulled-{i}-{}", repo.replace('/', "-")));
+            let (ok, err) = skopeo_pull(&format!("{peer}/{repo}@{digest}"), &out);
+            assert!(ok, "peer {peer} must hold {repo}@{digest}: {err}");
+            assert_eq!(
+                layout_blobs(&out),
+                layout_blobs(&dir.join(if repo.ends_with("app") { "app" } else { "web" }))
+            );
+        }
+    }
+}
+
+#[test]
+fn a_denied_image_fails_its_preheat_with_the_policy_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let reg = registry.addr.to_string();
+    make_image(&dir.join("app"), "v1", &[100_000], &[], 33);
+    push(&dir.join("app"), "v1", registry.addr, "library/app");
+    let policy = dir.join("policy");
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(
+        policy.join("deny.yaml"),
+        format!(
+            r#"apiVersion: customs.dev/v1alpha1
+kind: ImagePolicy
+metadata: {{name: signed-only}}
+spec:
+  images: ["{reg}/**"]
+  mode: enforce
+  authorities:
+    - name: release
+      keyless:
+        identities:
+          - {{issuer: "https://token.actions.githubusercontent.com", subject: "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main"}}
+  signatures: {{authorities: [release]}}
+"#
+        ),
+    )
+    .unwrap();
+    let fleet = standalone(dir, &registry, Some(&policy), 1);
+    let create = fixture(
+        "provider-create-job.json",
+        &[
+            ("REGISTRY", &reg),
+            ("REPO", "library/app"),
+            ("TAG", "v1"),
+            ("TOKEN", "t"),
+        ],
+    );
+    let (status, body) = call(fleet.api, "POST", "/oapi/v1/jobs", Some(TOKEN), &create);
+    assert_eq!(status, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let job = wait_job(fleet.api, id);
+    assert_eq!(job["state"], "FAILURE", "{job}");
+    let errors: Vec<&str> = job["result"]["job_states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["error"].as_str())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("signed-only") && e.contains("signatures")),
+        "the policy's reason reaches Harbor: {job}"
+    );
+    let audit = std::fs::read_to_string(dir.join("gw/audit/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"kind\":\"preheat\"") && audit.contains("FAILURE"),
+        "{audit}"
+    );
+}

@@ -420,3 +420,46 @@ spec:
         "{audit}"
     );
 }
+
+/// `customs audit verify` on the gateway's own data directory: clean after
+/// real decisions and preheats; non-zero after an event is edited.
+#[test]
+fn audit_verify_checks_the_gateways_signed_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    make_image(&dir.join("app"), "v1", &[50_000], &[], 34);
+    push(&dir.join("app"), "v1", registry.addr, "library/app");
+    let mut gw = Customs::up(&dir.join("gw"), &registry.url(), &[]);
+    let (ok, err) = skopeo_pull(&format!("{}/library/app:v1", gw.addr), &dir.join("out"));
+    assert!(ok, "{err}");
+    gw.proc.terminate();
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+            .args(["audit", "verify", "--data-dir"])
+            .arg(dir.join("gw"))
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("audit.jsonl") && text.contains("signed checkpoints"),
+        "{text}"
+    );
+    let log = dir.join("gw/audit/audit.jsonl");
+    let edited = std::fs::read_to_string(&log).unwrap().replacen(
+        "\"verdict\":\"allow\"",
+        "\"verdict\":\"deny\"",
+        1,
+    );
+    std::fs::write(&log, edited).unwrap();
+    let out = verify();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}

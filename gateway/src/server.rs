@@ -162,7 +162,15 @@ impl Gateway {
             root: cfg.data_dir.join("store"),
             max_bytes: cfg.max_cache_bytes.unwrap_or(u64::MAX),
         })?;
-        let audit = AuditLog::open(&cfg.data_dir.join("audit/audit.jsonl"))?;
+        // The gateway key signs piece manifests and the audit log's
+        // checkpoints; it is created on first start.
+        let key_path = cfg
+            .signing_key
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("gateway-key.pem"));
+        let audit_key = Arc::new(load_or_create_key(&key_path)?);
+        let audit =
+            AuditLog::open_with_key(&cfg.data_dir.join("audit/audit.jsonl"), Some(audit_key))?;
         let upstreams = Arc::new(upstreams);
         let limiter = RateLimiter::new(cfg.upload_limit);
         let refused: Arc<RefusedConnections> = Arc::default();

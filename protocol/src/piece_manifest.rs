@@ -254,6 +254,19 @@ impl GatewayKey {
     }
 }
 
+/// Prefix of every signed audit checkpoint message. Piece manifest payloads
+/// are JSON objects, so a checkpoint signature can never pass for one.
+pub const CHECKPOINT_DOMAIN: &[u8] = b"customs-audit-checkpoint/v1\n";
+
+impl GatewayKey {
+    /// Signs an audit checkpoint (`CHECKPOINT_DOMAIN` + `message`).
+    pub fn sign_checkpoint(&self, message: &[u8]) -> Vec<u8> {
+        let mut m = CHECKPOINT_DOMAIN.to_vec();
+        m.extend_from_slice(message);
+        self.key.sign(&m).to_bytes().to_vec()
+    }
+}
+
 /// The gateway public keys a peer or the scheduler trusts (several, for
 /// rotation).
 #[derive(Debug, Clone, Default)]
@@ -278,6 +291,26 @@ impl TrustedGatewayKeys {
     /// True when no key is trusted (then nothing verifies).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Checks an audit checkpoint signature made by [`GatewayKey::sign_checkpoint`].
+    pub fn verify_checkpoint(
+        &self,
+        key_id: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), PieceManifestError> {
+        let key = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| PieceManifestError::UntrustedKey(key_id.chars().take(64).collect()))?;
+        let sig: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| PieceManifestError::BadSignature)?;
+        let mut m = CHECKPOINT_DOMAIN.to_vec();
+        m.extend_from_slice(message);
+        key.verify(&m, &ed25519_dalek::Signature::from_bytes(&sig))
+            .map_err(|_| PieceManifestError::BadSignature)
     }
 
     /// Checks the signature with a trusted key, then the content, then that

@@ -1,5 +1,6 @@
 //! Subcommands.
 
+mod audit;
 mod certs;
 mod containerd_config;
 mod gateway;
@@ -52,6 +53,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Verify an image and warm it into the fleet through a gateway's API.
     Preheat(preheat::PreheatArgs),
+    /// Audit-log tools: `verify`.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Policy-repository tools: `test`, `check`.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -97,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => exit_on_false(verify::run(a).await?),
         Command::Policy(c) => exit_on_false(policy::run(c)?),
         Command::Preheat(a) => exit_on_false(preheat::run(a).await?),
+        Command::Audit(c) => exit_on_false(audit::run(c)?),
     }
 }
 

@@ -165,7 +165,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let sched_identity = TlsIdentity::load(&TlsPaths::in_dir(&pki, "scheduler"))?;
     let keys = super::scheduler::trusted_keys(std::slice::from_ref(&key_pub))?;
-    let audit = AuditLog::open(&cfg.data_dir.join("audit/scheduler.jsonl"))?;
+    let audit = AuditLog::open_with_key(
+        &cfg.data_dir.join("audit/scheduler.jsonl"),
+        Some(Arc::new(customs_gateway::server::load_or_create_key(
+            &key_path,
+        )?)),
+    )?;
     let service = Arc::new(SchedulerService::new(keys, Some(audit)));
 
     let token = CancellationToken::new();

@@ -430,9 +430,32 @@ fn audit_verify_checks_the_gateways_signed_chain() {
     let registry = Registry::start(&dir.join("registry"));
     make_image(&dir.join("app"), "v1", &[50_000], &[], 34);
     push(&dir.join("app"), "v1", registry.addr, "library/app");
-    let mut gw = Customs::up(&dir.join("gw"), &registry.url(), &[]);
+    let mut gw = Customs::up(
+        &dir.join("gw"),
+        &registry.url(),
+        &["--audit-aggregate-secs", "1"],
+    );
     let (ok, err) = skopeo_pull(&format!("{}/library/app:v1", gw.addr), &dir.join("out"));
     assert!(ok, "{err}");
+    // A second pull is answered from the decision cache: counted, not logged
+    // one by one; the count arrives in an aggregate event.
+    let (ok, err) = skopeo_pull(&format!("{}/library/app:v1", gw.addr), &dir.join("out2"));
+    assert!(ok, "{err}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let text = std::fs::read_to_string(dir.join("gw/audit/audit.jsonl")).unwrap();
+    let decisions = text
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"decision\""))
+        .count();
+    assert_eq!(decisions, 1, "one fresh decision: {text}");
+    let aggregate = text
+        .lines()
+        .find(|l| l.contains("\"kind\":\"aggregate\""))
+        .unwrap_or_else(|| panic!("no aggregate event: {text}"));
+    assert!(
+        aggregate.contains("library/app") && aggregate.contains("\"verdict\":\"allow\""),
+        "{aggregate}"
+    );
     gw.proc.terminate();
     let verify = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_customs"))

@@ -11,9 +11,12 @@ use crate::metrics::{DecisionLabels, Metrics};
 use crate::upstream::Upstreams;
 use customs_mirror::{Admission, AdmissionRequest, Decision, Verdict};
 use customs_policy::{PolicyDecision, PolicySet};
+use customs_protocol::ImageName;
 use customs_store::audit::AuditLog;
+use customs_tls::RefusedConnections;
 use serde::Serialize;
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The revision name used when no policy is configured.
 pub const NO_POLICY_REVISION: &str = "no-policy";
@@ -23,6 +26,26 @@ pub struct GatewayAdmission {
     audit: AuditLog,
     policy: Option<PolicyGate>,
     metrics: Option<Arc<Metrics>>,
+    /// Cache hits since the last aggregate event, per (image, verdict).
+    hits: Mutex<HashMap<(String, Verdict), u64>>,
+}
+
+/// Most distinct images named in one aggregate event; the rest are summed.
+const MAX_AGGREGATE_ENTRIES: usize = 1000;
+
+#[derive(Serialize)]
+struct HitCount {
+    image: String,
+    verdict: Verdict,
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct AggregateEvent {
+    interval_secs: u64,
+    cache_hits: Vec<HitCount>,
+    other_cache_hits: u64,
+    refused_connections: u64,
 }
 
 struct PolicyGate {
@@ -52,6 +75,7 @@ impl GatewayAdmission {
             audit,
             policy: None,
             metrics: None,
+            hits: Mutex::default(),
         }
     }
 
@@ -65,6 +89,7 @@ impl GatewayAdmission {
                 registry,
             }),
             metrics: None,
+            hits: Mutex::default(),
         }
     }
 
@@ -72,6 +97,58 @@ impl GatewayAdmission {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Writes one aggregate event per `interval` with the cache hits and
+    /// refused mTLS connections counted since the last one (nothing when
+    /// there was nothing), so neither load nor an attacker turns into one
+    /// durable write per request.
+    pub async fn aggregate_loop(
+        self: Arc<Self>,
+        refused: Arc<RefusedConnections>,
+        interval: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut refused_seen = refused.get();
+        loop {
+            let stop = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = tokio::time::sleep(interval) => false,
+            };
+            let hits = std::mem::take(&mut *self.hits.lock().unwrap_or_else(|e| e.into_inner()));
+            let refused_now = refused.get();
+            let refused_delta = refused_now.saturating_sub(refused_seen);
+            refused_seen = refused_now;
+            if !hits.is_empty() || refused_delta > 0 {
+                let mut counts: Vec<HitCount> = hits
+                    .into_iter()
+                    .map(|((image, verdict), count)| HitCount {
+                        image,
+                        verdict,
+                        count,
+                    })
+                    .collect();
+                counts.sort_by(|a, b| b.count.cmp(&a.count));
+                let other = counts
+                    .iter()
+                    .skip(MAX_AGGREGATE_ENTRIES)
+                    .map(|c| c.count)
+                    .sum();
+                counts.truncate(MAX_AGGREGATE_ENTRIES);
+                let event = AggregateEvent {
+                    interval_secs: interval.as_secs(),
+                    cache_hits: counts,
+                    other_cache_hits: other,
+                    refused_connections: refused_delta,
+                };
+                if let Err(e) = self.audit.write("aggregate", &event).await {
+                    tracing::error!(error = %e, "aggregate audit event could not be written");
+                }
+            }
+            if stop {
+                return;
+            }
+        }
     }
 
     /// The audit log decisions and policy changes are written to.
@@ -158,6 +235,17 @@ fn to_decision(d: &PolicyDecision) -> Decision {
 }
 
 impl Admission for GatewayAdmission {
+    fn cached(&self, image: &ImageName, verdict: Verdict) {
+        let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: past the cap, new images are folded into one key.
+        let key = if hits.len() >= 10 * MAX_AGGREGATE_ENTRIES {
+            ("(other images)".to_owned(), verdict)
+        } else {
+            (image.to_string(), verdict)
+        };
+        *hits.entry(key).or_default() += 1;
+    }
+
     fn revision(&self) -> String {
         self.current()
             .map_or_else(|| NO_POLICY_REVISION.to_owned(), |s| s.revision.clone())

@@ -54,6 +54,8 @@ pub struct GatewayConfig {
     pub api_token: Option<String>,
     /// Scope of preheats triggered by Harbor push webhooks.
     pub webhook_scope: String,
+    /// Seconds between aggregate audit events (cache hits, refused connections).
+    pub audit_aggregate_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -81,6 +83,7 @@ impl Default for GatewayConfig {
             api_listen: None,
             api_token: None,
             webhook_scope: "all_peers".to_owned(),
+            audit_aggregate_secs: 60,
         }
     }
 }

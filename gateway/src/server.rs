@@ -80,6 +80,7 @@ pub struct Gateway {
     policy_source: Option<(PolicySource, Duration)>,
     metrics: Arc<Metrics>,
     api: Option<ApiSettings>,
+    aggregate_every: Duration,
     default_registry: RegistryHost,
     limiter: Arc<RateLimiter>,
     swarm: Option<(Arc<Seed>, Arc<TlsIdentity>)>,
@@ -234,6 +235,7 @@ impl Gateway {
             policy_source: policy_source
                 .map(|s| (s, Duration::from_secs(cfg.policy_poll_secs.max(1)))),
             metrics,
+            aggregate_every: Duration::from_secs(cfg.audit_aggregate_secs.max(1)),
             api: match (&cfg.api_listen, &cfg.api_token) {
                 (Some(addr), Some(token)) => Some(ApiSettings {
                     addr: *addr,
@@ -330,6 +332,11 @@ impl Gateway {
                 }
             });
         }
+        tokio::spawn(self.admission.clone().aggregate_loop(
+            self.refused.clone(),
+            self.aggregate_every,
+            shutdown.clone(),
+        ));
         if let Some((source, interval)) = self.policy_source.clone() {
             tokio::spawn(reload_loop(
                 source,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 /// Allow or deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Serve it.
@@ -52,4 +52,9 @@ pub trait Admission: Send + Sync + 'static {
 
     /// Decides, and records the decision (audit) as a side effect.
     fn admit(&self, req: AdmissionRequest<'_>) -> impl Future<Output = Decision> + Send;
+
+    /// A decision answered from the cache. Not an audit event of its own
+    /// (the hot path must not turn into durable writes); implementations
+    /// count these and record the counts per interval.
+    fn cached(&self, _image: &ImageName, _verdict: Verdict) {}
 }

@@ -295,10 +295,14 @@ impl<S: Source, A: Admission> Mirror<S, A> {
             && rec.decision.revision == revision
         {
             match rec.decision.verdict {
-                Verdict::Allow => return Ok(()),
+                Verdict::Allow => {
+                    self.admission.cached(image, Verdict::Allow);
+                    return Ok(());
+                }
                 Verdict::Deny
                     if now_secs().saturating_sub(rec.decided_at) < self.cfg.deny_ttl.as_secs() =>
                 {
+                    self.admission.cached(image, Verdict::Deny);
                     return Err(MirrorError::Denied(rec.decision.reasons.join("; ")));
                 }
                 Verdict::Deny => {}

@@ -88,6 +88,10 @@ pub struct GatewayFlags {
     /// single_peer, single_seed_peer, all_seed_peers.
     #[arg(long)]
     pub webhook_scope: Option<String>,
+    /// Seconds between aggregate audit events (decision cache hits and
+    /// refused connections are counted, not logged one by one; default 60).
+    #[arg(long)]
+    pub audit_aggregate_secs: Option<u64>,
 }
 
 impl GatewayFlags {
@@ -117,6 +121,9 @@ impl GatewayFlags {
         }
         if let Some(s) = &self.webhook_scope {
             cfg.webhook_scope = s.clone();
+        }
+        if let Some(n) = self.audit_aggregate_secs {
+            cfg.audit_aggregate_secs = n;
         }
         if let Some(u) = &self.upstream {
             cfg.upstream = Some(u.clone());

@@ -128,7 +128,7 @@ impl GatewayAdmission {
                         count,
                     })
                     .collect();
-                counts.sort_by(|a, b| b.count.cmp(&a.count));
+                counts.sort_by_key(|c| std::cmp::Reverse(c.count));
                 let other = counts
                     .iter()
                     .skip(MAX_AGGREGATE_ENTRIES)

@@ -80,37 +80,15 @@ fn ms(s: f64) -> String {
 }
 
 fn write_policy(dir: &std::path::Path, registry: &str) {
-    std::fs::create_dir_all(dir.join("trust")).unwrap();
-    std::fs::copy(
-        repo_root().join("testdata/vectors/sigstore-rs/trusted_root_prod.json"),
-        dir.join("trust/trusted_root.json"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("slsa.yaml"),
-        format!(
-            r#"apiVersion: customs.dev/v1alpha1
-kind: ImagePolicy
-metadata: {{name: slsa}}
-spec:
-  images: ["{registry}/bench/**", "ghcr.io/slsa-framework/**"]
-  mode: enforce
-  authorities:
-    - name: generator
-      keyless:
-        trustedRoot: trust/trusted_root.json
-        identities:
-          - {{issuer: "https://token.actions.githubusercontent.com", subjectRegExp: "^https://github.com/slsa-framework/slsa-github-generator/"}}
-  attestations:
-    - name: provenance
-      predicateType: https://slsa.dev/provenance/v0.2
-      authorities: [generator]
-      slsa:
-        sourceRepositories: ["github.com/slsa-framework/example-package"]
-"#
-        ),
-    )
-    .unwrap();
+    let doc = slsa_vector_policy(
+        dir,
+        &[
+            format!("{registry}/bench/**"),
+            "ghcr.io/slsa-framework/**".to_owned(),
+        ],
+        "github.com/slsa-framework/example-package",
+    );
+    std::fs::write(dir.join("slsa.yaml"), doc).unwrap();
 }
 
 fn main() {

@@ -10,20 +10,6 @@ use std::path::Path;
 use std::process::Command;
 use support::*;
 
-fn sign_py(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(repo_root().join("testdata/sign.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sign.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn write_policy(dir: &Path, pubkey: &Path, registry: &str) {
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     std::fs::copy(pubkey, dir.join("keys/release.pub")).unwrap();

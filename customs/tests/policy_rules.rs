@@ -12,19 +12,6 @@ use std::path::Path;
 use std::process::Command;
 use support::*;
 
-fn sign_py(args: &[&str]) {
-    let out = Command::new("python3")
-        .arg(repo_root().join("testdata/sign.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sign.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn verify(image: &str, policy: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_customs"))
         .args(["verify", image, "--policy"])

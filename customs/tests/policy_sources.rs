@@ -13,45 +13,20 @@ use std::time::{Duration, Instant};
 use support::containerd::Containerd;
 use support::*;
 
-const GH_ISSUER: &str = "https://token.actions.githubusercontent.com";
-const GENERATOR: &str = "https://github.com/slsa-framework/slsa-github-generator/.github/workflows/generator_container_slsa3.yml@refs/tags/v1.10.0";
 const REPO: &str = "slsa-framework/example-package";
 
 fn index_digest() -> String {
     slsa_vector_digest()
 }
 
-/// A policy directory admitting the vector when `source_repo` is right.
+/// A policy directory admitting the vector when `source_repo` is right,
+/// plus a `warn` policy for `team/**` that wants a signature.
 fn write_policy(dir: &Path, registry: &str, source_repo: &str) {
-    std::fs::create_dir_all(dir.join("trust")).unwrap();
-    std::fs::copy(
-        repo_root().join("testdata/vectors/sigstore-rs/trusted_root_prod.json"),
-        dir.join("trust/trusted_root.json"),
-    )
-    .unwrap();
+    let slsa = slsa_vector_policy(dir, &[format!("{registry}/slsa-framework/**")], source_repo);
     std::fs::write(
         dir.join("slsa.yaml"),
         format!(
-            r#"apiVersion: customs.dev/v1alpha1
-kind: ImagePolicy
-metadata: {{name: slsa}}
-spec:
-  images: ["{registry}/slsa-framework/**"]
-  mode: enforce
-  authorities:
-    - name: generator
-      keyless:
-        trustedRoot: trust/trusted_root.json
-        identities:
-          - {{issuer: "{GH_ISSUER}", subjectRegExp: "^https://github.com/slsa-framework/slsa-github-generator/"}}
-  attestations:
-    - name: provenance
-      predicateType: https://slsa.dev/provenance/v0.2
-      authorities: [generator]
-      slsa:
-        builderIds: ["{GENERATOR}"]
-        sourceRepositories: ["{source_repo}"]
----
+            r#"{slsa}---
 apiVersion: customs.dev/v1alpha1
 kind: ImagePolicy
 metadata: {{name: team-warn}}

@@ -98,20 +98,6 @@ struct Standalone {
     peer_addrs: Vec<String>,
 }
 
-fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
-        .args(args)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc {
-        child,
-        name: name.into(),
-    }
-}
-
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
@@ -171,10 +157,10 @@ fn standalone(dir: &Path, registry: &Registry, policy: Option<&Path>, n: usize) 
     if let Some(pol) = policy {
         gw_args.extend(s(&["--policy", pol.to_str().unwrap()]));
     }
-    let gateway = spawn(dir, "gateway", &gw_args);
+    let gateway = spawn_customs(dir, "gateway", &gw_args);
     wait_for_port(api.parse().unwrap(), Duration::from_secs(30));
     let key_pub = key.with_extension("pub").display().to_string();
-    let scheduler = spawn(
+    let scheduler = spawn_customs(
         dir,
         "scheduler",
         &s(&[
@@ -197,7 +183,7 @@ fn standalone(dir: &Path, registry: &Registry, policy: Option<&Path>, n: usize) 
     for i in 1..=n {
         let name = format!("peer-{i}");
         let listen = port();
-        peers.push(spawn(
+        peers.push(spawn_customs(
             dir,
             &name,
             &[

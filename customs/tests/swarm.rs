@@ -397,21 +397,6 @@ fn a_peer_killed_mid_transfer_does_not_stop_the_others() {
     );
 }
 
-/// Runs `customs <args>` in the background with its log under `dir`.
-fn spawn_customs(dir: &Path, name: &str, args: &[String]) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
-        .args(args)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Proc {
-        child,
-        name: name.into(),
-    }
-}
-
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }

@@ -501,3 +501,74 @@ pub fn push_slsa_vector(dir: &Path, registry: SocketAddr, repo: &str) {
     push(&layout, "v1", registry, repo);
     push(&layout, &att_tag, registry, repo);
 }
+
+/// The issuer of GitHub Actions OIDC tokens.
+pub const GH_ISSUER: &str = "https://token.actions.githubusercontent.com";
+/// The builder that made the slsa-verifier container vector.
+pub const SLSA_GENERATOR: &str = "https://github.com/slsa-framework/slsa-github-generator/.github/workflows/generator_container_slsa3.yml@refs/tags/v1.10.0";
+
+/// Copies the public-good trusted root the vector was signed under into
+/// `dir/trust/` and returns an ImagePolicy document (`slsa`) that admits
+/// the vector for `images` when its provenance names `source_repo`.
+pub fn slsa_vector_policy(dir: &Path, images: &[String], source_repo: &str) -> String {
+    std::fs::create_dir_all(dir.join("trust")).unwrap();
+    std::fs::copy(
+        repo_root().join("testdata/vectors/sigstore-rs/trusted_root_prod.json"),
+        dir.join("trust/trusted_root.json"),
+    )
+    .unwrap();
+    let images: Vec<String> = images.iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        r#"apiVersion: customs.dev/v1alpha1
+kind: ImagePolicy
+metadata: {{name: slsa}}
+spec:
+  images: [{}]
+  mode: enforce
+  authorities:
+    - name: generator
+      keyless:
+        trustedRoot: trust/trusted_root.json
+        identities:
+          - {{issuer: "{GH_ISSUER}", subjectRegExp: "^https://github.com/slsa-framework/slsa-github-generator/"}}
+  attestations:
+    - name: provenance
+      predicateType: https://slsa.dev/provenance/v0.2
+      authorities: [generator]
+      slsa:
+        builderIds: ["{SLSA_GENERATOR}"]
+        sourceRepositories: ["{source_repo}"]
+"#,
+        images.join(", ")
+    )
+}
+
+/// Runs `customs <args>` in the background with its log at `dir/NAME.log`.
+pub fn spawn_customs(dir: &Path, name: &str, args: &[String]) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_customs"))
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: name.into(),
+    }
+}
+
+/// Runs the independent signer (testdata/sign.py); returns its stdout.
+pub fn sign_py(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(repo_root().join("testdata/sign.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sign.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

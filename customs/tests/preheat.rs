@@ -41,13 +41,22 @@ fn call(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // Bodies may be chunked: keep the JSON object only.
-    let json = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b >= a => body[a..=b].to_owned(),
-        _ => body.to_owned(),
-    };
-    (status, json)
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return (status, body.to_owned());
+    }
+    // Chunked: size line, data, CRLF, until a zero-size chunk.
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    (status, out)
 }
 
 fn fixture(name: &str, vars: &[(&str, &str)]) -> String {
@@ -324,6 +333,21 @@ fn harbor_provider_and_webhooks_preheat_every_peer_which_then_serve_offline() {
         metrics.contains("customs_preheat_jobs_total{state=\"success\"} 3"),
         "{metrics}"
     );
+
+    assert!(metrics.contains("customs_upstream_bytes_total{node=\"gateway\"}"), "{metrics}");
+    assert!(metrics.contains("customs_decisions_total"), "{metrics}");
+    // Each peer's metrics say where its verified bytes came from.
+    for peer in &fleet.peer_addrs {
+        let (status, m) = call(peer.parse().unwrap(), "GET", "/metrics", None, "");
+        assert_eq!(status, 200);
+        let received: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("customs_received_bytes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(received > 0.0, "{peer}: {m}");
+        assert!(m.contains("customs_bad_pieces_total"), "{m}");
+    }
 
     // Upstream and gateway gone: every peer serves both images from disk.
     registry.stop();

@@ -7,7 +7,7 @@
 //! says so. Every fresh decision is an audit event; a decision that cannot
 //! be recorded is a denial.
 
-use crate::metrics::{DecisionLabels, Metrics};
+use crate::metrics::{CacheLabels, DecisionLabels, JobLabels, Metrics};
 use crate::upstream::Upstreams;
 use customs_mirror::{Admission, AdmissionRequest, Decision, Verdict};
 use customs_policy::{PolicyDecision, PolicySet};
@@ -151,6 +151,17 @@ impl GatewayAdmission {
         }
     }
 
+    /// Counts a policy load (`success`) or refusal (`failure`).
+    pub fn count_policy_load(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.policy_loads
+                .get_or_create(&JobLabels {
+                    state: if ok { "success" } else { "failure" }.to_owned(),
+                })
+                .inc();
+        }
+    }
+
     /// The audit log decisions and policy changes are written to.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -244,6 +255,17 @@ impl Admission for GatewayAdmission {
             (image.to_string(), verdict)
         };
         *hits.entry(key).or_default() += 1;
+        if let Some(m) = &self.metrics {
+            m.cache_hits
+                .get_or_create(&CacheLabels {
+                    verdict: match verdict {
+                        Verdict::Allow => "allow",
+                        Verdict::Deny => "deny",
+                    }
+                    .to_owned(),
+                })
+                .inc();
+        }
     }
 
     fn revision(&self) -> String {

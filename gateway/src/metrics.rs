@@ -4,6 +4,7 @@
 //! served bytes, refused handshakes) are read at scrape time by a collector
 //! rather than mirrored, so there is one source of truth for each number.
 
+use crate::upstream::Upstreams;
 use customs_mirror::rate::RateLimiter;
 use customs_tls::RefusedConnections;
 use prometheus_client::collector::Collector;
@@ -22,7 +23,7 @@ pub struct DecisionLabels {
     pub mode: String,
 }
 
-/// Labels of `customs_preheat_jobs_total`.
+/// Labels of `customs_preheat_jobs_total` and `customs_policy_loads_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     /// `success` or `failure`.
@@ -36,12 +37,29 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     /// Finished preheat jobs.
     pub preheats: Family<JobLabels, Counter>,
+    /// Decisions answered from the cache.
+    pub cache_hits: Family<CacheLabels, Counter>,
+    /// Policy revisions loaded or refused.
+    pub policy_loads: Family<JobLabels, Counter>,
 }
 
-#[derive(Debug)]
+/// Labels of `customs_decision_cache_hits_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `allow` or `deny`.
+    pub verdict: String,
+}
+
 struct LiveCounters {
     limiter: Arc<RateLimiter>,
     refused: Arc<RefusedConnections>,
+    upstreams: Arc<Upstreams>,
+}
+
+impl std::fmt::Debug for LiveCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveCounters")
+    }
 }
 
 impl Collector for LiveCounters {
@@ -57,6 +75,11 @@ impl Collector for LiveCounters {
                 "mTLS connections refused (no valid client certificate)",
                 self.refused.get(),
             ),
+            (
+                "customs_upstream_bytes",
+                "Blob bytes fetched from upstream registries",
+                self.upstreams.fetched_bytes(),
+            ),
         ] {
             let counter = ConstCounter::new(value);
             let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
@@ -69,7 +92,11 @@ impl Collector for LiveCounters {
 
 impl Metrics {
     /// Registers everything.
-    pub fn new(limiter: Arc<RateLimiter>, refused: Arc<RefusedConnections>) -> Arc<Self> {
+    pub fn new(
+        limiter: Arc<RateLimiter>,
+        refused: Arc<RefusedConnections>,
+        upstreams: Arc<Upstreams>,
+    ) -> Arc<Self> {
         let mut registry = Registry::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
@@ -83,11 +110,29 @@ impl Metrics {
             "Finished preheat jobs",
             preheats.clone(),
         );
-        registry.register_collector(Box::new(LiveCounters { limiter, refused }));
+        let cache_hits = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "customs_decision_cache_hits",
+            "Admission decisions answered from the decision cache",
+            cache_hits.clone(),
+        );
+        let policy_loads = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "customs_policy_loads",
+            "Policy revisions loaded (success) or refused (failure)",
+            policy_loads.clone(),
+        );
+        registry.register_collector(Box::new(LiveCounters {
+            limiter,
+            refused,
+            upstreams,
+        }));
         Arc::new(Metrics {
             registry,
             decisions,
             preheats,
+            cache_hits,
+            policy_loads,
         })
     }
 

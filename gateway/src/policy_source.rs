@@ -179,6 +179,7 @@ pub async fn reload_loop(
                     continue;
                 }
                 tracing::info!(source = %source, revision = %set.revision, previous = %current, "policy reloaded");
+                admission.count_policy_load(true);
                 admission.replace_policy(set);
             }
             Loaded::Refused { revision, errors } => {
@@ -198,6 +199,7 @@ pub async fn reload_loop(
                     tracing::error!(error = %e, "policy refusal could not be recorded");
                     continue;
                 }
+                admission.count_policy_load(false);
                 last_refused = Some(key);
             }
         }

@@ -47,6 +47,8 @@ struct Upstream {
 /// Every configured upstream, keyed by the registry identity it serves.
 pub struct Upstreams {
     by_registry: HashMap<RegistryHost, Arc<Upstream>>,
+    /// Blob bytes received from upstreams (the egress a P2P mirror saves).
+    fetched: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How to reach the upstreams.
@@ -122,7 +124,15 @@ impl Upstreams {
             tracing::info!(%registry, url, authenticated = !matches!(auth, RegistryAuth::Anonymous), "upstream configured");
             by_registry.insert(registry.clone(), Arc::new(Upstream { host, client, auth }));
         }
-        Ok(Upstreams { by_registry })
+        Ok(Upstreams {
+            by_registry,
+            fetched: Arc::default(),
+        })
+    }
+
+    /// Blob bytes received from upstreams so far.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn get(&self, registry: &RegistryHost) -> Result<Arc<Upstream>, FetchFailure> {
@@ -227,6 +237,7 @@ impl Source for Upstreams {
         let up = self.get(&image.registry);
         let image = image.clone();
         let digest = digest.clone();
+        let fetched = self.fetched.clone();
         async move {
             let up = up?;
             let r = oci_ref(&up, &image, &Reference::Digest(digest.clone()));
@@ -240,7 +251,13 @@ impl Source for Upstreams {
                 .pull_blob_stream(&r, d.as_str())
                 .await
                 .map_err(classify)?;
-            Ok(Box::pin(sized.stream.map_err(std::io::Error::other)) as ByteStream)
+            let counted = sized
+                .stream
+                .map_err(std::io::Error::other)
+                .inspect_ok(move |b| {
+                    fetched.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                });
+            Ok(Box::pin(counted) as ByteStream)
         }
     }
 

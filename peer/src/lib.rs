@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod gateway_source;
+pub mod metrics;
 pub mod preheat;
 pub mod server;
 pub mod swarm;

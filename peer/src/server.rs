@@ -226,6 +226,19 @@ impl Peer {
             },
             None,
         );
+        let swarm_for_metrics = self.swarm.as_ref().map(|(s, _, _)| s.clone());
+        let app = app.route(
+            "/metrics",
+            axum::routing::get(move || {
+                let swarm = swarm_for_metrics.clone();
+                async move {
+                    swarm
+                        .as_ref()
+                        .map(crate::metrics::render)
+                        .unwrap_or_default()
+                }
+            }),
+        );
         let swarm_for_status = self.swarm.as_ref().map(|(s, _, _)| s.clone());
         let app = app.route(
             "/customs/v1/status",

@@ -66,6 +66,8 @@ pub struct Swarm {
     limiter: Arc<customs_mirror::rate::RateLimiter>,
     /// Verified bytes received, per parent id (where the bytes came from).
     received: std::sync::Mutex<HashMap<String, u64>>,
+    /// Pieces that failed their sha256 check (each one reported).
+    bad_pieces: std::sync::atomic::AtomicU64,
 }
 
 fn failure(kind: FetchFailureKind, m: impl Into<String>) -> FetchFailure {
@@ -178,6 +180,7 @@ impl Swarm {
             partials: std::sync::Mutex::default(),
             limiter,
             received: std::sync::Mutex::default(),
+            bad_pieces: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -203,6 +206,11 @@ impl Swarm {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         (received, self.limiter.served())
+    }
+
+    /// Pieces received that failed their check.
+    pub fn bad_pieces(&self) -> u64 {
+        self.bad_pieces.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store (completed blobs are served from it).
@@ -514,6 +522,8 @@ impl Swarm {
                     detail,
                 } => {
                     in_progress.remove(&piece);
+                    self.bad_pieces
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(%blob, piece, %parent, %detail, "bad piece: reporting and re-fetching elsewhere");
                     excluded.insert(parent.clone());
                     let _ = self

@@ -1,0 +1,80 @@
+//! The peer's Prometheus metrics (prometheus-client), read from the swarm's
+//! own counters at scrape time: verified bytes received by source (the
+//! gateway seed or other peers), bytes uploaded to other peers, and pieces
+//! that failed their check.
+
+use crate::swarm::Swarm;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// The id the gateway seed uses in the swarm.
+const SEED_ID: &str = "gateway";
+
+struct SwarmCounters(Arc<Swarm>);
+
+impl std::fmt::Debug for SwarmCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SwarmCounters")
+            .field(&self.0.peer_id())
+            .finish()
+    }
+}
+
+impl Collector for SwarmCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let node = self.0.peer_id().to_owned();
+        let (received, uploaded) = self.0.traffic();
+        let from_gateway = received.get(SEED_ID).copied().unwrap_or(0);
+        let from_peers: u64 = received
+            .iter()
+            .filter(|(k, _)| k.as_str() != SEED_ID)
+            .map(|(_, v)| v)
+            .sum();
+        let received_bytes = [("gateway", from_gateway), ("peers", from_peers)];
+        let c = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "customs_received_bytes",
+            "Verified bytes received, by source",
+            None,
+            c.metric_type(),
+        )?;
+        for (source, value) in received_bytes {
+            let labels = [("node", node.as_str()), ("source", source)];
+            let metric = family.encode_family(&labels)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        for (name, help, value) in [
+            (
+                "customs_served_bytes",
+                "Bytes uploaded to other peers",
+                uploaded,
+            ),
+            (
+                "customs_bad_pieces",
+                "Pieces that failed their sha256 check",
+                self.0.bad_pieces(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            let labels = [("node", node.as_str())];
+            let metric = family.encode_family(&labels)?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// The Prometheus text for a swarm peer.
+pub fn render(swarm: &Arc<Swarm>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SwarmCounters(swarm.clone())));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    out
+}

@@ -42,7 +42,10 @@ fn call(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return (status, body.to_owned());
     }
     // Chunked: size line, data, CRLF, until a zero-size chunk.
@@ -104,6 +107,7 @@ struct Standalone {
     _scheduler: Proc,
     _peers: Vec<Proc>,
     api: SocketAddr,
+    gateway_addr: String,
     peer_addrs: Vec<String>,
 }
 
@@ -236,6 +240,7 @@ fn standalone(dir: &Path, registry: &Registry, policy: Option<&Path>, n: usize) 
         _scheduler: scheduler,
         _peers: peers,
         api: api.parse().unwrap(),
+        gateway_addr: gw_addr,
         peer_addrs,
     }
 }
@@ -334,7 +339,10 @@ fn harbor_provider_and_webhooks_preheat_every_peer_which_then_serve_offline() {
         "{metrics}"
     );
 
-    assert!(metrics.contains("customs_upstream_bytes_total{node=\"gateway\"}"), "{metrics}");
+    assert!(
+        metrics.contains("customs_upstream_bytes_total{node=\"gateway\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("customs_decisions_total"), "{metrics}");
     // Each peer's metrics say where its verified bytes came from.
     for peer in &fleet.peer_addrs {
@@ -348,6 +356,21 @@ fn harbor_provider_and_webhooks_preheat_every_peer_which_then_serve_offline() {
         assert!(received > 0.0, "{peer}: {m}");
         assert!(m.contains("customs_bad_pieces_total"), "{m}");
     }
+
+    // `customs status` reads the gateway and the peers.
+    let gw_url = format!("http://{}", fleet.gateway_addr);
+    let mut status_cmd = std::process::Command::new(env!("CARGO_BIN_EXE_customs"));
+    status_cmd.args(["status", "--gateway", &gw_url]);
+    for p in &fleet.peer_addrs {
+        status_cmd.args(["--peer", &format!("http://{p}")]);
+    }
+    let out = status_cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("fetched upstream") && text.contains("peer peer-3"),
+        "{text}"
+    );
 
     // Upstream and gateway gone: every peer serves both images from disk.
     registry.stop();

@@ -79,6 +79,7 @@ pub struct Gateway {
     admission: Arc<GatewayAdmission>,
     policy_source: Option<(PolicySource, Duration)>,
     metrics: Arc<Metrics>,
+    upstreams: Arc<Upstreams>,
     api: Option<ApiSettings>,
     aggregate_every: Duration,
     default_registry: RegistryHost,
@@ -194,7 +195,7 @@ impl Gateway {
         let admission = Arc::new(admission.with_metrics(metrics.clone()));
         let mirror = Mirror::new(
             store,
-            upstreams,
+            upstreams.clone(),
             admission.clone(),
             MirrorConfig {
                 tag_ttl: Duration::from_secs(cfg.tag_ttl_secs),
@@ -235,6 +236,7 @@ impl Gateway {
             policy_source: policy_source
                 .map(|s| (s, Duration::from_secs(cfg.policy_poll_secs.max(1)))),
             metrics,
+            upstreams: upstreams.clone(),
             aggregate_every: Duration::from_secs(cfg.audit_aggregate_secs.max(1)),
             api: match (&cfg.api_listen, &cfg.api_token) {
                 (Some(addr), Some(token)) => Some(ApiSettings {
@@ -294,6 +296,8 @@ impl Gateway {
             self.limiter.clone(),
             self.refused.clone(),
             self.metrics.clone(),
+            self.admission.clone(),
+            self.upstreams.clone(),
         ));
         if let Some(api) = &self.api {
             let peers_http = match &self.swarm {

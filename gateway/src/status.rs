@@ -2,7 +2,9 @@
 //!
 //! `/metrics` here is the same registry the API listener serves.
 
+use crate::admission::GatewayAdmission;
 use crate::metrics::Metrics;
+use crate::upstream::Upstreams;
 use axum::Router;
 use axum::routing::get;
 use customs_mirror::rate::RateLimiter;
@@ -14,16 +16,21 @@ pub fn routes(
     limiter: Arc<RateLimiter>,
     refused: Arc<RefusedConnections>,
     metrics: Arc<Metrics>,
+    admission: Arc<GatewayAdmission>,
+    upstreams: Arc<Upstreams>,
 ) -> Router {
     Router::new()
         .route(
             "/customs/v1/status",
             get(move || async move {
                 axum::Json(serde_json::json!({
+                    "node": "gateway",
                     "served_bytes": limiter.served(),
+                    "upstream_bytes": upstreams.fetched_bytes(),
                     "active_transfers": limiter.active(),
                     "upload_limit": limiter.rate(),
                     "refused_connections": refused.get(),
+                    "policy_revision": admission.policy_revision(),
                 }))
             }),
         )

@@ -9,6 +9,7 @@ mod peer;
 mod policy;
 mod preheat;
 mod scheduler;
+mod status;
 mod up;
 mod verify;
 mod verify_bundle;
@@ -53,6 +54,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Verify an image and warm it into the fleet through a gateway's API.
     Preheat(preheat::PreheatArgs),
+    /// What the gateway and peers are doing, on one screen.
+    Status(status::StatusArgs),
     /// Audit-log tools: `verify`.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -102,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(c) => exit_on_false(policy::run(c)?),
         Command::Preheat(a) => exit_on_false(preheat::run(a).await?),
         Command::Audit(c) => exit_on_false(audit::run(c)?),
+        Command::Status(a) => exit_on_false(status::run(a).await?),
     }
 }
 

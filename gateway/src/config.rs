@@ -56,6 +56,20 @@ pub struct GatewayConfig {
     pub webhook_scope: String,
     /// Seconds between aggregate audit events (cache hits, refused connections).
     pub audit_aggregate_secs: u64,
+    /// Syslog export target: `tcp://`, `udp://` or `tls://HOST:PORT`.
+    pub audit_syslog: Option<String>,
+    /// CA bundle trusted for `tls://` syslog.
+    pub audit_syslog_ca: Option<PathBuf>,
+    /// Syslog payload: `json` (default) or `cef`.
+    pub audit_syslog_format: String,
+    /// Splunk HEC URL.
+    pub audit_hec: Option<String>,
+    /// Splunk HEC token.
+    pub audit_hec_token: Option<String>,
+    /// Generic HTTP(S) endpoint receiving JSON arrays of events.
+    pub audit_http: Option<String>,
+    /// JSON-lines file (`-` for stdout).
+    pub audit_file: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -84,6 +98,13 @@ impl Default for GatewayConfig {
             api_token: None,
             webhook_scope: "all_peers".to_owned(),
             audit_aggregate_secs: 60,
+            audit_syslog: None,
+            audit_syslog_ca: None,
+            audit_syslog_format: "json".to_owned(),
+            audit_hec: None,
+            audit_hec_token: None,
+            audit_http: None,
+            audit_file: None,
         }
     }
 }
@@ -145,6 +166,25 @@ impl GatewayConfig {
         {
             return Err(ConfigError::Invalid(
                 "a scheduler needs tls_ca, tls_cert, tls_key and upload_addr".into(),
+            ));
+        }
+        if let Some(t) = &self.audit_syslog {
+            crate::audit_export::Sink::syslog(t)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if t.starts_with("tls://") && self.audit_syslog_ca.is_none() {
+                return Err(ConfigError::Invalid(
+                    "tls:// syslog needs audit_syslog_ca (the CA that issued the receiver's certificate)".into(),
+                ));
+            }
+        }
+        if !matches!(self.audit_syslog_format.as_str(), "json" | "cef") {
+            return Err(ConfigError::Invalid(
+                "audit_syslog_format is json or cef".into(),
+            ));
+        }
+        if self.audit_hec.is_some() != self.audit_hec_token.is_some() {
+            return Err(ConfigError::Invalid(
+                "audit_hec and audit_hec_token go together".into(),
             ));
         }
         if self.policy.is_some() && self.policy_git.is_some() {

@@ -11,6 +11,7 @@
 //! - [`admission`]: the admission point (allow-all until policies land).
 //! - [`policy_source`]: policies from a directory or Git, polled and reloaded.
 //! - [`preheat`], [`api`]: preheat jobs, the Dragonfly-compatible job API and Harbor's webhook.
+//! - [`audit_export`]: the audit log exported to syslog, Splunk HEC, HTTP or a file.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`seed`]: piece manifests signed for verified blobs, registered with the scheduler.
 //! - [`config`]: the gateway's configuration.
@@ -22,6 +23,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod audit_export;
 pub mod config;
 pub mod credentials;
 pub mod evidence;

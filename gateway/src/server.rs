@@ -1,6 +1,7 @@
 //! Wiring: store, upstreams, admission, the OCI routes and the seed.
 
 use crate::admission::GatewayAdmission;
+use crate::audit_export::{Exporter, Format, Sink};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::credentials::{Credentials, CredentialsError};
 use crate::metrics::Metrics;
@@ -80,6 +81,7 @@ pub struct Gateway {
     policy_source: Option<(PolicySource, Duration)>,
     metrics: Arc<Metrics>,
     upstreams: Arc<Upstreams>,
+    export: GatewayConfig,
     api: Option<ApiSettings>,
     aggregate_every: Duration,
     default_registry: RegistryHost,
@@ -237,6 +239,7 @@ impl Gateway {
                 .map(|s| (s, Duration::from_secs(cfg.policy_poll_secs.max(1)))),
             metrics,
             upstreams: upstreams.clone(),
+            export: cfg.clone(),
             aggregate_every: Duration::from_secs(cfg.audit_aggregate_secs.max(1)),
             api: match (&cfg.api_listen, &cfg.api_token) {
                 (Some(addr), Some(token)) => Some(ApiSettings {
@@ -258,6 +261,57 @@ impl Gateway {
             swarm,
             refused,
         })
+    }
+
+    /// The configured audit exporters, one per sink and audit log.
+    fn exporters(&self) -> Result<Vec<Exporter>, GatewayError> {
+        let cfg = &self.export;
+        let mut sinks = Vec::new();
+        if let Some(t) = &cfg.audit_syslog {
+            let format = if cfg.audit_syslog_format == "cef" {
+                Format::Cef
+            } else {
+                Format::Json
+            };
+            let sink = Sink::syslog(t).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            sinks.push((sink, format));
+        }
+        if let (Some(url), Some(token)) = (&cfg.audit_hec, &cfg.audit_hec_token) {
+            sinks.push((
+                Sink::Hec {
+                    url: url.clone(),
+                    token: token.clone(),
+                },
+                Format::Json,
+            ));
+        }
+        if let Some(url) = &cfg.audit_http {
+            sinks.push((Sink::Http(url.clone()), Format::Json));
+        }
+        if let Some(p) = &cfg.audit_file {
+            sinks.push((Sink::File(p.clone()), Format::Json));
+        }
+        let tls = match &cfg.audit_syslog_ca {
+            Some(p) => {
+                let pem = std::fs::read(p).map_err(|e| {
+                    ConfigError::Invalid(format!("audit_syslog_ca {}: {e}", p.display()))
+                })?;
+                Some(customs_tls::client_config_trusting(&pem)?)
+            }
+            None => None,
+        };
+        let mut out = Vec::new();
+        for log in ["audit.jsonl", "scheduler.jsonl"] {
+            for (sink, format) in &sinks {
+                out.push(Exporter::new(
+                    &cfg.data_dir.join("audit").join(log),
+                    sink.clone(),
+                    *format,
+                    tls.clone(),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// The mirror (for gc and tests).
@@ -335,6 +389,9 @@ impl Gateway {
                     tracing::error!(error = %e, "operator API stopped");
                 }
             });
+        }
+        for exporter in self.exporters()? {
+            tokio::spawn(exporter.run(shutdown.clone()));
         }
         tokio::spawn(self.admission.clone().aggregate_loop(
             self.refused.clone(),

@@ -198,6 +198,24 @@ impl TlsIdentity {
     }
 }
 
+/// A TLS client configuration that trusts the CA certificates in `ca_pem`
+/// and presents no client certificate (e.g. a SIEM's syslog-over-TLS port).
+pub fn client_config_trusting(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| TlsError::Pem(e.to_string()))?;
+        roots.add(c)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem("CA bundle".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// True when the (already CA-verified) end-entity certificate carries the role.
 pub fn has_role(cert: &CertificateDer<'_>, role: Role) -> bool {
     has_dns_name(cert, role.san())

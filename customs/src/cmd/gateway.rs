@@ -92,6 +92,28 @@ pub struct GatewayFlags {
     /// refused connections are counted, not logged one by one; default 60).
     #[arg(long)]
     pub audit_aggregate_secs: Option<u64>,
+    /// Export the audit log to syslog: tcp://HOST:PORT (LF framing), tls://
+    /// (octet counting; needs --audit-syslog-ca) or udp:// (best effort).
+    #[arg(long, env = "CUSTOMS_AUDIT_SYSLOG")]
+    pub audit_syslog: Option<String>,
+    /// CA bundle (PEM) for tls:// syslog.
+    #[arg(long)]
+    pub audit_syslog_ca: Option<PathBuf>,
+    /// Syslog payload: json (default) or cef.
+    #[arg(long)]
+    pub audit_syslog_format: Option<String>,
+    /// Export to Splunk HEC at this URL (with --audit-hec-token).
+    #[arg(long, requires = "audit_hec_token")]
+    pub audit_hec: Option<String>,
+    /// Splunk HEC token.
+    #[arg(long, env = "CUSTOMS_AUDIT_HEC_TOKEN", hide_env_values = true)]
+    pub audit_hec_token: Option<String>,
+    /// Export JSON arrays of events to this HTTP(S) URL.
+    #[arg(long)]
+    pub audit_http: Option<String>,
+    /// Export JSON lines to this file (`-` for stdout).
+    #[arg(long)]
+    pub audit_file: Option<PathBuf>,
 }
 
 impl GatewayFlags {
@@ -124,6 +146,27 @@ impl GatewayFlags {
         }
         if let Some(n) = self.audit_aggregate_secs {
             cfg.audit_aggregate_secs = n;
+        }
+        if let Some(t) = &self.audit_syslog {
+            cfg.audit_syslog = Some(t.clone());
+        }
+        if let Some(p) = &self.audit_syslog_ca {
+            cfg.audit_syslog_ca = Some(p.clone());
+        }
+        if let Some(f) = &self.audit_syslog_format {
+            cfg.audit_syslog_format = f.clone();
+        }
+        if let Some(u) = &self.audit_hec {
+            cfg.audit_hec = Some(u.clone());
+        }
+        if let Some(t) = &self.audit_hec_token {
+            cfg.audit_hec_token = Some(t.clone());
+        }
+        if let Some(u) = &self.audit_http {
+            cfg.audit_http = Some(u.clone());
+        }
+        if let Some(p) = &self.audit_file {
+            cfg.audit_file = Some(p.clone());
         }
         if let Some(u) = &self.upstream {
             cfg.upstream = Some(u.clone());

@@ -90,6 +90,9 @@ pub enum Format {
     Json,
     /// ArcSight CEF (syslog only).
     Cef,
+    /// OCSF 1.1: decisions as Compliance Findings, the rest as Base Events,
+    /// the original event kept under `unmapped`.
+    Ocsf,
 }
 
 /// One exporter: a log, a sink, a cursor.
@@ -191,6 +194,15 @@ impl Exporter {
         Ok(out)
     }
 
+    /// The event as a JSON sink carries it.
+    fn payload(&self, line: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        match self.format {
+            Format::Ocsf => ocsf(&v),
+            Format::Json | Format::Cef => v,
+        }
+    }
+
     /// RFC 5424: `<PRI>1 TIME HOST customs - KIND [customs@32473 seq="N"] MSG`.
     fn syslog_message(&self, line: &str) -> String {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
@@ -211,6 +223,7 @@ impl Exporter {
         let msg = match self.format {
             Format::Json => line.to_owned(),
             Format::Cef => cef(&v, kind, denied),
+            Format::Ocsf => ocsf(&v).to_string(),
         };
         format!(
             "<{pri}>1 {time} {} customs - {msgid} [customs@32473 seq=\"{seq}\"] {msg}",
@@ -316,7 +329,7 @@ impl Exporter {
             Sink::Hec { url, token } => {
                 let mut body = String::new();
                 for l in lines {
-                    let v: serde_json::Value = serde_json::from_str(&l.text).unwrap_or_default();
+                    let v = self.payload(&l.text);
                     body.push_str(
                         &serde_json::json!({
                             "sourcetype": "customs:audit",
@@ -342,10 +355,8 @@ impl Exporter {
                 }
             }
             Sink::Http(url) => {
-                let events: Vec<serde_json::Value> = lines
-                    .iter()
-                    .map(|l| serde_json::from_str(&l.text).unwrap_or_default())
-                    .collect();
+                let events: Vec<serde_json::Value> =
+                    lines.iter().map(|l| self.payload(&l.text)).collect();
                 let resp = self
                     .http
                     .post(url)
@@ -362,7 +373,10 @@ impl Exporter {
             Sink::File(path) => {
                 let mut out = String::new();
                 for l in lines {
-                    out.push_str(&l.text);
+                    match self.format {
+                        Format::Ocsf => out.push_str(&self.payload(&l.text).to_string()),
+                        Format::Json | Format::Cef => out.push_str(&l.text),
+                    }
                     out.push('\n');
                 }
                 if path.as_os_str() == "-" {
@@ -436,6 +450,92 @@ impl Conn {
     }
 }
 
+/// Unix milliseconds of an RFC 3339 `YYYY-MM-DDTHH:MM:SSZ` time.
+fn epoch_ms(t: &str) -> Option<i64> {
+    let b = t.as_bytes();
+    if b.len() != 20 || b[19] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Days from civil (Howard Hinnant), the inverse of the log's formatter.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1000)
+}
+
+/// OCSF 1.1. A policy decision is a Compliance Finding (class 2003,
+/// category Findings): the image is the resource, the policy rules are the
+/// compliance check. Everything else is a Base Event (class 0). The
+/// original event is kept under `unmapped`.
+fn ocsf(v: &serde_json::Value) -> serde_json::Value {
+    let kind = v["kind"].as_str().unwrap_or("event");
+    let time = v["time"].as_str().and_then(epoch_ms).unwrap_or(0);
+    let metadata = serde_json::json!({
+        "version": "1.1.0",
+        "product": {"name": "Customs", "vendor_name": "Customs", "version": env!("CARGO_PKG_VERSION")},
+        "uid": v["seq"].to_string(),
+        "log_name": "audit",
+    });
+    if kind == "decision" {
+        let allowed = v["verdict"] == "allow";
+        let warned = allowed && v["mode"] != "enforce";
+        let (status_id, status) = match (allowed, warned) {
+            (true, false) => (1, "Pass"),
+            (true, true) => (2, "Warning"),
+            (false, _) => (3, "Fail"),
+        };
+        return serde_json::json!({
+            "class_uid": 2003,
+            "class_name": "Compliance Finding",
+            "category_uid": 2,
+            "category_name": "Findings",
+            "activity_id": 1,
+            "activity_name": "Create",
+            "type_uid": 200301,
+            "time": time,
+            "severity_id": if allowed { 1 } else { 4 },
+            "status_id": 1,
+            "message": v["reasons"].as_array().map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default(),
+            "metadata": metadata,
+            "finding_info": {
+                "uid": v["seq"].to_string(),
+                "title": format!("admission {} for {}", v["verdict"].as_str().unwrap_or("?"), v["image"].as_str().unwrap_or("?")),
+                "types": ["Image admission"],
+            },
+            "compliance": {
+                "status_id": status_id,
+                "status": status,
+                "standards": [format!("customs policy revision {}", v["revision"].as_str().unwrap_or("?"))],
+            },
+            "resources": [{
+                "name": v["image"],
+                "uid": v["digest"],
+                "type": "Container Image",
+            }],
+            "unmapped": v,
+        });
+    }
+    serde_json::json!({
+        "class_uid": 0,
+        "class_name": "Base Event",
+        "category_uid": 0,
+        "activity_id": 0,
+        "type_uid": 0,
+        "time": time,
+        "severity_id": 1,
+        "message": kind,
+        "metadata": metadata,
+        "unmapped": v,
+    })
+}
+
 /// CEF escaping of header fields (`|` and `\`).
 fn cef_header(s: &str) -> String {
     s.replace('\\', "\\\\").replace('|', "\\|")
@@ -482,6 +582,25 @@ fn cef(v: &serde_json::Value, kind: &str, denied: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ocsf_maps_decisions_to_compliance_findings() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"seq":3,"time":"2024-03-21T10:34:04Z","kind":"decision","verdict":"deny","mode":"enforce","image":"r/a","digest":"sha256:x","revision":"abc","reasons":["policy p: signatures: none"]}"#,
+        )
+        .unwrap();
+        let o = ocsf(&v);
+        assert_eq!(o["class_uid"], 2003);
+        assert_eq!(o["compliance"]["status"], "Fail");
+        assert_eq!(o["time"], 1_711_017_244_000i64);
+        assert_eq!(o["resources"][0]["name"], "r/a");
+        assert_eq!(o["unmapped"]["seq"], 3);
+        let other = ocsf(&serde_json::json!({"kind": "preheat", "seq": 4}));
+        assert_eq!(other["class_uid"], 0);
+        assert_eq!(epoch_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(epoch_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(epoch_ms("bad"), None);
+    }
 
     #[test]
     fn targets_parse_and_bad_ones_are_refused() {

@@ -60,8 +60,9 @@ pub struct GatewayConfig {
     pub audit_syslog: Option<String>,
     /// CA bundle trusted for `tls://` syslog.
     pub audit_syslog_ca: Option<PathBuf>,
-    /// Syslog payload: `json` (default) or `cef`.
-    pub audit_syslog_format: String,
+    /// Export payload: `json` (Customs' own, default), `ocsf` (OCSF 1.1
+    /// events, every sink) or `cef` (syslog only; other sinks send JSON).
+    pub audit_format: String,
     /// Splunk HEC URL.
     pub audit_hec: Option<String>,
     /// Splunk HEC token.
@@ -100,7 +101,7 @@ impl Default for GatewayConfig {
             audit_aggregate_secs: 60,
             audit_syslog: None,
             audit_syslog_ca: None,
-            audit_syslog_format: "json".to_owned(),
+            audit_format: "json".to_owned(),
             audit_hec: None,
             audit_hec_token: None,
             audit_http: None,
@@ -177,9 +178,9 @@ impl GatewayConfig {
                 ));
             }
         }
-        if !matches!(self.audit_syslog_format.as_str(), "json" | "cef") {
+        if !matches!(self.audit_format.as_str(), "json" | "ocsf" | "cef") {
             return Err(ConfigError::Invalid(
-                "audit_syslog_format is json or cef".into(),
+                "audit_format is json, ocsf or cef".into(),
             ));
         }
         if self.audit_hec.is_some() != self.audit_hec_token.is_some() {

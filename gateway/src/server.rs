@@ -267,12 +267,18 @@ impl Gateway {
     fn exporters(&self) -> Result<Vec<Exporter>, GatewayError> {
         let cfg = &self.export;
         let mut sinks = Vec::new();
+        let format = match cfg.audit_format.as_str() {
+            "ocsf" => Format::Ocsf,
+            "cef" => Format::Cef,
+            _ => Format::Json,
+        };
+        // CEF is a syslog format; the other sinks carry JSON.
+        let json_format = if format == Format::Cef {
+            Format::Json
+        } else {
+            format
+        };
         if let Some(t) = &cfg.audit_syslog {
-            let format = if cfg.audit_syslog_format == "cef" {
-                Format::Cef
-            } else {
-                Format::Json
-            };
             let sink = Sink::syslog(t).map_err(|e| ConfigError::Invalid(e.to_string()))?;
             sinks.push((sink, format));
         }
@@ -282,14 +288,14 @@ impl Gateway {
                     url: url.clone(),
                     token: token.clone(),
                 },
-                Format::Json,
+                json_format,
             ));
         }
         if let Some(url) = &cfg.audit_http {
-            sinks.push((Sink::Http(url.clone()), Format::Json));
+            sinks.push((Sink::Http(url.clone()), json_format));
         }
         if let Some(p) = &cfg.audit_file {
-            sinks.push((Sink::File(p.clone()), Format::Json));
+            sinks.push((Sink::File(p.clone()), json_format));
         }
         let tls = match &cfg.audit_syslog_ca {
             Some(p) => {

@@ -99,9 +99,9 @@ pub struct GatewayFlags {
     /// CA bundle (PEM) for tls:// syslog.
     #[arg(long)]
     pub audit_syslog_ca: Option<PathBuf>,
-    /// Syslog payload: json (default) or cef.
+    /// Export payload: json (default), ocsf, or cef (syslog only).
     #[arg(long)]
-    pub audit_syslog_format: Option<String>,
+    pub audit_format: Option<String>,
     /// Export to Splunk HEC at this URL (with --audit-hec-token).
     #[arg(long, requires = "audit_hec_token")]
     pub audit_hec: Option<String>,
@@ -153,8 +153,8 @@ impl GatewayFlags {
         if let Some(p) = &self.audit_syslog_ca {
             cfg.audit_syslog_ca = Some(p.clone());
         }
-        if let Some(f) = &self.audit_syslog_format {
-            cfg.audit_syslog_format = f.clone();
+        if let Some(f) = &self.audit_format {
+            cfg.audit_format = f.clone();
         }
         if let Some(u) = &self.audit_hec {
             cfg.audit_hec = Some(u.clone());

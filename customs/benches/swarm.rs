@@ -13,6 +13,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use support::proxy::Proxy;
@@ -67,6 +68,8 @@ struct RunResult {
     max: f64,
     upstream: f64,
     gateway: f64,
+    /// When the gateway had sent S bytes (its share of the fan-out done).
+    gateway_done: f64,
 }
 
 fn run(
@@ -95,6 +98,26 @@ fn run(
         .enable_all()
         .build()
         .unwrap();
+    // Samples the gateway's served bytes, to see when its share was out.
+    let gateway_done = Arc::new(std::sync::Mutex::new(f64::NAN));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let started = Instant::now();
+    let sampler = {
+        let (done, sampling, url) = (
+            gateway_done.clone(),
+            sampling.clone(),
+            format!("{}/customs/v1/status", fleet.gateway.url()),
+        );
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::SeqCst) {
+                if http_get_json(&url)["served_bytes"].as_u64().unwrap_or(0) as f64 >= s {
+                    *done.lock().unwrap() = started.elapsed().as_secs_f64();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
     let mut times: Vec<f64> = rt.block_on(async {
         let http = reqwest::Client::new();
         let tasks: Vec<_> = endpoints
@@ -107,6 +130,8 @@ fn run(
         }
         out
     });
+    sampling.store(false, Ordering::SeqCst);
+    let _ = sampler.join();
     times.sort_by(f64::total_cmp);
     let gw = http_get_json(&format!("{}/customs/v1/status", fleet.gateway.url()));
     RunResult {
@@ -114,6 +139,7 @@ fn run(
         max: *times.last().unwrap(),
         upstream: (proxy.state.bytes_out.load(Ordering::SeqCst) - before_up) as f64 / s,
         gateway: gw["served_bytes"].as_u64().unwrap() as f64 / s,
+        gateway_done: *gateway_done.lock().unwrap(),
     }
 }
 
@@ -139,6 +165,7 @@ fn main() {
             max: f64::NAN,
             upstream: f64::NAN,
             gateway: f64::NAN,
+            gateway_done: f64::NAN,
         }
     } else {
         run(&dir.join("baseline"), &proxy, peers, false, limit, s)
@@ -158,6 +185,10 @@ fn main() {
             r.gateway
         );
     }
+    println!(
+        "gateway had sent S bytes after {:.2} s (swarm) / {:.2} s (baseline); S/B = {sb:.2} s",
+        sw.gateway_done, base.gateway_done
+    );
     println!(
         "swarm speed-up over the pull-through baseline (max): {:.1}x",
         base.max / sw.max

@@ -223,11 +223,33 @@ fn hec_receiver_gets_every_event_after_refusing_for_a_while() {
         Duration::from_secs(10),
     );
     let url = format!("http://127.0.0.1:{port}/services/collector/event");
+    let api = format!("127.0.0.1:{}", free_port());
     let gw = Customs::up(
         &dir.join("gw"),
         &registry.url(),
-        &["--audit-hec", &url, "--audit-hec-token", "hec-token"],
+        &[
+            "--audit-hec",
+            &url,
+            "--audit-hec-token",
+            "hec-token",
+            "--api-listen",
+            &api,
+            "--api-token",
+            "api-token",
+        ],
     );
+    // The export lag of the gateway's log, from /metrics.
+    let lag = || -> u64 {
+        let text = http_get_text(&format!("http://{api}/metrics"));
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("customs_audit_export_lag_bytes{sink=\"hec\",log=\"audit.jsonl\"} ")
+            })
+            .unwrap_or_else(|| panic!("no export lag gauge: {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
     for i in 0..2u64 {
         let (ok, err) = skopeo_pull(
             &format!("{}/team/hec{i}:v{i}", gw.addr),
@@ -239,6 +261,11 @@ fn hec_receiver_gets_every_event_after_refusing_for_a_while() {
     assert!(
         seen.lock().unwrap().is_empty(),
         "nothing is accepted while the receiver refuses"
+    );
+    assert!(lag() > 0, "the undelivered events show as export lag");
+    assert!(
+        !gw.log_text().contains("hec-token"),
+        "the HEC token is never logged"
     );
     up.store(true, std::sync::atomic::Ordering::SeqCst);
     let log = dir.join("gw/audit/audit.jsonl");
@@ -256,6 +283,7 @@ fn hec_receiver_gets_every_event_after_refusing_for_a_while() {
             !want.is_empty() && want.iter().all(|s| got.contains(s))
         },
     );
+    wait_until("no export lag", Duration::from_secs(20), || lag() == 0);
     let events = seen.lock().unwrap();
     assert!(events.iter().all(|v| v["sourcetype"] == "customs:audit"));
     assert!(events.iter().any(|v| v["event"]["kind"] == "decision"));

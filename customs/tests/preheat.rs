@@ -102,146 +102,26 @@ fn wait_job(api: SocketAddr, id: u64) -> serde_json::Value {
     }
 }
 
-struct Standalone {
-    gateway: Proc,
-    _scheduler: Proc,
-    _peers: Vec<Proc>,
+/// The standalone fleet plus the gateway's operator API.
+struct WithApi {
+    fleet: Standalone,
     api: SocketAddr,
-    gateway_addr: String,
-    peer_addrs: Vec<String>,
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
 }
 
 /// Gateway (with the operator API), scheduler and `n` peers, all on mTLS.
-fn standalone(dir: &Path, registry: &Registry, policy: Option<&Path>, n: usize) -> Standalone {
-    let pki = dir.join("pki");
-    let mut issue = s(&[
-        "certs",
-        "--out",
-        pki.to_str().unwrap(),
-        "--issue",
-        "gateway:gateway",
-        "--issue",
-        "scheduler:scheduler",
-    ]);
-    for i in 1..=n {
-        issue.push("--issue".into());
-        issue.push(format!("peer-{i}:peer"));
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
-        .args(&issue)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let p = |f: &str| pki.join(f).display().to_string();
-    let port = || format!("127.0.0.1:{}", free_port());
-    let (gw_addr, up_addr, sched_addr, api) = (port(), port(), port(), port());
-    let key = dir.join("gw/key.pem");
-    let mut gw_args = [
-        s(&["gateway", "--data-dir", dir.join("gw").to_str().unwrap()]),
-        s(&[
-            "--listen",
-            &gw_addr,
-            "--upstream",
-            &registry.url(),
-            "--upload-listen",
-            &up_addr,
-        ]),
-        s(&["--scheduler", &format!("https://{sched_addr}")]),
-        s(&["--signing-key", key.to_str().unwrap()]),
-        s(&[
-            "--tls-ca",
-            &p("ca.pem"),
-            "--tls-cert",
-            &p("gateway.pem"),
-            "--tls-key",
-            &p("gateway.key"),
-        ]),
-        s(&["--api-listen", &api, "--api-token", TOKEN]),
-    ]
-    .concat();
+fn standalone(dir: &Path, registry: &Registry, policy: Option<&Path>, n: usize) -> WithApi {
+    let api = format!("127.0.0.1:{}", free_port());
+    let mut extra = strings(&["--api-listen", &api, "--api-token", TOKEN]);
     if let Some(pol) = policy {
-        gw_args.extend(s(&["--policy", pol.to_str().unwrap()]));
+        extra.extend(strings(&["--policy", pol.to_str().unwrap()]));
     }
-    let gateway = spawn_customs(dir, "gateway", &gw_args);
+    let fleet = Standalone::start(dir, registry, n, &extra, &[]);
     wait_for_port(api.parse().unwrap(), Duration::from_secs(30));
-    let key_pub = key.with_extension("pub").display().to_string();
-    let scheduler = spawn_customs(
-        dir,
-        "scheduler",
-        &s(&[
-            "scheduler",
-            "--listen",
-            &sched_addr,
-            "--gateway-key",
-            &key_pub,
-            "--tls-ca",
-            &p("ca.pem"),
-            "--tls-cert",
-            &p("scheduler.pem"),
-            "--tls-key",
-            &p("scheduler.key"),
-        ]),
-    );
-    wait_for_port(sched_addr.parse().unwrap(), Duration::from_secs(20));
-    let mut peers = Vec::new();
-    let mut peer_addrs = Vec::new();
-    for i in 1..=n {
-        let name = format!("peer-{i}");
-        let listen = port();
-        peers.push(spawn_customs(
-            dir,
-            &name,
-            &[
-                s(&[
-                    "peer",
-                    "--gateway",
-                    &format!("https://{up_addr}"),
-                    "--scheduler",
-                    &format!("https://{sched_addr}"),
-                ]),
-                s(&[
-                    "--listen",
-                    &listen,
-                    "--upload-listen",
-                    &port(),
-                    "--peer-id",
-                    &name,
-                    "--gateway-key",
-                    &key_pub,
-                ]),
-                s(&["--data-dir", dir.join(&name).to_str().unwrap()]),
-                s(&[
-                    "--tls-ca",
-                    &p("ca.pem"),
-                    "--tls-cert",
-                    &p(&format!("{name}.pem")),
-                    "--tls-key",
-                    &p(&format!("{name}.key")),
-                ]),
-                s(&["--default-registry", &registry.addr.to_string()]),
-            ]
-            .concat(),
-        ));
-        wait_for_port(listen.parse().unwrap(), Duration::from_secs(20));
-        peer_addrs.push(listen);
-    }
     // Peers announce every 2 s; give the scheduler one round.
     std::thread::sleep(Duration::from_millis(2500));
-    Standalone {
-        gateway,
-        _scheduler: scheduler,
-        _peers: peers,
+    WithApi {
+        fleet,
         api: api.parse().unwrap(),
-        gateway_addr: gw_addr,
-        peer_addrs,
     }
 }
 
@@ -255,8 +135,7 @@ fn harbor_provider_and_webhooks_preheat_every_peer_which_then_serve_offline() {
     push(&dir.join("app"), "v1", registry.addr, "library/app");
     let web = make_image(&dir.join("web"), "v2", &[1024 * 1024], &[], 32);
     push(&dir.join("web"), "v2", registry.addr, "library/web");
-    let mut fleet = standalone(dir, &registry, None, 3);
-    let api = fleet.api;
+    let WithApi { mut fleet, api } = standalone(dir, &registry, None, 3);
 
     // Unauthenticated: health and metrics only.
     assert_eq!(call(api, "GET", "/healthy", None, "").0, 200);
@@ -418,7 +297,8 @@ spec:
         ),
     )
     .unwrap();
-    let fleet = standalone(dir, &registry, Some(&policy), 1);
+    // Kept alive (dropping it stops the processes).
+    let WithApi { fleet: _fleet, api } = standalone(dir, &registry, Some(&policy), 1);
     let create = fixture(
         "provider-create-job.json",
         &[
@@ -428,12 +308,12 @@ spec:
             ("TOKEN", "t"),
         ],
     );
-    let (status, body) = call(fleet.api, "POST", "/oapi/v1/jobs", Some(TOKEN), &create);
+    let (status, body) = call(api, "POST", "/oapi/v1/jobs", Some(TOKEN), &create);
     assert_eq!(status, 200, "{body}");
     let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
         .as_u64()
         .unwrap();
-    let job = wait_job(fleet.api, id);
+    let job = wait_job(api, id);
     assert_eq!(job["state"], "FAILURE", "{job}");
     let errors: Vec<&str> = job["result"]["job_states"]
         .as_array()

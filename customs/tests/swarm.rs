@@ -397,10 +397,6 @@ fn a_peer_killed_mid_transfer_does_not_stop_the_others() {
     );
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
 fn standalone_components_survive_a_scheduler_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -408,129 +404,15 @@ fn standalone_components_survive_a_scheduler_restart() {
     let registry = Registry::start(&dir.join("registry"));
     let digest = make_image(&dir.join("layout"), "v1", &[6 * MIB], &[], 14);
     push(&dir.join("layout"), "v1", registry.addr, "team/app");
-    let pki = dir.join("pki");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
-        .args(["certs", "--out"])
-        .arg(&pki)
-        .args([
-            "--issue",
-            "gateway:gateway",
-            "--issue",
-            "scheduler:scheduler",
-            "--issue",
-            "peer-1:peer",
-            "--issue",
-            "peer-2:peer",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let p = |f: &str| pki.join(f).display().to_string();
-    let port = |_: ()| format!("127.0.0.1:{}", free_port());
-    let (gw_addr, up_addr, sched_addr) = (port(()), port(()), port(()));
-    let key = dir.join("gw/key.pem");
-    let _gw = spawn_customs(
-        dir,
-        "gateway",
-        &[
-            strings(&["gateway", "--data-dir"]),
-            vec![dir.join("gw").display().to_string()],
-            strings(&[
-                "--listen",
-                &gw_addr,
-                "--upstream",
-                &registry.url(),
-                "--upload-listen",
-                &up_addr,
-            ]),
-            strings(&[
-                "--scheduler",
-                &format!("https://{sched_addr}"),
-                "--upload-limit",
-                "3000000",
-            ]),
-            vec!["--signing-key".into(), key.display().to_string()],
-            strings(&[
-                "--tls-ca",
-                &p("ca.pem"),
-                "--tls-cert",
-                &p("gateway.pem"),
-                "--tls-key",
-                &p("gateway.key"),
-            ]),
-        ]
-        .concat(),
-    );
-    wait_for_port(up_addr.parse().unwrap(), std::time::Duration::from_secs(20));
-    let key_pub = key.with_extension("pub").display().to_string();
-    let scheduler_args = strings(&[
-        "scheduler",
-        "--listen",
-        &sched_addr,
-        "--gateway-key",
-        &key_pub,
-        "--tls-ca",
-        &p("ca.pem"),
-        "--tls-cert",
-        &p("scheduler.pem"),
-        "--tls-key",
-        &p("scheduler.key"),
-    ]);
-    let mut scheduler = spawn_customs(dir, "scheduler", &scheduler_args);
-    wait_for_port(
-        sched_addr.parse().unwrap(),
-        std::time::Duration::from_secs(20),
-    );
-    let mut peers = Vec::new();
-    let mut peer_addrs = Vec::new();
-    for name in ["peer-1", "peer-2"] {
-        let listen = port(());
-        peers.push(spawn_customs(
-            dir,
-            name,
-            &[
-                strings(&[
-                    "peer",
-                    "--gateway",
-                    &format!("https://{up_addr}"),
-                    "--scheduler",
-                    &format!("https://{sched_addr}"),
-                ]),
-                strings(&[
-                    "--listen",
-                    &listen,
-                    "--upload-listen",
-                    "127.0.0.1:0",
-                    "--peer-id",
-                    name,
-                    "--gateway-key",
-                    &key_pub,
-                ]),
-                vec!["--data-dir".into(), dir.join(name).display().to_string()],
-                strings(&[
-                    "--tls-ca",
-                    &p("ca.pem"),
-                    "--tls-cert",
-                    &p(&format!("{name}.pem")),
-                    "--tls-key",
-                    &p(&format!("{name}.key")),
-                ]),
-                strings(&[
-                    "--default-registry",
-                    &registry.addr.to_string(),
-                    "--upload-limit",
-                    "3000000",
-                ]),
-            ]
-            .concat(),
-        ));
-        wait_for_port(listen.parse().unwrap(), std::time::Duration::from_secs(20));
-        peer_addrs.push(listen);
-    }
+    let limit = strings(&["--upload-limit", "3000000"]);
+    let Standalone {
+        mut scheduler,
+        scheduler_args,
+        peer_addrs,
+        gateway: _gateway,
+        peers: _peers,
+        ..
+    } = Standalone::start(dir, &registry, 2, &limit, &limit);
     // peer-1 pulls while the scheduler is killed and restarted.
     let src = format!("{}/team/app:v1", peer_addrs[0]);
     let out1 = dir.join("p1");

@@ -4,6 +4,7 @@
 //! served bytes, refused handshakes) are read at scrape time by a collector
 //! rather than mirrored, so there is one source of truth for each number.
 
+use crate::audit_export::ExportProgress;
 use crate::upstream::Upstreams;
 use customs_mirror::rate::RateLimiter;
 use customs_tls::RefusedConnections;
@@ -41,6 +42,8 @@ pub struct Metrics {
     pub cache_hits: Family<CacheLabels, Counter>,
     /// Policy revisions loaded or refused.
     pub policy_loads: Family<JobLabels, Counter>,
+    /// Audit exporters, added as they start.
+    exports: Arc<std::sync::Mutex<Vec<ExportProgress>>>,
 }
 
 /// Labels of `customs_decision_cache_hits_total`.
@@ -54,6 +57,7 @@ struct LiveCounters {
     limiter: Arc<RateLimiter>,
     refused: Arc<RefusedConnections>,
     upstreams: Arc<Upstreams>,
+    exports: Arc<std::sync::Mutex<Vec<ExportProgress>>>,
 }
 
 impl std::fmt::Debug for LiveCounters {
@@ -85,6 +89,31 @@ impl Collector for LiveCounters {
             let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             let metric = family.encode_family(&[("node", "gateway")])?;
             counter.encode(metric)?;
+        }
+        let exports = self
+            .exports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !exports.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "customs_audit_export_lag_bytes",
+                "Audit log bytes written but not yet delivered to the sink",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for e in exports {
+                let log = e
+                    .log
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let gauge =
+                    prometheus_client::metrics::gauge::ConstGauge::new(e.lag_bytes() as i64);
+                let labels = [("sink", e.sink), ("log", log.as_str())];
+                let metric = family.encode_family(&labels)?;
+                gauge.encode(metric)?;
+            }
         }
         Ok(())
     }
@@ -122,10 +151,12 @@ impl Metrics {
             "Policy revisions loaded (success) or refused (failure)",
             policy_loads.clone(),
         );
+        let exports = Arc::<std::sync::Mutex<Vec<ExportProgress>>>::default();
         registry.register_collector(Box::new(LiveCounters {
             limiter,
             refused,
             upstreams,
+            exports: exports.clone(),
         }));
         Arc::new(Metrics {
             registry,
@@ -133,7 +164,16 @@ impl Metrics {
             preheats,
             cache_hits,
             policy_loads,
+            exports,
         })
+    }
+
+    /// Adds an audit exporter to the export-lag gauge.
+    pub fn watch_export(&self, progress: ExportProgress) {
+        self.exports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(progress);
     }
 
     /// The Prometheus text exposition.

@@ -397,6 +397,7 @@ impl Gateway {
             });
         }
         for exporter in self.exporters()? {
+            self.metrics.watch_export(exporter.progress());
             tokio::spawn(exporter.run(shutdown.clone()));
         }
         tokio::spawn(self.admission.clone().aggregate_loop(
@@ -423,7 +424,10 @@ impl Gateway {
                     swarm: None,
                     limiter: self.limiter.clone(),
                     slots: Arc::new(tokio::sync::Semaphore::new(piece_server::SEED_UPLOAD_SLOTS)),
-                    when_full: piece_server::WhenFull::Queue,
+                    when_full: piece_server::WhenFull::Wait {
+                        max_waiting: usize::MAX,
+                        waiting: Arc::default(),
+                    },
                 };
                 let tasks = axum::Router::new()
                     .route("/customs/v1/tasks", axum::routing::get(get_task))

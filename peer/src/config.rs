@@ -24,6 +24,11 @@ pub struct PeerConfig {
     pub upload_addr: Option<String>,
     /// Upload limit for serving other peers, bytes per second (0 = none).
     pub upload_limit: u64,
+    /// Pieces uploaded to other peers at once (they share the limit).
+    pub upload_slots: usize,
+    /// Piece requests that may wait for a slot; beyond them a requester is
+    /// told "busy" (503) at once and asks another parent.
+    pub upload_queue: usize,
     /// mTLS CA file.
     pub tls_ca: Option<PathBuf>,
     /// mTLS certificate file.
@@ -49,6 +54,8 @@ impl Default for PeerConfig {
             peer_id: None,
             upload_addr: None,
             upload_limit: 0,
+            upload_slots: crate::swarm::piece_server::PEER_UPLOAD_SLOTS,
+            upload_queue: crate::swarm::piece_server::PEER_UPLOAD_QUEUE,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -78,6 +85,11 @@ impl PeerConfig {
 
     /// Checks required values.
     pub fn validate(&self) -> Result<(), PeerConfigError> {
+        if self.upload_slots == 0 {
+            return Err(PeerConfigError::Invalid(
+                "upload_slots must be at least 1".into(),
+            ));
+        }
         if self.scheduler.is_some() {
             let missing: Vec<&str> = [
                 ("peer_id", self.peer_id.is_none()),

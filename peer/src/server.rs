@@ -115,6 +115,8 @@ pub struct Peer {
     swarm: Option<(Arc<Swarm>, Arc<TlsIdentity>, Arc<RateLimiter>)>,
     /// Refused piece-server connections (no valid client certificate).
     pub refused: Arc<RefusedConnections>,
+    upload_slots: usize,
+    upload_queue: usize,
 }
 
 impl Peer {
@@ -203,6 +205,8 @@ impl Peer {
             default_registry,
             swarm,
             refused: Arc::default(),
+            upload_slots: cfg.upload_slots,
+            upload_queue: cfg.upload_queue,
         })
     }
 
@@ -265,10 +269,11 @@ impl Peer {
                     store: self.mirror.store().clone(),
                     swarm: Some(swarm.clone()),
                     limiter,
-                    slots: Arc::new(tokio::sync::Semaphore::new(
-                        crate::swarm::piece_server::PEER_UPLOAD_SLOTS,
-                    )),
-                    when_full: crate::swarm::piece_server::WhenFull::Refuse,
+                    slots: Arc::new(tokio::sync::Semaphore::new(self.upload_slots)),
+                    when_full: crate::swarm::piece_server::WhenFull::Wait {
+                        max_waiting: self.upload_queue,
+                        waiting: Arc::default(),
+                    },
                 };
                 let pieces = customs_tls::serve_mtls(
                     upload,

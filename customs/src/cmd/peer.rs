@@ -33,6 +33,13 @@ pub struct PeerArgs {
     /// delivery to its own containerd).
     #[arg(long)]
     upload_limit: Option<u64>,
+    /// Pieces uploaded to other peers at once (default 2).
+    #[arg(long, env = "CUSTOMS_UPLOAD_SLOTS")]
+    upload_slots: Option<usize>,
+    /// Piece requests that may wait for a free upload slot; beyond them
+    /// requesters are answered "busy" and ask another parent (default 0).
+    #[arg(long, env = "CUSTOMS_UPLOAD_QUEUE")]
+    upload_queue: Option<usize>,
     /// Registry meant by requests without `ns` (match the gateway's upstream).
     #[arg(long)]
     default_registry: Option<String>,
@@ -86,6 +93,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     set!(zone);
     set!(rack);
     set!(upload_limit);
+    set!(upload_slots);
+    set!(upload_queue);
     if !args.gateway_keys.is_empty() {
         cfg.gateway_keys = args.gateway_keys.clone();
     }

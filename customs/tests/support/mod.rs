@@ -435,6 +435,12 @@ impl Fleet {
 
 /// A blocking GET of a JSON document over plain HTTP on loopback.
 pub fn http_get_json(url: &str) -> serde_json::Value {
+    let body = http_get_text(url);
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
+}
+
+/// A blocking GET over plain HTTP on loopback: the body (not chunked).
+pub fn http_get_text(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut s = std::net::TcpStream::connect(host).unwrap();
@@ -446,8 +452,9 @@ pub fn http_get_json(url: &str) -> serde_json::Value {
     .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{url}: {e}: {resp}"))
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 /// A number from the environment, for benchmark knobs.
@@ -571,4 +578,127 @@ pub fn sign_py(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Strings from string slices, for argument lists.
+pub fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Separate `customs gateway`, `customs scheduler` and `n` `customs peer`
+/// processes (peer-1 … peer-n), all on mTLS from `customs certs`.
+pub struct Standalone {
+    pub gateway: Proc,
+    pub scheduler: Proc,
+    /// What started the scheduler (to restart it).
+    pub scheduler_args: Vec<String>,
+    pub peers: Vec<Proc>,
+    /// The gateway's OCI endpoint (host:port).
+    pub gateway_addr: String,
+    /// The peers' containerd-facing endpoints (host:port).
+    pub peer_addrs: Vec<String>,
+}
+
+impl Standalone {
+    /// Starts the fleet; `gateway_extra` and `peer_extra` are added to the
+    /// gateway's and every peer's arguments.
+    pub fn start(
+        dir: &Path,
+        registry: &Registry,
+        n: usize,
+        gateway_extra: &[String],
+        peer_extra: &[String],
+    ) -> Standalone {
+        let pki = dir.join("pki");
+        let mut issue = strings(&[
+            "certs",
+            "--out",
+            pki.to_str().unwrap(),
+            "--issue",
+            "gateway:gateway",
+            "--issue",
+            "scheduler:scheduler",
+        ]);
+        for i in 1..=n {
+            issue.push("--issue".into());
+            issue.push(format!("peer-{i}:peer"));
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_customs"))
+            .args(&issue)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = |f: &str| pki.join(f).display().to_string();
+        let port = || format!("127.0.0.1:{}", free_port());
+        let (gw_addr, up_addr, sched_addr) = (port(), port(), port());
+        let key = dir.join("gw/key.pem");
+        let tls = |name: &str| {
+            strings(&[
+                "--tls-ca",
+                &p("ca.pem"),
+                "--tls-cert",
+                &p(&format!("{name}.pem")),
+                "--tls-key",
+                &p(&format!("{name}.key")),
+            ])
+        };
+        let gw_args = [
+            strings(&["gateway", "--data-dir", dir.join("gw").to_str().unwrap()]),
+            strings(&["--listen", &gw_addr, "--upstream", &registry.url()]),
+            strings(&["--upload-listen", &up_addr]),
+            strings(&["--scheduler", &format!("https://{sched_addr}")]),
+            strings(&["--signing-key", key.to_str().unwrap()]),
+            tls("gateway"),
+            gateway_extra.to_vec(),
+        ]
+        .concat();
+        let gateway = spawn_customs(dir, "gateway", &gw_args);
+        wait_for_port(up_addr.parse().unwrap(), Duration::from_secs(30));
+        let key_pub = key.with_extension("pub").display().to_string();
+        let scheduler_args = [
+            strings(&[
+                "scheduler",
+                "--listen",
+                &sched_addr,
+                "--gateway-key",
+                &key_pub,
+            ]),
+            tls("scheduler"),
+        ]
+        .concat();
+        let scheduler = spawn_customs(dir, "scheduler", &scheduler_args);
+        wait_for_port(sched_addr.parse().unwrap(), Duration::from_secs(20));
+        let mut peers = Vec::new();
+        let mut peer_addrs = Vec::new();
+        for i in 1..=n {
+            let name = format!("peer-{i}");
+            let listen = port();
+            let args = [
+                strings(&["peer", "--gateway", &format!("https://{up_addr}")]),
+                strings(&["--scheduler", &format!("https://{sched_addr}")]),
+                strings(&["--listen", &listen, "--upload-listen", &port()]),
+                strings(&["--peer-id", &name, "--gateway-key", &key_pub]),
+                strings(&["--data-dir", dir.join(&name).to_str().unwrap()]),
+                tls(&name),
+                strings(&["--default-registry", &registry.addr.to_string()]),
+                peer_extra.to_vec(),
+            ]
+            .concat();
+            peers.push(spawn_customs(dir, &name, &args));
+            wait_for_port(listen.parse().unwrap(), Duration::from_secs(20));
+            peer_addrs.push(listen);
+        }
+        Standalone {
+            gateway,
+            scheduler,
+            scheduler_args,
+            peers,
+            gateway_addr: gw_addr,
+            peer_addrs,
+        }
+    }
 }

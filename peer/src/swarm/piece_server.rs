@@ -19,8 +19,10 @@ use customs_store::inflight::ByteStream;
 use customs_store::{BlobStore, Table};
 use std::sync::Arc;
 
-/// Concurrent piece uploads of a peer.
+/// Concurrent piece uploads of a peer (default of `--upload-slots`).
 pub const PEER_UPLOAD_SLOTS: usize = 2;
+/// Piece requests a peer lets wait for a slot (default of `--upload-queue`).
+pub const PEER_UPLOAD_QUEUE: usize = 0;
 /// Concurrent piece uploads of the gateway (seed): one piece at a time at
 /// the full rate, so first copies reach the swarm as early as possible.
 pub const SEED_UPLOAD_SLOTS: usize = 1;
@@ -39,19 +41,32 @@ pub struct PieceProvider {
     /// pieces sooner than many slow ones, and a finished piece is one the
     /// receiver can share at once.
     pub slots: Arc<tokio::sync::Semaphore>,
-    /// When all slots are taken: a peer answers 503 at once so the
-    /// requester asks another parent (work-conserving); the seed queues,
+    /// When all slots are taken: a peer lets a few requests wait (so its
+    /// link never idles between two pieces) and answers 503 beyond them, so
+    /// the requester asks another parent; the seed queues everything,
     /// since the pieces it is asked for exist nowhere else.
     pub when_full: WhenFull,
 }
 
 /// What the piece server does when every upload slot is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum WhenFull {
-    /// Answer 503 (peers).
-    Refuse,
-    /// Wait for a slot (the seed).
-    Queue,
+    /// Let up to `max_waiting` requests wait for a slot; answer 503 beyond.
+    Wait {
+        /// Requests allowed to wait (`usize::MAX`: all, the seed).
+        max_waiting: usize,
+        /// Requests waiting now.
+        waiting: Arc<std::sync::atomic::AtomicUsize>,
+    },
+}
+
+/// Counts a waiting request while it lives.
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl PieceProvider {
@@ -99,9 +114,24 @@ async fn get_piece(
     let Ok(digest) = format!("sha256:{blob}").parse::<Digest>() else {
         return (StatusCode::BAD_REQUEST, "bad blob digest").into_response();
     };
-    let permit = match p.when_full {
-        WhenFull::Queue => p.slots.clone().acquire_owned().await.ok(),
-        WhenFull::Refuse => p.slots.clone().try_acquire_owned().ok(),
+    let permit = match &p.when_full {
+        WhenFull::Wait {
+            max_waiting,
+            waiting,
+        } => match p.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let before = waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let guard = Waiting(waiting.clone());
+                if before >= *max_waiting {
+                    None
+                } else {
+                    let permit = p.slots.clone().acquire_owned().await.ok();
+                    drop(guard);
+                    permit
+                }
+            }
+        },
     };
     let Some(permit) = permit else {
         return (StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy").into_response();

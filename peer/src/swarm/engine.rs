@@ -447,12 +447,21 @@ impl Swarm {
                     self.report(blob, held.clone()).await;
                     reported = held.len();
                 }
+                // Hints are leased to this peer by the scheduler: keep the
+                // unused ones (a dropped hint would leave its piece unsent
+                // until the lease ran out) and ask only for what free seed
+                // slots can take.
+                hints.retain(|i| !pf.has(*i) && !in_progress.contains_key(i));
                 let seeds_busy = in_progress.values().filter(|s| **s).count();
-                let wanted = SEED_CONCURRENCY.saturating_sub(seeds_busy) as u32;
+                let wanted = SEED_CONCURRENCY.saturating_sub(seeds_busy + hints.len()) as u32;
                 match self.get_task(blob, wanted).await {
                     Ok((_, ps, h)) => {
                         parents = views(ps);
-                        hints = h;
+                        for i in h {
+                            if !hints.contains(&i) {
+                                hints.push(i);
+                            }
+                        }
                         scheduler_up = true;
                     }
                     Err(e) => {
@@ -500,6 +509,7 @@ impl Swarm {
             let Some(Ok(outcome)) = next else { continue };
             match outcome {
                 PieceOutcome::Done(i) => {
+                    tracing::debug!(%blob, piece = i, at = started.elapsed().as_secs_f64(), "piece verified");
                     // A finished seed piece frees a seed slot: ask for the
                     // next hint now rather than at the next refresh, so the
                     // seed's link never idles.
@@ -583,6 +593,16 @@ impl Swarm {
             .collect();
         if missing.is_empty() {
             return None;
+        }
+        // The seed's link is the scarcest: a hinted first copy goes before
+        // any piece other peers could serve, so the seed never idles while
+        // a hint waits behind peer transfers.
+        if seeds_busy < SEED_CONCURRENCY
+            && let Some(h) = hints
+            && let Some(piece) = h.iter().copied().find(|i| missing.contains(i))
+            && let Some(seed) = parents.iter().find(|p| p.seed)
+        {
+            return Some((piece, seed.clone()));
         }
         let offset = (rng.next() % missing.len() as u64) as usize;
         let mut best: Option<(usize, u32)> = None;

@@ -21,7 +21,9 @@ fn manifest(size: u64) -> PieceManifest {
 fn piece_lengths() {
     assert_eq!(piece_length_for(10), MIN_PIECE_LEN);
     assert_eq!(piece_length_for(1 << 30), 4 << 20);
-    assert_eq!(piece_length_for(32 << 20), 1 << 20);
+    assert_eq!(piece_length_for(32 << 20), 256 << 10);
+    assert_eq!(piece_length_for(64 << 20), 256 << 10);
+    assert_eq!(piece_length_for(128 << 20), 512 << 10);
     assert_eq!(piece_length_for(1 << 40), MAX_PIECE_LEN);
     assert_eq!(piece_count(0, MIN_PIECE_LEN), 1);
     assert_eq!(piece_count(MIN_PIECE_LEN + 1, MIN_PIECE_LEN), 2);

@@ -221,3 +221,64 @@ fn thresholds_signature_repositories_slsa_v1_spdx_and_vuln_conditions() {
         assert!(out.contains(why), "{repo}: expected {why:?} in\n{out}");
     }
 }
+
+/// A registry that answers the signature lookup with a 5 MiB manifest (the
+/// real registry refuses to store one, so a proxy plays the hostile
+/// registry): the decision fails closed with the limit named, and the same
+/// image with the same signature passes once the registry is honest.
+#[test]
+fn an_oversized_signature_manifest_fails_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let layout = dir.join("layout");
+    let digest = make_image(&layout, "v1", &[20_000], &[], 77);
+    push(&layout, "v1", registry.addr, "team/huge");
+    let keys = dir.join("keys");
+    sign_py(&[
+        "keygen",
+        "--out",
+        keys.to_str().unwrap(),
+        "--alg",
+        "ecdsa-p256",
+    ]);
+    let key = keys.join("cosign.key").display().to_string();
+    let reg = registry.addr.to_string();
+    sign_py(&[
+        "sign",
+        "--registry",
+        &reg,
+        "--repo",
+        "team/huge",
+        "--digest",
+        &digest,
+        "--key",
+        &key,
+    ]);
+    let proxy = support::proxy::Proxy::start(&registry.url());
+    let policy = dir.join("policy");
+    std::fs::create_dir_all(policy.join("keys")).unwrap();
+    std::fs::copy(keys.join("cosign.pub"), policy.join("keys/release.pub")).unwrap();
+    std::fs::write(
+        policy.join("policy.yaml"),
+        format!(
+            "apiVersion: customs.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: signed}}\nspec:\n  images: [\"{}/team/**\"]\n  mode: enforce\n  authorities:\n    - {{name: release, key: {{path: keys/release.pub}}}}\n  signatures: {{authorities: [release]}}\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let image = format!("{}/team/huge@{digest}", proxy.addr);
+    proxy
+        .state
+        .oversized_signatures
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, out) = verify(&image, &policy);
+    assert!(!ok, "an oversized signature manifest must deny: {out}");
+    assert!(out.contains("4 MiB"), "the limit is named: {out}");
+    proxy
+        .state
+        .oversized_signatures
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (ok, out) = verify(&image, &policy);
+    assert!(ok, "the honest registry's signature verifies: {out}");
+}

@@ -25,6 +25,9 @@ pub struct ProxyState {
     pub corrupt_blobs: AtomicBool,
     /// Bytes per second cap over all responses (0 = unlimited).
     pub rate: AtomicU64,
+    /// Answer cosign `.sig` manifest requests with a 5 MiB manifest (a
+    /// hostile registry; the real one refuses to store manifests over 4 MiB).
+    pub oversized_signatures: AtomicBool,
     next_free: Mutex<Option<Instant>>,
 }
 
@@ -116,6 +119,12 @@ async fn forward(State((st, client, upstream)): State<St>, req: Request<Body>) -
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
+    if st.oversized_signatures.load(Ordering::SeqCst)
+        && path.contains("/manifests/sha256-")
+        && path.split('?').next().unwrap_or("").ends_with(".sig")
+    {
+        return oversized_manifest(req.method() == "HEAD");
+    }
     let is_blob_get = req.method() == "GET" && path.contains("/blobs/sha256:");
     if is_blob_get {
         let digest = path
@@ -182,4 +191,36 @@ async fn forward(State((st, client, upstream)): State<St>, req: Request<Body>) -
         }
     });
     b.body(Body::from_stream(body)).unwrap()
+}
+
+/// A syntactically valid OCI manifest padded to 5 MiB, with its true digest.
+fn oversized_manifest(head: bool) -> Response<Body> {
+    use sha2::Digest as _;
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+            "size": 2
+        },
+        "layers": [],
+        "annotations": {"pad": "x".repeat(5 * 1024 * 1024)}
+    })
+    .to_string();
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .header("Docker-Content-Digest", digest)
+        .header("Content-Length", body.len())
+        .body(if head {
+            Body::empty()
+        } else {
+            Body::from(body)
+        })
+        .unwrap()
 }

@@ -390,13 +390,20 @@ pub struct Fleet {
 impl Fleet {
     pub fn up(data_dir: &Path, upstream: &str, peers: u16, extra: &[&str]) -> Fleet {
         // Peers listen on --listen + i and serve pieces on --listen + N + i: find
-        // a base with 2N free ports after it.
+        // a base with 2N + 1 free ports, below the kernel's ephemeral range
+        // (32768 and up), where outgoing connections of tests running at the
+        // same time cannot take them between this check and the bind.
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            ^ std::process::id().wrapping_mul(2_654_435_761);
         let base = loop {
-            let p = free_port();
-            if p < 60000
-                && (1..=2 * peers)
-                    .all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
-            {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let p = 20_000 + (seed % 12_000) as u16;
+            if (0..=2 * peers).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
                 break p;
             }
         };

@@ -188,6 +188,13 @@ fn eight_concurrent_cold_pulls_fetch_each_blob_once() {
     for (digest, n) in counts {
         assert_eq!(n, 1, "upstream served {digest} {n} times");
     }
+    // The concurrent cold requests shared one admission decision.
+    let audit = std::fs::read_to_string(f.dir.join("gw/audit/audit.jsonl")).unwrap();
+    let decisions = audit
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"decision\"") && l.contains(&f.app_digest))
+        .count();
+    assert_eq!(decisions, 1, "{audit}");
 }
 
 fn raw_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {

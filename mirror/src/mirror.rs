@@ -9,6 +9,7 @@ use customs_protocol::{Digest, ImageName, ManifestRefs, Reference};
 use customs_store::inflight::ByteStream;
 use customs_store::{BlobStore, FetchFailureKind, Table};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,6 +114,30 @@ pub struct Mirror<S, A> {
     source: Arc<S>,
     admission: Arc<A>,
     cfg: MirrorConfig,
+    /// One fresh decision at a time per (repository, digest): concurrent
+    /// cold pulls of one image wait for it instead of each fetching and
+    /// verifying the evidence again.
+    deciding: DecidingLocks,
+}
+
+/// Per-key async locks, removed when the last holder is done.
+type DecidingLocks = Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Removes a key's lock from [`DecidingLocks`] when nobody else holds it.
+struct DecidingGuard {
+    locks: DecidingLocks,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for DecidingGuard {
+    fn drop(&mut self) {
+        let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and ours: nobody is waiting.
+        if Arc::strong_count(&self.lock) <= 2 {
+            map.remove(&self.key);
+        }
+    }
 }
 
 impl<S: Source, A: Admission> Mirror<S, A> {
@@ -128,6 +153,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
             source,
             admission,
             cfg,
+            deciding: Arc::default(),
         }
     }
 
@@ -275,6 +301,37 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         Ok((actual, m.bytes, m.media_type))
     }
 
+    /// A stored decision still valid under `revision` (allows until the
+    /// revision changes, denials for the deny TTL), counted as a cache hit.
+    fn cached_decision(
+        &self,
+        image: &ImageName,
+        adm_key: &str,
+        revision: &str,
+    ) -> Result<Option<Result<(), MirrorError>>, MirrorError> {
+        let cached: Option<AdmissionRecord> = self
+            .store
+            .index()
+            .get(Table::Admissions, adm_key)
+            .map_err(customs_store::StoreError::from)?;
+        let Some(rec) = cached.filter(|r| r.decision.revision == revision) else {
+            return Ok(None);
+        };
+        Ok(match rec.decision.verdict {
+            Verdict::Allow => {
+                self.admission.cached(image, Verdict::Allow);
+                Some(Ok(()))
+            }
+            Verdict::Deny
+                if now_secs().saturating_sub(rec.decided_at) < self.cfg.deny_ttl.as_secs() =>
+            {
+                self.admission.cached(image, Verdict::Deny);
+                Some(Err(MirrorError::Denied(rec.decision.reasons.join("; "))))
+            }
+            Verdict::Deny => None,
+        })
+    }
+
     /// Runs (or reuses) admission; on allow, binds the manifest's blobs and
     /// children to the repository.
     async fn admit(
@@ -286,27 +343,25 @@ impl<S: Source, A: Admission> Mirror<S, A> {
     ) -> Result<(), MirrorError> {
         let adm_key = key(image, &format!("@{digest}"));
         let revision = self.admission.revision();
-        let cached: Option<AdmissionRecord> = self
-            .store
-            .index()
-            .get(Table::Admissions, &adm_key)
-            .map_err(customs_store::StoreError::from)?;
-        if let Some(rec) = &cached
-            && rec.decision.revision == revision
-        {
-            match rec.decision.verdict {
-                Verdict::Allow => {
-                    self.admission.cached(image, Verdict::Allow);
-                    return Ok(());
-                }
-                Verdict::Deny
-                    if now_secs().saturating_sub(rec.decided_at) < self.cfg.deny_ttl.as_secs() =>
-                {
-                    self.admission.cached(image, Verdict::Deny);
-                    return Err(MirrorError::Denied(rec.decision.reasons.join("; ")));
-                }
-                Verdict::Deny => {}
-            }
+        if let Some(answer) = self.cached_decision(image, &adm_key, &revision)? {
+            return answer;
+        }
+        let lock = self
+            .deciding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(adm_key.clone())
+            .or_default()
+            .clone();
+        let _cleanup = DecidingGuard {
+            locks: self.deciding.clone(),
+            key: adm_key.clone(),
+            lock: lock.clone(),
+        };
+        let _deciding = lock.lock().await;
+        // Decided by a concurrent request while this one waited?
+        if let Some(answer) = self.cached_decision(image, &adm_key, &revision)? {
+            return answer;
         }
         let binding: Option<Binding> = self
             .store

@@ -424,10 +424,7 @@ impl Gateway {
                     swarm: None,
                     limiter: self.limiter.clone(),
                     slots: Arc::new(tokio::sync::Semaphore::new(piece_server::SEED_UPLOAD_SLOTS)),
-                    when_full: piece_server::WhenFull::Wait {
-                        max_waiting: usize::MAX,
-                        waiting: Arc::default(),
-                    },
+                    queue: piece_server::UploadQueue::new(usize::MAX),
                 };
                 let tasks = axum::Router::new()
                     .route("/customs/v1/tasks", axum::routing::get(get_task))

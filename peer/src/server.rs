@@ -270,10 +270,7 @@ impl Peer {
                     swarm: Some(swarm.clone()),
                     limiter,
                     slots: Arc::new(tokio::sync::Semaphore::new(self.upload_slots)),
-                    when_full: crate::swarm::piece_server::WhenFull::Wait {
-                        max_waiting: self.upload_queue,
-                        waiting: Arc::default(),
-                    },
+                    queue: crate::swarm::piece_server::UploadQueue::new(self.upload_queue),
                 };
                 let pieces = customs_tls::serve_mtls(
                     upload,

@@ -47,23 +47,30 @@ pub struct PieceProvider {
     /// pieces sooner than many slow ones, and a finished piece is one the
     /// receiver can share at once.
     pub slots: Arc<tokio::sync::Semaphore>,
-    /// When all slots are taken: a peer lets a few requests wait (so its
-    /// link never idles between two pieces) and answers 503 beyond them, so
-    /// the requester asks another parent; the seed queues everything,
-    /// since the pieces it is asked for exist nowhere else.
-    pub when_full: WhenFull,
+    /// When all slots are taken: how many requests may wait for one. A
+    /// peer lets none wait by default and answers 503, so the requester
+    /// asks another parent; the seed lets everything wait, since the
+    /// pieces it is asked for exist nowhere else.
+    pub queue: UploadQueue,
 }
 
-/// What the piece server does when every upload slot is taken.
+/// Requests waiting for an upload slot, and how many may.
 #[derive(Debug, Clone)]
-pub enum WhenFull {
-    /// Let up to `max_waiting` requests wait for a slot; answer 503 beyond.
-    Wait {
-        /// Requests allowed to wait (`usize::MAX`: all, the seed).
-        max_waiting: usize,
-        /// Requests waiting now.
-        waiting: Arc<std::sync::atomic::AtomicUsize>,
-    },
+pub struct UploadQueue {
+    /// Requests allowed to wait (`usize::MAX`: all, the seed).
+    pub max_waiting: usize,
+    /// Requests waiting now.
+    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl UploadQueue {
+    /// A queue of at most `max_waiting` requests.
+    pub fn new(max_waiting: usize) -> Self {
+        UploadQueue {
+            max_waiting,
+            waiting: Arc::default(),
+        }
+    }
 }
 
 /// Counts a waiting request while it lives.
@@ -120,24 +127,18 @@ async fn get_piece(
     let Ok(digest) = format!("sha256:{blob}").parse::<Digest>() else {
         return (StatusCode::BAD_REQUEST, "bad blob digest").into_response();
     };
-    let permit = match &p.when_full {
-        WhenFull::Wait {
-            max_waiting,
-            waiting,
-        } => match p.slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let before = waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let guard = Waiting(waiting.clone());
-                if before >= *max_waiting {
-                    None
-                } else {
-                    let permit = p.slots.clone().acquire_owned().await.ok();
-                    drop(guard);
-                    permit
-                }
+    let permit = match p.slots.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) => {
+            let q = &p.queue;
+            let before = q.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _waiting = Waiting(q.waiting.clone());
+            if before >= q.max_waiting {
+                None
+            } else {
+                p.slots.clone().acquire_owned().await.ok()
             }
-        },
+        }
     };
     let Some(permit) = permit else {
         return (StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy").into_response();

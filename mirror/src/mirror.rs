@@ -130,6 +130,25 @@ struct DecidingGuard {
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+impl DecidingGuard {
+    /// The key's lock (shared with concurrent requests for the same key).
+    /// The guard holds the only reference besides the map's, so it can tell
+    /// when the last holder is done and drop the entry.
+    fn take(locks: &DecidingLocks, key: &str) -> Self {
+        let lock = locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        DecidingGuard {
+            locks: locks.clone(),
+            key: key.to_owned(),
+            lock,
+        }
+    }
+}
+
 impl Drop for DecidingGuard {
     fn drop(&mut self) {
         let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,19 +365,8 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         if let Some(answer) = self.cached_decision(image, &adm_key, &revision)? {
             return answer;
         }
-        let lock = self
-            .deciding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(adm_key.clone())
-            .or_default()
-            .clone();
-        let _cleanup = DecidingGuard {
-            locks: self.deciding.clone(),
-            key: adm_key.clone(),
-            lock: lock.clone(),
-        };
-        let _deciding = lock.lock().await;
+        let cleanup = DecidingGuard::take(&self.deciding, &adm_key);
+        let _deciding = cleanup.lock.lock().await;
         // Decided by a concurrent request while this one waited?
         if let Some(answer) = self.cached_decision(image, &adm_key, &revision)? {
             return answer;
@@ -482,5 +490,28 @@ impl<S: Source, A: Admission> Mirror<S, A> {
             range,
             body: reader.into_stream_until(end),
         })
+    }
+}
+
+#[cfg(test)]
+mod deciding_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_lock_is_shared_and_goes_with_its_last_holder() {
+        let locks = DecidingLocks::default();
+        let a = DecidingGuard::take(&locks, "r/a@d");
+        let b = DecidingGuard::take(&locks, "r/a@d");
+        assert!(Arc::ptr_eq(&a.lock, &b.lock), "one lock per key");
+        let other = DecidingGuard::take(&locks, "r/b@d");
+        assert!(!Arc::ptr_eq(&a.lock, &other.lock));
+        drop(a);
+        assert!(
+            locks.lock().unwrap().contains_key("r/a@d"),
+            "b still holds it"
+        );
+        drop(b);
+        drop(other);
+        assert!(locks.lock().unwrap().is_empty(), "no entry left behind");
     }
 }

@@ -51,8 +51,10 @@ const CONCURRENCY: usize = 8;
 const SEED_CONCURRENCY: usize = 2;
 /// How often parents are refreshed and held pieces re-reported.
 const REFRESH: Duration = Duration::from_millis(50);
-/// How long a parent that refused for lack of slots is skipped.
-const BUSY_BACKOFF: Duration = Duration::from_millis(25);
+/// How long a parent that refused for lack of slots is skipped (about a
+/// third of a 256 KiB piece at 8 MB/s; 25 ms measured 1.15–1.17·S/B at p50,
+/// 10 ms 1.15).
+const BUSY_BACKOFF: Duration = Duration::from_millis(10);
 
 /// The swarm side of a peer.
 pub struct Swarm {

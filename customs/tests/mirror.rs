@@ -101,24 +101,19 @@ fn containerd_pulls_through_the_peer_with_generated_hosts_toml() {
     let gw = Customs::up(&f.dir.join("gw"), &f.registry.url(), &[]);
     let peer = Customs::peer(&f.dir.join("peer"), &gw.url(), &f.registry.addr.to_string());
     let hosts = f.dir.join("hosts");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
-        .args([
-            "containerd-config",
-            "--mirror",
-            &peer.url(),
-            "--gateway",
-            &gw.url(),
-            "--registry",
-        ])
-        .arg(f.registry.addr.to_string())
-        .arg("--out")
-        .arg(&hosts)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+            .args([
+                "containerd-config",
+                "--mirror",
+                &peer.url(),
+                "--gateway",
+                &gw.url(),
+                "--registry",
+            ])
+            .arg(f.registry.addr.to_string())
+            .arg("--out")
+            .arg(&hosts),
     );
     let toml = std::fs::read_to_string(hosts.join(f.registry.addr.to_string()).join("hosts.toml"))
         .unwrap();

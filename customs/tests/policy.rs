@@ -238,18 +238,13 @@ fn sigstore_js_keyless_bundles_verify_and_their_bad_variants_fail() {
          "predicateType": "https://slsa.dev/provenance/v1", "predicate": {"buildDefinition": {"buildType": "t"}}},
     ]});
     std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
-    let out = Command::new("node")
-        .arg(repo_root().join("testdata/keyless/sign.mjs"))
-        .arg("--spec")
-        .arg(dir.join("spec.json"))
-        .arg("--out")
-        .arg(dir.join("out"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sign.mjs: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("node")
+            .arg(repo_root().join("testdata/keyless/sign.mjs"))
+            .arg("--spec")
+            .arg(dir.join("spec.json"))
+            .arg("--out")
+            .arg(dir.join("out")),
     );
     let verify = |name: &str, identity: &str, target: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_customs"))

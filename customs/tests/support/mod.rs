@@ -29,6 +29,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `cmd` to completion; fails the test with its stderr unless it
+/// succeeded.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Fails the test with a clear message when a tool the test needs is missing.
 pub fn require(tool: &str) {
     let ok = Command::new("sh")
@@ -577,15 +589,10 @@ pub fn spawn_customs(dir: &Path, name: &str, args: &[String]) -> Proc {
 
 /// Runs the independent signer (testdata/sign.py); returns its stdout.
 pub fn sign_py(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(repo_root().join("testdata/sign.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sign.py {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("python3")
+            .arg(repo_root().join("testdata/sign.py"))
+            .args(args),
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -633,15 +640,7 @@ impl Standalone {
             issue.push("--issue".into());
             issue.push(format!("peer-{i}:peer"));
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_customs"))
-            .args(&issue)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new(env!("CARGO_BIN_EXE_customs")).args(&issue));
         let p = |f: &str| pki.join(f).display().to_string();
         let port = || format!("127.0.0.1:{}", free_port());
         let (gw_addr, up_addr, sched_addr) = (port(), port(), port());

@@ -131,8 +131,8 @@ impl ExportProgress {
 
 /// One exporter: a log, a sink, a cursor.
 pub struct Exporter {
+    /// Also names the log this exporter reads.
     progress: ExportProgress,
-    log: PathBuf,
     sink: Sink,
     format: Format,
     cursor_path: PathBuf,
@@ -178,7 +178,6 @@ impl Exporter {
         };
         Exporter {
             progress,
-            log: log.to_path_buf(),
             sink,
             format,
             cursor_path,
@@ -218,7 +217,7 @@ impl Exporter {
 
     /// Reads up to `max` complete lines from `offset`.
     async fn read_from(&self, offset: u64, max: usize) -> std::io::Result<Vec<Line>> {
-        let mut f = match tokio::fs::File::open(&self.log).await {
+        let mut f = match tokio::fs::File::open(&self.progress.log).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -286,7 +285,7 @@ impl Exporter {
         let mut cursor = self.load_cursor();
         let mut conn: Option<Conn> = None;
         let mut backoff = Duration::from_millis(200);
-        tracing::info!(sink = ?self.sink, log = %self.log.display(), offset = cursor.offset, "audit export started");
+        tracing::info!(sink = ?self.sink, log = %self.progress.log.display(), offset = cursor.offset, "audit export started");
         loop {
             if shutdown.is_cancelled() {
                 return;

@@ -33,7 +33,7 @@ pub struct PeerArgs {
     /// delivery to its own containerd).
     #[arg(long)]
     upload_limit: Option<u64>,
-    /// Pieces uploaded to other peers at once (default 2).
+    /// Pieces uploaded to other peers at once (default 1).
     #[arg(long, env = "CUSTOMS_UPLOAD_SLOTS")]
     upload_slots: Option<usize>,
     /// Piece requests that may wait for a free upload slot; beyond them

@@ -9,7 +9,7 @@
 
 use crate::metrics::{CacheLabels, DecisionLabels, JobLabels, Metrics};
 use crate::upstream::Upstreams;
-use customs_mirror::{Admission, AdmissionRequest, Decision, Verdict};
+use customs_mirror::{Admission, AdmissionRequest, AdmissionUnavailable, Decision, Verdict};
 use customs_policy::{PolicyDecision, PolicySet};
 use customs_protocol::ImageName;
 use customs_store::audit::AuditLog;
@@ -273,7 +273,14 @@ impl Admission for GatewayAdmission {
             .map_or_else(|| NO_POLICY_REVISION.to_owned(), |s| s.revision.clone())
     }
 
-    async fn admit(&self, req: AdmissionRequest<'_>) -> Decision {
+    async fn admit(&self, req: AdmissionRequest<'_>) -> Result<Decision, AdmissionUnavailable> {
+        // The gateway always decides: evidence it cannot read is a denial.
+        Ok(self.decide(req).await)
+    }
+}
+
+impl GatewayAdmission {
+    async fn decide(&self, req: AdmissionRequest<'_>) -> Decision {
         let (Some(set), Some(gate)) = (self.current(), self.policy.as_ref()) else {
             let decision = Decision {
                 verdict: Verdict::Allow,

@@ -128,7 +128,9 @@ pub struct Job {
     pub updated_at: i64,
     /// Overall state.
     pub state: JobState,
-    /// The request's `args`, echoed back.
+    /// The request's `args`, echoed back with every `headers` value
+    /// redacted (Harbor puts its registry credentials there; a job record
+    /// must never hand them to whoever can read jobs).
     pub args: serde_json::Value,
     /// `registry/repository:ref`.
     pub image: String,
@@ -156,6 +158,24 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// What replaces a credential in a job record.
+pub const REDACTED: &str = "[redacted]";
+
+/// Replaces every value of `args.headers` (e.g. Harbor's `Authorization`)
+/// with [`REDACTED`]; the names stay, so an operator can see what was sent.
+pub fn redact_headers(args: &mut serde_json::Value) {
+    if let Some(headers) = args.get_mut("headers") {
+        match headers.as_object_mut() {
+            Some(map) => {
+                for v in map.values_mut() {
+                    *v = serde_json::Value::String(REDACTED.to_owned());
+                }
+            }
+            None => *headers = serde_json::Value::String(REDACTED.to_owned()),
+        }
+    }
 }
 
 /// Runs and remembers preheat jobs.
@@ -227,7 +247,8 @@ impl Preheater {
     }
 
     /// Creates a job and starts it in the background.
-    pub fn submit(self: &Arc<Self>, spec: PreheatSpec, args: serde_json::Value) -> Job {
+    pub fn submit(self: &Arc<Self>, spec: PreheatSpec, mut args: serde_json::Value) -> Job {
+        redact_headers(&mut args);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let t = now();
         let image = match &spec.reference {
@@ -447,5 +468,26 @@ impl Preheater {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_args_never_keep_credentials() {
+        let mut args = serde_json::json!({
+            "type": "image",
+            "url": "http://h/v2/r/manifests/t",
+            "headers": {"Authorization": "Bearer s3cret", "X-Other": "x"},
+        });
+        redact_headers(&mut args);
+        let text = args.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert_eq!(args["headers"]["Authorization"], REDACTED);
+        let mut odd = serde_json::json!({"headers": "Bearer s3cret"});
+        redact_headers(&mut odd);
+        assert!(!odd.to_string().contains("s3cret"));
     }
 }

@@ -103,7 +103,9 @@ impl Seed {
                             .index()
                             .scan(Table::PieceManifests)
                             .unwrap_or_default();
-                        for (_, signed) in &all {
+                        // Only what the current key signed: a manifest of a
+                        // retired key is rebuilt when a peer next asks.
+                        for (_, signed) in all.iter().filter(|(_, s)| s.key_id == self.key.id()) {
                             self.register(signed).await;
                         }
                         tracing::info!(tasks = all.len(), "registered tasks with the scheduler");
@@ -120,19 +122,22 @@ impl Seed {
     }
 
     /// The signed piece manifest for a blob of `image`, building and
-    /// registering it on first use.
+    /// registering it on first use. The blob must be bound to a manifest of
+    /// `image` that is admitted now (the same check an OCI blob request
+    /// passes). The manifest describes the stored blob's real size and
+    /// bytes, never a descriptor's claim; a stored piece manifest is reused
+    /// only when it was signed by the current key for that same size.
     pub async fn ensure_task(
         &self,
         mirror: &GatewayMirror,
         image: &ImageName,
         digest: &Digest,
     ) -> Result<SignedPieceManifest, MirrorError> {
-        // The same binding check an OCI blob request passes.
-        let binding = mirror.binding(image, digest)?.ok_or_else(|| {
-            MirrorError::BlobUnknown(format!(
-                "{digest} is not referenced by an admitted manifest of {image}"
-            ))
-        })?;
+        let declared = mirror.blob_size(image, digest).await?;
+        let admitted_by = mirror
+            .binding(image, digest)?
+            .and_then(|b| b.all_admitters().last().map(|a| a.manifest.clone()))
+            .unwrap_or_else(|| digest.clone());
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(digest.clone()).or_default().clone()
@@ -143,17 +148,18 @@ impl Seed {
             .index()
             .get(Table::PieceManifests, &digest.to_string())
             .map_err(StoreError::from)?;
-        let signed = match existing {
+        let stored_size = store.meta(digest)?.map(|m| m.size);
+        let signed = match existing.filter(|s| self.reusable(s, stored_size)) {
             Some(s) => s,
             None => {
                 // Fetch (once, single-flight) and verify the whole blob; the
                 // stream ends only after the digest check passed, and the
                 // piece hashes are computed from the same bytes on the way.
                 let body = mirror.blob(image, digest, None).await?;
-                let size = body.size;
-                let piece_length = piece_manifest::piece_length_for(size);
+                let piece_length = piece_manifest::piece_length_for(body.size);
                 let mut hasher = PieceHasher::new(piece_length);
                 let mut s = body.body;
+                let mut read = 0u64;
                 while let Some(chunk) = s.next().await {
                     let chunk = chunk.map_err(|e| {
                         MirrorError::Source(customs_store::FetchFailure::new(
@@ -161,34 +167,37 @@ impl Seed {
                             e.to_string(),
                         ))
                     })?;
+                    read += chunk.len() as u64;
                     hasher.update(&chunk);
                 }
                 let pieces = hasher.finish();
                 // Pieces are served from the stored blob: wait until it is kept.
-                let mut stored = false;
+                let mut real = None;
                 for _ in 0..1500 {
-                    if store.meta(digest)?.is_some() {
-                        stored = true;
+                    if let Some(m) = store.meta(digest)? {
+                        real = Some(m.size);
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                if !stored {
+                let Some(real) = real else {
                     return Err(MirrorError::BlobUnknown(format!(
                         "{digest} was verified but could not be stored"
+                    )));
+                };
+                if real != declared || read != real {
+                    return Err(MirrorError::ManifestInvalid(format!(
+                        "{image}: the descriptor for {digest} declares {declared} bytes, the blob has {real} (read {read}); no piece manifest is signed for it"
                     )));
                 }
                 let manifest = PieceManifest {
                     blob: digest.clone(),
-                    size,
+                    size: real,
                     piece_length,
                     pieces,
                     admission: AdmissionRef {
                         image: image.to_string(),
-                        manifest_digest: binding
-                            .admitted_by
-                            .clone()
-                            .unwrap_or_else(|| digest.clone()),
+                        manifest_digest: admitted_by,
                         policy_revision: mirror.admission_revision(),
                     },
                     key_id: String::new(),
@@ -204,7 +213,7 @@ impl Seed {
                 store
                     .blocking_index(move |idx| idx.put(Table::PieceManifests, &key, &rec))
                     .await?;
-                tracing::info!(%image, blob = %digest, size, piece_length, "piece manifest signed");
+                tracing::info!(%image, blob = %digest, size = real, piece_length, "piece manifest signed");
                 signed
             }
         };
@@ -212,6 +221,15 @@ impl Seed {
         // again the next time a peer asks.
         self.register(&signed).await;
         Ok(signed)
+    }
+
+    /// A stored piece manifest may be handed out again only when the
+    /// current key signed it and it describes the stored blob's size (one
+    /// signed by a retired key, or for another size, is rebuilt).
+    fn reusable(&self, signed: &SignedPieceManifest, stored_size: Option<u64>) -> bool {
+        signed.key_id == self.key.id()
+            && serde_json::from_slice::<PieceManifest>(&signed.payload)
+                .is_ok_and(|m| Some(m.size) == stored_size && m.key_id == self.key.id())
     }
 }
 

@@ -347,10 +347,15 @@ impl Gateway {
         let resolver = RegistryResolver {
             default: self.default_registry.clone(),
         };
-        let app = router(
-            self.mirror.clone(),
-            resolver.clone(),
-            Some(self.limiter.clone()),
+        let poll = self.policy_source.as_ref().map(|(_, every)| *every);
+        let app = with_revision_headers(
+            router(
+                self.mirror.clone(),
+                resolver.clone(),
+                Some(self.limiter.clone()),
+            ),
+            self.admission.clone(),
+            poll,
         )
         .merge(crate::status::routes(
             self.limiter.clone(),
@@ -433,9 +438,13 @@ impl Gateway {
                         seed: seed.clone(),
                         resolver: resolver.clone(),
                     }));
-                let peer_app = router(self.mirror.clone(), resolver, Some(self.limiter.clone()))
-                    .merge(tasks)
-                    .merge(piece_server::router(provider));
+                let peer_app = with_revision_headers(
+                    router(self.mirror.clone(), resolver, Some(self.limiter.clone())),
+                    self.admission.clone(),
+                    poll,
+                )
+                .merge(tasks)
+                .merge(piece_server::router(provider));
                 let limiter = self.limiter.clone();
                 tokio::spawn(seed.announce_loop(
                     self.mirror.store().clone(),
@@ -457,6 +466,35 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// Adds the policy revision (and the policy poll period) to every response
+/// of an OCI router, so nodes learn a new revision from any answer and from
+/// their revision poll.
+fn with_revision_headers(
+    app: axum::Router,
+    admission: Arc<GatewayAdmission>,
+    poll: Option<Duration>,
+) -> axum::Router {
+    use customs_mirror::Admission;
+    app.layer(axum::middleware::map_response(
+        move |mut r: axum::response::Response| {
+            let admission = admission.clone();
+            async move {
+                let h = r.headers_mut();
+                if let Ok(v) = http::HeaderValue::from_str(&admission.revision()) {
+                    h.insert(customs_protocol::headers::POLICY_REVISION, v);
+                }
+                if let Some(p) = poll {
+                    h.insert(
+                        customs_protocol::headers::POLICY_POLL_MS,
+                        http::HeaderValue::from(p.as_millis() as u64),
+                    );
+                }
+                r
+            }
+        },
+    ))
 }
 
 struct TaskState {

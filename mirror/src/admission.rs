@@ -44,14 +44,44 @@ pub struct AdmissionRequest<'a> {
     pub parent_index: Option<&'a Digest>,
 }
 
+/// Admission could not decide now: the peer could not reach its gateway (or
+/// the gateway's answer was unusable). Never an "allow": the mirror may only
+/// keep serving what was admitted under the newest revision it has seen, for
+/// a bounded time (fail static), and refuses everything else.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("admission unavailable: {detail}")]
+pub struct AdmissionUnavailable {
+    /// What went wrong (transport error, status), for logs and the client.
+    pub detail: String,
+}
+
+/// Why a mirror refused a request, for counting refusals per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Admission (the policy, or the gateway on a node) denied the manifest.
+    Denied,
+    /// No current admission and none could be obtained in time (the
+    /// gateway unreachable beyond the fail-static window).
+    NotCurrent,
+    /// A blob no currently admitted manifest of the repository references.
+    Unbound,
+}
+
 /// Decides whether a manifest may be served.
 pub trait Admission: Send + Sync + 'static {
     /// The revision decisions are currently made under; a cached decision
     /// from another revision is not reused.
     fn revision(&self) -> String;
 
-    /// Decides, and records the decision (audit) as a side effect.
-    fn admit(&self, req: AdmissionRequest<'_>) -> impl Future<Output = Decision> + Send;
+    /// Decides, and records the decision (audit) as a side effect; `Err`
+    /// when no decision can be had right now (see [`AdmissionUnavailable`]).
+    fn admit(
+        &self,
+        req: AdmissionRequest<'_>,
+    ) -> impl Future<Output = Result<Decision, AdmissionUnavailable>> + Send;
+
+    /// A refusal the mirror answered (for metrics); not an audit event.
+    fn refused(&self, _image: &ImageName, _refusal: Refusal) {}
 
     /// A decision answered from the cache. Not an audit event of its own
     /// (the hot path must not turn into durable writes); implementations

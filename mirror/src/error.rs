@@ -21,6 +21,11 @@ pub enum MirrorError {
     /// Admission denied the manifest.
     #[error("{0}")]
     Denied(String),
+    /// No current admission could be had (a node whose gateway has been
+    /// unreachable for longer than the fail-static window). Travels as
+    /// `DENIED`: a node never serves what it cannot show was admitted.
+    #[error("{0}")]
+    NotCurrent(String),
     /// The Range header cannot be satisfied.
     #[error("range not satisfiable: {0}")]
     Range(String),
@@ -40,7 +45,7 @@ impl MirrorError {
             MirrorError::ManifestUnknown(_) => OciErrorCode::ManifestUnknown,
             MirrorError::BlobUnknown(_) => OciErrorCode::BlobUnknown,
             MirrorError::ManifestInvalid(_) => OciErrorCode::ManifestInvalid,
-            MirrorError::Denied(_) => OciErrorCode::Denied,
+            MirrorError::Denied(_) | MirrorError::NotCurrent(_) => OciErrorCode::Denied,
             MirrorError::Range(_) => OciErrorCode::RangeInvalid,
             MirrorError::Store(_) => OciErrorCode::Unavailable,
             MirrorError::Source(f) => match f.kind {

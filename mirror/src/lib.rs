@@ -24,7 +24,9 @@ pub mod rate;
 pub mod source;
 pub mod warm;
 
-pub use admission::{Admission, AdmissionRequest, Decision, Verdict};
+pub use admission::{
+    Admission, AdmissionRequest, AdmissionUnavailable, Decision, Refusal, Verdict,
+};
 pub use error::MirrorError;
-pub use mirror::{Binding, BlobBody, Mirror, MirrorConfig, ServedManifest, UnboundBlobs};
+pub use mirror::{Admitter, Binding, BlobBody, Mirror, MirrorConfig, ServedManifest, UnboundBlobs};
 pub use source::{FetchedManifest, Source};

@@ -1,6 +1,6 @@
 //! Manifest resolution, admission, blob bindings and blob serving.
 
-use crate::admission::{Admission, AdmissionRequest, Decision, Verdict};
+use crate::admission::{Admission, AdmissionRequest, Decision, Refusal, Verdict};
 use crate::error::MirrorError;
 use crate::range::ByteRange;
 use crate::source::{FetchedManifest, Source};
@@ -11,7 +11,7 @@ use customs_store::{BlobStore, FetchFailureKind, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a mirror does with a blob request no local manifest binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +31,26 @@ pub struct MirrorConfig {
     pub stale_window: Duration,
     /// How long a denial is reused before admission runs again.
     pub deny_ttl: Duration,
+    /// How long an allow is reused before admission runs again (`None`:
+    /// until the revision changes — the gateway, which decides itself; a
+    /// node re-checks with its gateway after this long).
+    pub allow_ttl: Option<Duration>,
+    /// Fail static: while admission is unavailable, an allow made under the
+    /// newest revision seen keeps being served for at most this long after
+    /// it was last confirmed; then the node refuses. Zero on the gateway.
+    pub fail_static_max: Duration,
+    /// How long an unknown tag is answered `MANIFEST_UNKNOWN` without asking
+    /// the source again (so repeated misses cannot burn the upstream's rate
+    /// limit).
+    pub miss_ttl: Duration,
     /// See [`UnboundBlobs`].
     pub unbound_blobs: UnboundBlobs,
 }
+
+/// Most unknown tags remembered at once (the miss cache is bounded).
+const MAX_REMEMBERED_MISSES: usize = 10_000;
+/// Most manifests remembered as admitters of one blob in one repository.
+const MAX_ADMITTERS: usize = 32;
 
 impl Default for MirrorConfig {
     fn default() -> Self {
@@ -41,6 +58,9 @@ impl Default for MirrorConfig {
             tag_ttl: Duration::from_secs(30),
             stale_window: Duration::from_secs(6 * 3600),
             deny_ttl: Duration::from_secs(30),
+            allow_ttl: None,
+            fail_static_max: Duration::ZERO,
+            miss_ttl: Duration::from_secs(10),
             unbound_blobs: UnboundBlobs::Refuse,
         }
     }
@@ -61,13 +81,48 @@ struct ManifestMeta {
 /// repository is admitted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Binding {
-    /// The size the referencing manifest declares.
+    /// The size the latest referencing manifest declares.
     pub size: u64,
     /// For index children: the admitted index that listed it.
     pub parent_index: Option<Digest>,
-    /// For blobs: the admitted manifest that references it.
+    /// For blobs: the admitted manifest that references it (records written
+    /// before `admitters` existed; read as one admitter).
     #[serde(default)]
     pub admitted_by: Option<Digest>,
+    /// For blobs: every admitted manifest of the repository that references
+    /// it (newest last, at most [`MAX_ADMITTERS`]). The blob is served only
+    /// while one of them is currently admitted, so revoking one image does
+    /// not take away a layer another admitted image shares.
+    #[serde(default)]
+    pub admitters: Vec<Admitter>,
+}
+
+/// One manifest that references a blob, and the size it declares for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitter {
+    /// The admitted manifest's digest.
+    pub manifest: Digest,
+    /// The blob size that manifest's descriptor declares.
+    pub size: u64,
+}
+
+impl Binding {
+    /// Every admitter, including one recorded in the older field.
+    pub fn all_admitters(&self) -> Vec<Admitter> {
+        let mut all = self.admitters.clone();
+        if let Some(d) = &self.admitted_by
+            && !all.iter().any(|a| a.manifest == *d)
+        {
+            all.insert(
+                0,
+                Admitter {
+                    manifest: d.clone(),
+                    size: self.size,
+                },
+            );
+        }
+        all
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +173,11 @@ pub struct Mirror<S, A> {
     /// cold pulls of one image wait for it instead of each fetching and
     /// verifying the evidence again.
     deciding: DecidingLocks,
+    /// Serialises read-modify-write of blob bindings (several manifests of
+    /// one repository may be admitted at once and share layers).
+    binding_lock: Arc<std::sync::Mutex<()>>,
+    /// Unknown tags recently answered by the source, and when.
+    misses: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 /// Per-key async locks, removed when the last holder is done.
@@ -173,6 +233,8 @@ impl<S: Source, A: Admission> Mirror<S, A> {
             admission,
             cfg,
             deciding: Arc::default(),
+            binding_lock: Arc::default(),
+            misses: std::sync::Mutex::default(),
         }
     }
 
@@ -183,6 +245,28 @@ impl<S: Source, A: Admission> Mirror<S, A> {
 
     /// Resolves, verifies and admits a manifest.
     pub async fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &Reference,
+    ) -> Result<ServedManifest, MirrorError> {
+        let r = self.manifest_inner(image, reference).await;
+        self.count_refusal(image, &r);
+        r
+    }
+
+    /// Tells admission about a refusal (metrics), once per request.
+    fn count_refusal<T>(&self, image: &ImageName, r: &Result<T, MirrorError>) {
+        let kind = match r {
+            Err(MirrorError::Denied(_)) => Refusal::Denied,
+            Err(MirrorError::NotCurrent(_)) => Refusal::NotCurrent,
+            Err(MirrorError::BlobUnknown(_)) => Refusal::Unbound,
+            Err(MirrorError::Source(f)) if f.kind == FetchFailureKind::Denied => Refusal::Denied,
+            _ => return,
+        };
+        self.admission.refused(image, kind);
+    }
+
+    async fn manifest_inner(
         &self,
         image: &ImageName,
         reference: &Reference,
@@ -224,6 +308,11 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         {
             return Ok((c.digest.clone(), None));
         }
+        if self.recent_miss(&tag_key) {
+            return Err(MirrorError::ManifestUnknown(format!(
+                "{image}:{tag}: unknown (answered from the miss cache)"
+            )));
+        }
         let reference = Reference::Tag(tag.parse()?);
         match self.source.manifest(image, &reference).await {
             Ok(m) => {
@@ -237,9 +326,16 @@ impl<S: Source, A: Admission> Mirror<S, A> {
                     .await?;
                 Ok((digest, Some((bytes, media_type))))
             }
-            Err(f) if f.kind == FetchFailureKind::NotFound => Err(MirrorError::ManifestUnknown(
-                format!("{image}:{tag}: {}", f.message),
-            )),
+            Err(f) if f.kind == FetchFailureKind::NotFound => {
+                self.remember_miss(tag_key);
+                Err(MirrorError::ManifestUnknown(format!(
+                    "{image}:{tag}: {}",
+                    f.message
+                )))
+            }
+            // A denial is final: never "unavailable", never answered from
+            // the stale tag cache.
+            Err(f) if f.kind == FetchFailureKind::Denied => Err(MirrorError::Source(f)),
             Err(f) => match cached {
                 Some(c) if now.saturating_sub(c.fetched_at) < self.cfg.stale_window.as_secs() => {
                     tracing::warn!(%image, tag, error = %f, digest = %c.digest, "source unavailable; serving cached tag");
@@ -248,6 +344,28 @@ impl<S: Source, A: Admission> Mirror<S, A> {
                 _ => Err(MirrorError::Source(f)),
             },
         }
+    }
+
+    fn recent_miss(&self, tag_key: &str) -> bool {
+        let misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+        misses
+            .get(tag_key)
+            .is_some_and(|t| t.elapsed() < self.cfg.miss_ttl)
+    }
+
+    fn remember_miss(&self, tag_key: String) {
+        if self.cfg.miss_ttl.is_zero() {
+            return;
+        }
+        let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+        if misses.len() >= MAX_REMEMBERED_MISSES {
+            let ttl = self.cfg.miss_ttl;
+            misses.retain(|_, t| t.elapsed() < ttl);
+            if misses.len() >= MAX_REMEMBERED_MISSES {
+                misses.clear();
+            }
+        }
+        misses.insert(tag_key, Instant::now());
     }
 
     async fn manifest_by_digest(
@@ -320,35 +438,47 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         Ok((actual, m.bytes, m.media_type))
     }
 
-    /// A stored decision still valid under `revision` (allows until the
-    /// revision changes, denials for the deny TTL), counted as a cache hit.
+    /// A stored decision that is current under `revision`: made under that
+    /// revision, an allow within the allow TTL (if any), a denial within the
+    /// deny TTL. With `count`, a hit is reported to admission (aggregated
+    /// cache-hit events); blob checks do not count.
     fn cached_decision(
         &self,
         image: &ImageName,
         adm_key: &str,
         revision: &str,
+        count: bool,
     ) -> Result<Option<Result<(), MirrorError>>, MirrorError> {
-        let cached: Option<AdmissionRecord> = self
+        let Some(rec) = self.stored_decision(adm_key)? else {
+            return Ok(None);
+        };
+        if rec.decision.revision != revision || revision.is_empty() {
+            return Ok(None);
+        }
+        let age = now_secs().saturating_sub(rec.decided_at);
+        Ok(match rec.decision.verdict {
+            Verdict::Allow if self.cfg.allow_ttl.is_none_or(|t| age < t.as_secs()) => {
+                if count {
+                    self.admission.cached(image, Verdict::Allow);
+                }
+                Some(Ok(()))
+            }
+            Verdict::Deny if age < self.cfg.deny_ttl.as_secs() => {
+                if count {
+                    self.admission.cached(image, Verdict::Deny);
+                }
+                Some(Err(MirrorError::Denied(rec.decision.reasons.join("; "))))
+            }
+            _ => None,
+        })
+    }
+
+    fn stored_decision(&self, adm_key: &str) -> Result<Option<AdmissionRecord>, MirrorError> {
+        Ok(self
             .store
             .index()
             .get(Table::Admissions, adm_key)
-            .map_err(customs_store::StoreError::from)?;
-        let Some(rec) = cached.filter(|r| r.decision.revision == revision) else {
-            return Ok(None);
-        };
-        Ok(match rec.decision.verdict {
-            Verdict::Allow => {
-                self.admission.cached(image, Verdict::Allow);
-                Some(Ok(()))
-            }
-            Verdict::Deny
-                if now_secs().saturating_sub(rec.decided_at) < self.cfg.deny_ttl.as_secs() =>
-            {
-                self.admission.cached(image, Verdict::Deny);
-                Some(Err(MirrorError::Denied(rec.decision.reasons.join("; "))))
-            }
-            Verdict::Deny => None,
-        })
+            .map_err(customs_store::StoreError::from)?)
     }
 
     /// Runs (or reuses) admission; on allow, binds the manifest's blobs and
@@ -362,13 +492,15 @@ impl<S: Source, A: Admission> Mirror<S, A> {
     ) -> Result<(), MirrorError> {
         let adm_key = key(image, &format!("@{digest}"));
         let revision = self.admission.revision();
-        if let Some(answer) = self.cached_decision(image, &adm_key, &revision)? {
+        if let Some(answer) = self.cached_decision(image, &adm_key, &revision, true)? {
             return answer;
         }
         let cleanup = DecidingGuard::take(&self.deciding, &adm_key);
         let _deciding = cleanup.lock.lock().await;
-        // Decided by a concurrent request while this one waited?
-        if let Some(answer) = self.cached_decision(image, &adm_key, &revision)? {
+        // Decided by a concurrent request while this one waited? (The
+        // revision may have moved meanwhile: read it again.)
+        let revision = self.admission.revision();
+        if let Some(answer) = self.cached_decision(image, &adm_key, &revision, false)? {
             return answer;
         }
         let binding: Option<Binding> = self
@@ -377,7 +509,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
             .get(Table::Bindings, &adm_key)
             .map_err(customs_store::StoreError::from)?;
         let parent = binding.and_then(|b| b.parent_index);
-        let decision = self
+        let outcome = self
             .admission
             .admit(AdmissionRequest {
                 image,
@@ -387,39 +519,63 @@ impl<S: Source, A: Admission> Mirror<S, A> {
                 parent_index: parent.as_ref(),
             })
             .await;
+        let decision = match outcome {
+            Ok(d) => d,
+            Err(unavailable) => return self.fail_static(image, digest, &adm_key, &unavailable),
+        };
         let verdict = decision.verdict;
         let reasons = decision.reasons.join("; ");
         let record = AdmissionRecord {
             decision,
             decided_at: now_secs(),
         };
-        let mut bindings: Vec<(String, Binding)> = Vec::new();
+        let mut children: Vec<(String, Binding)> = Vec::new();
+        let mut blobs: Vec<(String, u64)> = Vec::new();
         if verdict == Verdict::Allow {
-            bindings.extend(refs.blobs.iter().map(|b| {
-                (
-                    key(image, &format!("@{}", b.digest)),
-                    Binding {
-                        size: b.size,
-                        parent_index: None,
-                        admitted_by: Some(digest.clone()),
-                    },
-                )
-            }));
-            bindings.extend(refs.children.iter().map(|c| {
+            blobs.extend(
+                refs.blobs
+                    .iter()
+                    .map(|b| (key(image, &format!("@{}", b.digest)), b.size)),
+            );
+            children.extend(refs.children.iter().map(|c| {
                 (
                     key(image, &format!("@{}", c.digest)),
                     Binding {
                         size: c.size,
                         parent_index: Some(digest.clone()),
                         admitted_by: None,
+                        admitters: Vec::new(),
                     },
                 )
             }));
         }
+        let manifest = digest.clone();
+        let lock = self.binding_lock.clone();
         // Bindings first, then the decision: a crash in between leaves a
         // manifest that is re-admitted, never a decision without bindings.
         self.store
             .blocking_index(move |idx| {
+                let _serial = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut bindings = children;
+                for (k, size) in blobs {
+                    let mut b: Binding = idx.get(Table::Bindings, &k)?.unwrap_or(Binding {
+                        size,
+                        parent_index: None,
+                        admitted_by: None,
+                        admitters: Vec::new(),
+                    });
+                    b.admitters = b.all_admitters();
+                    b.admitted_by = None;
+                    b.admitters.retain(|a| a.manifest != manifest);
+                    b.admitters.push(Admitter {
+                        manifest: manifest.clone(),
+                        size,
+                    });
+                    let excess = b.admitters.len().saturating_sub(MAX_ADMITTERS);
+                    b.admitters.drain(..excess);
+                    b.size = size;
+                    bindings.push((k, b));
+                }
                 idx.put_many(Table::Bindings, &bindings)?;
                 idx.put(Table::Admissions, &adm_key, &record)
             })
@@ -427,6 +583,40 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         match verdict {
             Verdict::Allow => Ok(()),
             Verdict::Deny => Err(MirrorError::Denied(reasons)),
+        }
+    }
+
+    /// Admission is unavailable: serve an allow made under the newest
+    /// revision seen, within the fail-static window since it was last
+    /// confirmed; a denial stays a denial; everything else is refused.
+    fn fail_static(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        adm_key: &str,
+        unavailable: &crate::admission::AdmissionUnavailable,
+    ) -> Result<(), MirrorError> {
+        let revision = self.admission.revision();
+        let window = self.cfg.fail_static_max;
+        match self.stored_decision(adm_key)? {
+            Some(rec) if rec.decision.revision == revision && !revision.is_empty() => {
+                let age = now_secs().saturating_sub(rec.decided_at);
+                match rec.decision.verdict {
+                    Verdict::Deny => Err(MirrorError::Denied(rec.decision.reasons.join("; "))),
+                    Verdict::Allow if age < window.as_secs() => {
+                        tracing::warn!(%image, %digest, revision, age_secs = age, max_secs = window.as_secs(),
+                            error = %unavailable, "admission unavailable: serving the last admission (fail static)");
+                        Ok(())
+                    }
+                    Verdict::Allow => Err(MirrorError::NotCurrent(format!(
+                        "{image}@{digest}: admission not confirmed for {age} s (the limit is {} s) and it cannot be re-checked: {unavailable}",
+                        window.as_secs()
+                    ))),
+                }
+            }
+            _ => Err(MirrorError::NotCurrent(format!(
+                "{image}@{digest} has no current admission under the newest policy revision seen, and it cannot be checked: {unavailable}"
+            ))),
         }
     }
 
@@ -449,16 +639,92 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         self.admission.revision()
     }
 
-    /// The size of a blob as bound to this repository, or the refusal.
+    /// Whether manifest `digest` of `image` is admitted now: a current
+    /// stored decision, else admission runs again on the stored (or
+    /// fetched) manifest, under the current revision.
+    pub async fn current_admission(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<(), MirrorError> {
+        let adm_key = key(image, &format!("@{digest}"));
+        let revision = self.admission.revision();
+        if let Some(answer) = self.cached_decision(image, &adm_key, &revision, false)? {
+            return answer;
+        }
+        let (bytes, declared_type) = self.manifest_by_digest(image, digest).await?;
+        let refs = ManifestRefs::parse(&bytes, declared_type.as_deref())
+            .map_err(|e| MirrorError::ManifestInvalid(e.to_string()))?;
+        self.admit(image, digest, &refs, &bytes).await
+    }
+
+    /// The size of a blob as bound to this repository by a currently
+    /// admitted manifest, or the refusal. When the blob is stored, its
+    /// real size must equal what the admitting manifest declares: a
+    /// descriptor that disagrees is an error for that manifest.
     pub async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, MirrorError> {
-        let k = key(image, &format!("@{digest}"));
-        let binding: Option<Binding> = self
-            .store
-            .index()
-            .get(Table::Bindings, &k)
-            .map_err(customs_store::StoreError::from)?;
+        let r = self.admitted_blob_size(image, digest).await;
+        self.count_refusal(image, &r);
+        r
+    }
+
+    async fn admitted_blob_size(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<u64, MirrorError> {
+        let binding = self.binding(image, digest)?;
+        let stored = self.store.meta(digest)?.map(|m| m.size);
         match (binding, self.cfg.unbound_blobs) {
-            (Some(b), _) => Ok(b.size),
+            (Some(b), _) => {
+                let admitters = b.all_admitters();
+                if admitters.is_empty() {
+                    // An index child addressed as a blob: it stands or
+                    // falls with the index that listed it.
+                    return match &b.parent_index {
+                        Some(index) => {
+                            self.current_admission(image, index).await?;
+                            Ok(b.size)
+                        }
+                        None => Err(MirrorError::BlobUnknown(format!(
+                            "{digest} is not referenced by an admitted manifest of {image}"
+                        ))),
+                    };
+                }
+                let mut refusal = None;
+                // Newest first: the likeliest to be admitted now.
+                for a in admitters.iter().rev() {
+                    if let Some(real) = stored
+                        && real != a.size
+                    {
+                        refusal.get_or_insert(MirrorError::ManifestInvalid(format!(
+                            "{image}@{}: its descriptor for {digest} declares {} bytes, the stored blob has {real}",
+                            a.manifest, a.size
+                        )));
+                        continue;
+                    }
+                    match self.current_admission(image, &a.manifest).await {
+                        Ok(()) => return Ok(a.size),
+                        Err(e @ (MirrorError::Denied(_) | MirrorError::NotCurrent(_))) => {
+                            if !matches!(refusal, Some(MirrorError::Denied(_))) {
+                                refusal = Some(e);
+                            }
+                        }
+                        Err(e) => {
+                            refusal.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(match refusal {
+                    Some(MirrorError::Denied(why)) => MirrorError::Denied(format!(
+                        "{digest} of {image}: no manifest referencing it is admitted now: {why}"
+                    )),
+                    Some(e) => e,
+                    None => MirrorError::BlobUnknown(format!(
+                        "{digest} is not referenced by an admitted manifest of {image}"
+                    )),
+                })
+            }
             (None, UnboundBlobs::Refuse) => Err(MirrorError::BlobUnknown(format!(
                 "{digest} is not referenced by an admitted manifest of {image}"
             ))),

@@ -41,6 +41,13 @@ pub struct PeerConfig {
     pub zone: String,
     /// Locality: rack.
     pub rack: String,
+    /// How long a gateway admission is reused before the node asks again
+    /// (seconds; an admission of an older revision is never reused).
+    pub admission_ttl_secs: u64,
+    /// Fail static: while the gateway is unreachable, admissions of the
+    /// newest revision keep being served this long after their last
+    /// confirmation (seconds), then the node refuses.
+    pub admission_stale_max_secs: u64,
 }
 
 impl Default for PeerConfig {
@@ -62,6 +69,8 @@ impl Default for PeerConfig {
             gateway_keys: Vec::new(),
             zone: String::new(),
             rack: String::new(),
+            admission_ttl_secs: crate::admission::DEFAULT_ADMISSION_TTL_SECS,
+            admission_stale_max_secs: crate::admission::DEFAULT_ADMISSION_STALE_MAX_SECS,
         }
     }
 }

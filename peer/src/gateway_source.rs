@@ -4,6 +4,7 @@
 //! image by its real registry, and relays the gateway's OCI errors (a
 //! policy denial stays a `DENIED` with its reason).
 
+use crate::revision::RevisionTracker;
 use bytes::Bytes;
 use customs_mirror::{FetchedManifest, Source};
 use customs_protocol::manifest::MANIFEST_MEDIA_TYPES;
@@ -12,12 +13,38 @@ use customs_store::inflight::ByteStream;
 use customs_store::{FetchFailure, FetchFailureKind};
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest wait for a gateway answer on a manifest or admission check (a
+/// blob body has its own pacing): past it the gateway counts as
+/// unreachable and the node fails static.
+pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Fetches from a gateway's OCI endpoint.
 #[derive(Clone)]
 pub struct GatewaySource {
     base: String,
     http: reqwest::Client,
+    /// Learns the gateway's policy revision from every response.
+    revisions: Option<Arc<RevisionTracker>>,
+}
+
+/// The gateway's answer to "is this manifest admitted for this repository
+/// now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayAnswer {
+    /// Admitted, under this policy revision.
+    Admitted {
+        /// The revision the gateway decided under.
+        revision: String,
+    },
+    /// Refused (policy `DENIED`, an unconfigured registry, or a manifest
+    /// the gateway does not know): final, never "unavailable".
+    Refused {
+        /// The gateway's reason.
+        reason: String,
+    },
 }
 
 impl GatewaySource {
@@ -28,6 +55,69 @@ impl GatewaySource {
         GatewaySource {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            revisions: None,
+        }
+    }
+
+    /// Feeds every response's policy revision to `revisions`.
+    pub fn with_revisions(mut self, revisions: Arc<RevisionTracker>) -> Self {
+        self.revisions = Some(revisions);
+        self
+    }
+
+    fn observe(&self, resp: &reqwest::Response) {
+        if let Some(r) = &self.revisions {
+            r.observe(resp.headers());
+        }
+    }
+
+    /// Asks the gateway for its current revision (`GET /v2/`); the answer's
+    /// headers update the tracker.
+    pub async fn poll_revision(&self) -> Result<(), FetchFailure> {
+        let resp = self
+            .http
+            .get(format!("{}/v2/", self.base))
+            .timeout(GATEWAY_TIMEOUT)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        self.observe(&resp);
+        Ok(())
+    }
+
+    /// Whether the gateway admits manifest `digest` for `image` now: it
+    /// answers a manifest request only for a manifest it admitted for that
+    /// repository under its current revision, which it names in a header.
+    /// `Err` only when the gateway could not be asked (unreachable, or an
+    /// answer without a revision).
+    pub async fn admission_of(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<GatewayAnswer, FetchFailure> {
+        match self
+            .get_manifest(image, &Reference::Digest(digest.clone()))
+            .await
+        {
+            Ok((m, revision)) => {
+                if Digest::of(&m.bytes) != *digest {
+                    return Err(unavailable(format!(
+                        "the gateway answered {digest} with other bytes"
+                    )));
+                }
+                let revision = revision
+                    .ok_or_else(|| unavailable("the gateway's answer names no policy revision"))?;
+                Ok(GatewayAnswer::Admitted { revision })
+            }
+            Err(f)
+                if matches!(
+                    f.kind,
+                    FetchFailureKind::Denied | FetchFailureKind::NotFound
+                ) =>
+            {
+                Ok(GatewayAnswer::Refused { reason: f.message })
+            }
+            Err(f) => Err(f),
         }
     }
 
@@ -84,19 +174,27 @@ async fn relay_error(resp: reqwest::Response) -> FetchFailure {
     FetchFailure::new(kind, message)
 }
 
-impl Source for GatewaySource {
-    async fn manifest(
+impl GatewaySource {
+    /// A manifest and the policy revision the gateway served it under.
+    async fn get_manifest(
         &self,
         image: &ImageName,
         reference: &Reference,
-    ) -> Result<FetchedManifest, FetchFailure> {
+    ) -> Result<(FetchedManifest, Option<String>), FetchFailure> {
         let resp = self
             .http
             .get(self.url(image, "manifests", &reference.to_string()))
             .header("Accept", MANIFEST_MEDIA_TYPES.join(", "))
+            .timeout(GATEWAY_TIMEOUT)
             .send()
             .await
             .map_err(unavailable)?;
+        self.observe(&resp);
+        let revision = resp
+            .headers()
+            .get(customs_protocol::headers::POLICY_REVISION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if resp.status() != StatusCode::OK {
             return Err(relay_error(resp).await);
         }
@@ -122,11 +220,24 @@ impl Source for GatewaySource {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(FetchedManifest {
-            bytes: Bytes::from(body),
-            media_type,
-            declared_digest,
-        })
+        Ok((
+            FetchedManifest {
+                bytes: Bytes::from(body),
+                media_type,
+                declared_digest,
+            },
+            revision,
+        ))
+    }
+}
+
+impl Source for GatewaySource {
+    async fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, FetchFailure> {
+        self.get_manifest(image, reference).await.map(|(m, _)| m)
     }
 
     fn blob(
@@ -135,8 +246,12 @@ impl Source for GatewaySource {
         digest: &Digest,
     ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
         let req = self.http.get(self.url(image, "blobs", &digest.to_string()));
+        let revisions = self.revisions.clone();
         async move {
             let resp = req.send().await.map_err(unavailable)?;
+            if let Some(r) = &revisions {
+                r.observe(resp.headers());
+            }
             if resp.status() != StatusCode::OK {
                 return Err(relay_error(resp).await);
             }
@@ -148,9 +263,11 @@ impl Source for GatewaySource {
         let resp = self
             .http
             .head(self.url(image, "blobs", &digest.to_string()))
+            .timeout(GATEWAY_TIMEOUT)
             .send()
             .await
             .map_err(unavailable)?;
+        self.observe(&resp);
         if resp.status() != StatusCode::OK {
             return Err(relay_error(resp).await);
         }

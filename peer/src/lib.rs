@@ -7,16 +7,21 @@
 //! the swarm replaces the blob path with verified pieces from other peers.
 //!
 //! Layout:
+//! - [`admission`]: the node as a policy enforcement point (every manifest
+//!   and blob served under a current gateway admission).
+//! - [`revision`]: the newest policy revision seen from the gateway.
 //! - [`gateway_source`]: the gateway as the peer's [`Source`](customs_mirror::Source).
 //! - [`config`]: the peer's configuration.
 //! - [`swarm`]: piece download, verification and serving.
 //! - [`server`]: wiring and the `serve` entry point.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config;
 pub mod gateway_source;
 pub mod metrics;
 pub mod preheat;
+pub mod revision;
 pub mod server;
 pub mod swarm;
 

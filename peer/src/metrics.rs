@@ -3,6 +3,7 @@
 //! gateway seed or other peers), bytes uploaded to other peers, and pieces
 //! that failed their check.
 
+use crate::admission::Refusals;
 use crate::swarm::Swarm;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -68,10 +69,35 @@ impl Collector for SwarmCounters {
     }
 }
 
-/// The Prometheus text for a swarm peer.
-pub fn render(swarm: &Arc<Swarm>) -> String {
+/// Refusals by kind: `customs_peer_refusals_total{reason}`.
+#[derive(Debug)]
+struct RefusalCounters(Arc<Refusals>);
+
+impl Collector for RefusalCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "customs_peer_refusals",
+            "Requests this node refused (denied by the gateway, no current admission, unbound blob)",
+            None,
+            c.metric_type(),
+        )?;
+        for (reason, value) in self.0.counts() {
+            let labels = [("reason", reason)];
+            let metric = family.encode_family(&labels)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// The Prometheus text for a peer (swarm figures only in swarm mode).
+pub fn render(swarm: Option<&Arc<Swarm>>, refusals: &Arc<Refusals>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SwarmCounters(swarm.clone())));
+    registry.register_collector(Box::new(RefusalCounters(refusals.clone())));
+    if let Some(swarm) = swarm {
+        registry.register_collector(Box::new(SwarmCounters(swarm.clone())));
+    }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
         tracing::error!(error = %e, "metrics encoding failed");

@@ -1,16 +1,15 @@
 //! Wiring: local store, the gateway and the swarm as sources, the OCI routes
 //! and the piece server.
 
+use crate::admission::{NodeAdmission, Refusals};
 use crate::config::{PeerConfig, PeerConfigError};
 use crate::gateway_source::GatewaySource;
+use crate::revision::RevisionTracker;
 use crate::swarm::piece_server::{self, PieceProvider};
 use crate::swarm::{Swarm, SwarmConfig};
 use customs_mirror::http::{RegistryResolver, router};
 use customs_mirror::rate::RateLimiter;
-use customs_mirror::{
-    Admission, AdmissionRequest, Decision, FetchedManifest, Mirror, MirrorConfig, Source,
-    UnboundBlobs, Verdict,
-};
+use customs_mirror::{FetchedManifest, Mirror, MirrorConfig, Source, UnboundBlobs};
 use customs_protocol::piece_manifest::TrustedGatewayKeys;
 use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName, Reference, RegistryHost};
@@ -45,26 +44,6 @@ pub enum PeerError {
     /// Serving failed.
     #[error("peer server: {0}")]
     Serve(#[from] std::io::Error),
-}
-
-/// The peer's admission: the gateway is the policy gate and only serves
-/// manifests it admitted for the requested repository, so a manifest the
-/// gateway sent is admitted here for that same repository, and nothing else.
-pub struct AdmittedByGateway;
-
-impl Admission for AdmittedByGateway {
-    fn revision(&self) -> String {
-        "gateway".to_owned()
-    }
-
-    async fn admit(&self, _req: AdmissionRequest<'_>) -> Decision {
-        Decision {
-            verdict: Verdict::Allow,
-            mode: "gateway".to_owned(),
-            reasons: vec!["admitted by the gateway".to_owned()],
-            revision: "gateway".to_owned(),
-        }
-    }
 }
 
 /// Manifests from the gateway; blobs from the swarm when it is configured,
@@ -106,7 +85,7 @@ impl Source for PeerSource {
 }
 
 /// The mirror a peer runs.
-pub type PeerMirror = Mirror<PeerSource, AdmittedByGateway>;
+pub type PeerMirror = Mirror<PeerSource, NodeAdmission>;
 
 /// A configured peer.
 pub struct Peer {
@@ -117,6 +96,9 @@ pub struct Peer {
     pub refused: Arc<RefusedConnections>,
     upload_slots: usize,
     upload_queue: usize,
+    gateway: GatewaySource,
+    revisions: Arc<RevisionTracker>,
+    refusals: Arc<Refusals>,
 }
 
 impl Peer {
@@ -187,16 +169,23 @@ impl Peer {
             }
             _ => None,
         };
+        let revisions = RevisionTracker::load(store.clone());
+        let gateway_source = GatewaySource::new(gateway, http).with_revisions(revisions.clone());
+        let refusals: Arc<Refusals> = Arc::default();
         let source = PeerSource {
-            gateway: GatewaySource::new(gateway, http),
+            gateway: gateway_source.clone(),
             swarm: swarm.as_ref().map(|(s, _, _)| s.clone()),
         };
+        let admission =
+            NodeAdmission::new(gateway_source.clone(), revisions.clone(), refusals.clone());
         let mirror = Mirror::new(
             store,
             Arc::new(source),
-            Arc::new(AdmittedByGateway),
+            Arc::new(admission),
             MirrorConfig {
                 unbound_blobs: UnboundBlobs::AskSource,
+                allow_ttl: Some(std::time::Duration::from_secs(cfg.admission_ttl_secs)),
+                fail_static_max: std::time::Duration::from_secs(cfg.admission_stale_max_secs),
                 ..MirrorConfig::default()
             },
         );
@@ -207,6 +196,9 @@ impl Peer {
             refused: Arc::default(),
             upload_slots: cfg.upload_slots,
             upload_queue: cfg.upload_queue,
+            gateway: gateway_source,
+            revisions,
+            refusals,
         })
     }
 
@@ -231,18 +223,20 @@ impl Peer {
             None,
         );
         let swarm_for_metrics = self.swarm.as_ref().map(|(s, _, _)| s.clone());
+        let refusals = self.refusals.clone();
         let app = app.route(
             "/metrics",
             axum::routing::get(move || {
                 let swarm = swarm_for_metrics.clone();
-                async move {
-                    swarm
-                        .as_ref()
-                        .map(crate::metrics::render)
-                        .unwrap_or_default()
-                }
+                let refusals = refusals.clone();
+                async move { crate::metrics::render(swarm.as_ref(), &refusals) }
             }),
         );
+        tokio::spawn(poll_revision(
+            self.gateway.clone(),
+            self.revisions.clone(),
+            shutdown.clone(),
+        ));
         let swarm_for_status = self.swarm.as_ref().map(|(s, _, _)| s.clone());
         let app = app.route(
             "/customs/v1/status",
@@ -288,5 +282,24 @@ impl Peer {
             _ => oci.await?,
         }
         Ok(())
+    }
+}
+
+/// Polls the gateway's policy revision (every response also carries it) so
+/// a new revision reaches this node within two of the gateway's policy poll
+/// intervals, even when nothing is being pulled.
+async fn poll_revision(
+    gateway: GatewaySource,
+    revisions: Arc<RevisionTracker>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Err(e) = gateway.poll_revision().await {
+            tracing::debug!(error = %e, "gateway revision poll failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(revisions.poll_period()) => {}
+        }
     }
 }

@@ -198,6 +198,8 @@ pub fn verify_item(
         EvidenceItem::Bundle { bundle, .. } => {
             let json = std::str::from_utf8(&bundle.0).map_err(|_| "bundle is not UTF-8")?;
             let bundle = parse_bundle(json)?;
+            // What it would claim, before spending a verification on it.
+            bundle_claim(&bundle.content, digest)?;
             let artifact = Artifact::from(sha256_of(digest)?);
             let signer = match &authority.kind {
                 AuthorityKind::Key { key, tlog, root } => {
@@ -212,22 +214,7 @@ pub fn verify_item(
                     keyless_signer(authority, &r)?
                 }
             };
-            let claim = match &bundle.content {
-                SignatureContent::MessageSignature(_) => Claim::ImageSignature,
-                SignatureContent::DsseEnvelope(env) => {
-                    if env.payload_type != INTOTO_PAYLOAD_TYPE {
-                        return Err(format!("DSSE payload type {:?}", env.payload_type));
-                    }
-                    let st = intoto::parse(env.payload.as_bytes())?;
-                    st.check_subject(digest)?;
-                    if st.predicate_type == COSIGN_SIGN_PREDICATE {
-                        Claim::ImageSignature
-                    } else {
-                        Claim::Statement(st)
-                    }
-                }
-                _ => return Err("unsupported bundle content".into()),
-            };
+            let claim = bundle_claim(&bundle.content, digest)?;
             (signer, log_index(&bundle), claim)
         }
     };
@@ -240,6 +227,33 @@ pub fn verify_item(
         },
         claim,
     })
+}
+
+/// What a bundle's content claims about image `digest`. Only a DSSE in-toto
+/// statement naming the digest counts: with predicate
+/// `https://sigstore.dev/cosign/sign/v1` as the image signature (cosign v3),
+/// otherwise as an attestation. A message signature (`cosign sign-blob`)
+/// signs some bytes whose hash happens to be the digest; it says nothing
+/// about the image as an image, so it is never an image signature.
+fn bundle_claim(content: &SignatureContent, digest: &Digest) -> Result<Claim, String> {
+    match content {
+        SignatureContent::MessageSignature(_) => {
+            Err("a message-signature bundle (cosign sign-blob) is not an image signature".into())
+        }
+        SignatureContent::DsseEnvelope(env) => {
+            if env.payload_type != INTOTO_PAYLOAD_TYPE {
+                return Err(format!("DSSE payload type {:?}", env.payload_type));
+            }
+            let st = intoto::parse(env.payload.as_bytes())?;
+            st.check_subject(digest)?;
+            Ok(if st.predicate_type == COSIGN_SIGN_PREDICATE {
+                Claim::ImageSignature
+            } else {
+                Claim::Statement(st)
+            })
+        }
+        _ => Err("unsupported bundle content".into()),
+    }
 }
 
 fn verify_simple_signing(
@@ -365,5 +379,31 @@ fn verify_dsse_layer(
                 .map_err(|e| format!("keyless attestation does not verify: {e}"))?;
             Ok((keyless_signer(authority, &r)?, log_index(&bundle), payload))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `cosign sign-blob` bundle over bytes hashing to the manifest digest
+    /// is never an image signature, however well it verifies.
+    #[test]
+    fn a_message_signature_bundle_is_not_an_image_signature() {
+        let digest = Digest::of(b"some manifest");
+        let hash = base64::engine::general_purpose::STANDARD
+            .encode(hex::decode(digest.hex()).expect("hex"));
+        let json = serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {"publicKey": {"hint": "k"}, "tlogEntries": []},
+            "messageSignature": {
+                "messageDigest": {"algorithm": "SHA2_256", "digest": hash},
+                "signature": "c2ln"
+            }
+        })
+        .to_string();
+        let bundle = parse_bundle(&json).expect("a well-formed bundle");
+        let err = bundle_claim(&bundle.content, &digest).expect_err("must not count");
+        assert!(err.contains("not an image signature"), "{err}");
     }
 }

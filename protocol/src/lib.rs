@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod digest;
+pub mod headers;
 pub mod image_ref;
 pub mod manifest;
 pub mod name;

@@ -25,17 +25,21 @@ pub enum Table {
     Manifests,
     /// blob digest → the gateway-signed piece manifest for it.
     PieceManifests,
+    /// Small facts a node keeps across restarts (the newest policy
+    /// revision it has seen from its gateway).
+    NodeState,
 }
 
 impl Table {
     /// Every table, created when the index is opened.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Blobs,
         Table::Tags,
         Table::Bindings,
         Table::Admissions,
         Table::Manifests,
         Table::PieceManifests,
+        Table::NodeState,
     ];
 
     fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -46,6 +50,7 @@ impl Table {
             Table::Admissions => "admissions",
             Table::Manifests => "manifests",
             Table::PieceManifests => "piece_manifests",
+            Table::NodeState => "node_state",
         })
     }
 }

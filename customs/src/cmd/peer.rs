@@ -67,6 +67,16 @@ pub struct PeerArgs {
     /// Locality: rack.
     #[arg(long)]
     rack: Option<String>,
+    /// How long a gateway admission is reused before this node asks the
+    /// gateway again (e.g. `20s`; admissions of an older policy revision are
+    /// never reused).
+    #[arg(long, env = "CUSTOMS_ADMISSION_TTL", value_parser = humantime::parse_duration)]
+    admission_ttl: Option<std::time::Duration>,
+    /// Fail static: while the gateway is unreachable, keep serving what was
+    /// admitted under the newest revision for at most this long after its
+    /// last confirmation (e.g. `10m`), then refuse.
+    #[arg(long, env = "CUSTOMS_ADMISSION_STALE_MAX", value_parser = humantime::parse_duration)]
+    admission_stale_max: Option<std::time::Duration>,
     /// Stop when standard input closes (used by `customs up` for its fleet).
     #[arg(long)]
     exit_on_stdin_eof: bool,
@@ -95,6 +105,12 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     set!(upload_limit);
     set!(upload_slots);
     set!(upload_queue);
+    if let Some(d) = args.admission_ttl {
+        cfg.admission_ttl_secs = d.as_secs();
+    }
+    if let Some(d) = args.admission_stale_max {
+        cfg.admission_stale_max_secs = d.as_secs();
+    }
     if !args.gateway_keys.is_empty() {
         cfg.gateway_keys = args.gateway_keys.clone();
     }

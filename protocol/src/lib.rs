@@ -19,6 +19,7 @@ pub mod image_ref;
 pub mod manifest;
 pub mod name;
 pub mod oci_error;
+pub mod peer_id;
 pub mod piece_manifest;
 
 /// The generated scheduler gRPC protocol (from `proto/scheduler.proto`).

@@ -1,19 +1,47 @@
 //! The scheduler's gRPC service. Who may call what comes from the caller's
-//! mTLS certificate: only gateways register tasks; a peer may only speak
-//! for the peer id its certificate names.
+//! mTLS certificate: only gateways register tasks; a peer speaks only for
+//! the one node id its certificate names (its identity SAN, never its role
+//! SAN), and only gateways speak for the seed.
 
-use crate::state::{BlockOutcome, SchedulerState};
+use crate::state::{AnnounceError, BadPieceSummary, PiecesError, ReportOutcome, SchedulerState};
 use customs_protocol::Digest;
+use customs_protocol::peer_id::PeerId;
 use customs_protocol::piece_manifest::{SignedPieceManifest, TrustedGatewayKeys};
 use customs_protocol::scheduler_proto as pb;
 use customs_protocol::scheduler_proto::scheduler_server::{Scheduler, SchedulerServer};
 use customs_store::audit::AuditLog;
 use customs_tls::{Role, TlsIdentity, has_role, is_named};
+use serde::Serialize;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::CertificateDer;
 use tonic::{Request, Response, Status};
+
+/// The id gateways announce under as seed (`customs_gateway::seed::SEED_ID`).
+/// Only a certificate with the gateway role speaks for it: every gateway
+/// replica is "the seed", and a gateway certificate may register content
+/// anyway, so the role is the whole authority here.
+pub const SEED_PEER_ID: &str = "gateway";
+
+/// Ids that are also role names. A peer may use one only when its
+/// certificate carries exactly that identity SAN
+/// (`<id>.node.customs.internal`), so a role SAN such as
+/// `peer.customs.internal` can never pass for a node's identity, whatever
+/// the identity check in `customs_tls` looks like.
+pub const ROLE_NAMES: [&str; 3] = ["peer", "gateway", "scheduler"];
+
+/// The DNS suffix of identity SANs (`<id>.node.customs.internal`), as
+/// `customs_tls` issues them.
+pub const IDENTITY_SAN_SUFFIX: &str = "node.customs.internal";
+
+/// How often bad-piece reports are written as one aggregate audit event
+/// (the gateway aggregates cache hits per minute too).
+pub const BAD_PIECE_AGGREGATE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Longest `detail` of a bad-piece report kept (logs and events).
+pub const MAX_DETAIL_CHARS: usize = 256;
 
 /// The service.
 pub struct SchedulerService {
@@ -22,11 +50,39 @@ pub struct SchedulerService {
     instance: String,
     keys: TrustedGatewayKeys,
     audit: Option<AuditLog>,
+    aggregate_interval: Duration,
+}
+
+/// The `bad_piece` aggregate audit event.
+#[derive(Serialize)]
+struct BadPieceEvent {
+    interval_secs: u64,
+    #[serde(flatten)]
+    summary: BadPieceSummary,
+}
+
+/// The `peer_blocklisted` audit event: a parent cut out for every peer.
+#[derive(Serialize)]
+struct BlocklistEvent<'a> {
+    parent: &'a PeerId,
+    /// The report that crossed the threshold.
+    reporter: &'a PeerId,
+    blob: &'a Digest,
+    piece: u32,
+    detail: String,
+    blocklisted_for_secs: u64,
 }
 
 impl SchedulerService {
-    /// A scheduler trusting piece manifests signed by `keys`.
-    pub fn new(keys: TrustedGatewayKeys, audit: Option<AuditLog>) -> Self {
+    /// A scheduler trusting piece manifests signed by `keys`, writing
+    /// bad-piece counts to `audit` once per `aggregate_interval` (see
+    /// [`SchedulerService::aggregate_loop`]; [`BAD_PIECE_AGGREGATE_INTERVAL`]
+    /// is the default).
+    pub fn new(
+        keys: TrustedGatewayKeys,
+        audit: Option<AuditLog>,
+        aggregate_interval: Duration,
+    ) -> Self {
         let mut id = [0u8; 8];
         let _ = getrandom::fill(&mut id);
         SchedulerService {
@@ -34,35 +90,140 @@ impl SchedulerService {
             instance: id.iter().map(|b| format!("{b:02x}")).collect(),
             keys,
             audit,
+            aggregate_interval,
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SchedulerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Judges one bad-piece report from `reporter` (already authenticated)
+    /// and returns whether the parent is now blocklisted. Only a parent
+    /// becoming blocklisted for every peer is written to the audit log at
+    /// once (durable before the answer); everything else is tallied for
+    /// the next aggregate event.
+    async fn bad_piece(
+        &self,
+        reporter: &PeerId,
+        parent: &PeerId,
+        blob: &Digest,
+        piece: u32,
+        detail: &str,
+    ) -> Result<bool, Status> {
+        let outcome = self
+            .state()
+            .report_bad(reporter, parent, blob, piece, Instant::now());
+        let detail: String = detail.chars().take(MAX_DETAIL_CHARS).collect();
+        match outcome {
+            ReportOutcome::Ignored(why) => {
+                tracing::debug!(%reporter, %parent, %blob, piece, ?why, "bad-piece report ignored");
+            }
+            ReportOutcome::ForReporter { new: false } => {
+                tracing::debug!(%reporter, %parent, %blob, piece, "bad-piece report (parent already blocklisted for the reporter)");
+            }
+            ReportOutcome::ForReporter { new: true } => {
+                tracing::warn!(%reporter, %parent, %blob, piece, %detail, "bad piece reported; parent blocklisted for the reporter");
+            }
+            ReportOutcome::Global => {
+                tracing::warn!(%reporter, %parent, %blob, piece, %detail, "bad pieces reported by several peers; parent blocklisted for every peer");
+                if let Some(audit) = &self.audit {
+                    let event = BlocklistEvent {
+                        parent,
+                        reporter,
+                        blob,
+                        piece,
+                        detail,
+                        blocklisted_for_secs: crate::state::BLOCKLIST_FOR.as_secs(),
+                    };
+                    if let Err(e) = audit.write("peer_blocklisted", &event).await {
+                        tracing::error!(error = %e, "audit write failed for a global blocklisting");
+                        return Err(Status::internal("the blocklisting could not be recorded"));
+                    }
+                }
+            }
+        }
+        Ok(outcome.blocklisted())
+    }
+
+    /// Once per interval, sweeps aged-out state and writes the bad-piece
+    /// reports counted since the last time as one `bad_piece` audit event
+    /// (nothing when there were none), so reports never turn into one
+    /// durable write each. Writes a last one when `shutdown` fires.
+    pub async fn aggregate_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let stop = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = tokio::time::sleep(self.aggregate_interval) => false,
+            };
+            let summary = {
+                let mut s = self.state();
+                s.sweep(Instant::now());
+                s.take_bad_piece_summary()
+            };
+            if let Some(summary) = summary {
+                tracing::warn!(
+                    counted = summary.counted.iter().map(|c| c.reports).sum::<u64>()
+                        + summary.other_counted,
+                    ignored_reporters = summary.ignored.len(),
+                    "bad-piece reports in the last interval"
+                );
+                if let Some(audit) = &self.audit {
+                    let event = BadPieceEvent {
+                        interval_secs: self.aggregate_interval.as_secs(),
+                        summary,
+                    };
+                    if let Err(e) = audit.write("bad_piece", &event).await {
+                        tracing::error!(error = %e, "bad-piece aggregate audit event could not be written");
+                    }
+                }
+            }
+            if stop {
+                return;
+            }
+        }
+    }
 }
 
-fn caller_has<T>(
-    req: &Request<T>,
-    check: impl Fn(&rustls_cert::CertificateDer<'static>) -> bool,
-) -> bool {
+fn caller_has<T>(req: &Request<T>, check: impl Fn(&CertificateDer<'static>) -> bool) -> bool {
     req.peer_certs()
         .is_some_and(|c| c.first().is_some_and(check))
 }
 
-mod rustls_cert {
-    pub use tonic::transport::CertificateDer;
+/// True when the (CA-verified) certificate carries exactly the identity SAN
+/// `<id>.node.customs.internal`.
+fn has_identity_san(cert: &CertificateDer<'_>, id: &PeerId) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    let Ok(name) = rustls_pki_types::ServerName::try_from(format!("{id}.{IDENTITY_SAN_SUFFIX}"))
+    else {
+        return false;
+    };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
-fn require_peer<T>(req: &Request<T>, peer_id: &str) -> Result<(), Status> {
-    if caller_has(req, |c| {
-        (has_role(c, Role::Peer) || has_role(c, Role::Gateway)) && is_named(c, peer_id)
-    }) {
-        Ok(())
+/// Whether a certificate may speak for `id`: the seed id needs the gateway
+/// role; any other id needs the peer role and the identity, and an id that
+/// is a role name needs that exact identity SAN besides.
+pub fn may_speak_for(cert: &CertificateDer<'_>, id: &PeerId) -> bool {
+    if id.as_str() == SEED_PEER_ID {
+        return has_role(cert, Role::Gateway);
+    }
+    has_role(cert, Role::Peer)
+        && is_named(cert, id.as_str())
+        && (!ROLE_NAMES.contains(&id.as_str()) || has_identity_san(cert, id))
+}
+
+/// Parses the id a request speaks for and checks the caller may.
+fn require_peer<T>(req: &Request<T>, peer_id: &str) -> Result<PeerId, Status> {
+    let id = PeerId::parse(peer_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if caller_has(req, |c| may_speak_for(c, &id)) {
+        Ok(id)
     } else {
+        tracing::warn!(peer = %id, "request refused: the client certificate does not name this peer");
         Err(Status::permission_denied(format!(
-            "the client certificate does not name peer {:?}",
-            peer_id.chars().take(64).collect::<String>()
+            "the client certificate does not name peer {id:?}"
         )))
     }
 }
@@ -134,14 +295,20 @@ impl Scheduler for SchedulerService {
             .peer
             .clone()
             .ok_or_else(|| Status::invalid_argument("missing peer"))?;
-        require_peer(&req, &info.peer_id)?;
-        if info.seed && !caller_has(&req, |c| has_role(c, Role::Gateway)) {
-            return Err(Status::permission_denied("only gateways announce as seeds"));
+        let id = require_peer(&req, &info.peer_id)?;
+        if info.seed != (id.as_str() == SEED_PEER_ID) {
+            return Err(Status::permission_denied(
+                "only gateways announce as seeds, and only as the seed",
+            ));
         }
-        if info.upload_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument("upload_addr must be host:port"));
+        match self.state().announce(&id, info, Instant::now()) {
+            Ok(()) => {}
+            Err(e @ AnnounceError::TableFull) => {
+                tracing::warn!(peer = %id, "announcement refused: peer table full");
+                return Err(Status::resource_exhausted(e.to_string()));
+            }
+            Err(e) => return Err(Status::invalid_argument(e.to_string())),
         }
-        self.state().announce(info, Instant::now());
         Ok(Response::new(pb::AnnouncePeerResponse {
             instance: self.instance.clone(),
         }))
@@ -151,17 +318,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        require_peer(&req, &req.get_ref().peer_id)?;
+        let id = require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let blob = parse_digest(&r.blob_digest)?;
         let (m, parents, seed_hints) = self
             .state()
-            .task_for(
-                &blob,
-                &r.peer_id,
-                r.seed_hints_wanted as usize,
-                Instant::now(),
-            )
+            .task_for(&blob, &id, r.seed_hints_wanted as usize, Instant::now())
             .ok_or_else(|| Status::not_found(format!("no admitted task for {blob}")))?;
         Ok(Response::new(pb::GetTaskResponse {
             manifest: Some(to_pb(m.signed())),
@@ -174,38 +336,31 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ReportPiecesRequest>,
     ) -> Result<Response<pb::ReportPiecesResponse>, Status> {
-        require_peer(&req, &req.get_ref().peer_id)?;
+        let id = require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let blob = parse_digest(&r.blob_digest)?;
-        if !self.state().report_pieces(&r.peer_id, &blob, &r.pieces) {
-            return Err(Status::not_found(format!("no admitted task for {blob}")));
+        match self.state().report_pieces(&id, &blob, &r.pieces) {
+            Ok(()) => Ok(Response::new(pb::ReportPiecesResponse {})),
+            Err(e @ PiecesError::UnknownTask(_)) => Err(Status::not_found(e.to_string())),
+            Err(e @ PiecesError::UnknownPeer(_)) => Err(Status::failed_precondition(e.to_string())),
+            Err(e @ PiecesError::TooMany { .. }) => Err(Status::invalid_argument(e.to_string())),
         }
-        Ok(Response::new(pb::ReportPiecesResponse {}))
     }
 
     async fn report_bad_piece(
         &self,
         req: Request<pb::ReportBadPieceRequest>,
     ) -> Result<Response<pb::ReportBadPieceResponse>, Status> {
-        require_peer(&req, &req.get_ref().peer_id)?;
+        let reporter = require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
-        let outcome = self
-            .state()
-            .report_bad(&r.peer_id, &r.parent_id, Instant::now());
-        let global = outcome == BlockOutcome::Global;
-        tracing::warn!(reporter = %r.peer_id, parent = %r.parent_id, blob = %r.blob_digest, piece = r.piece, global, "bad piece reported; parent blocklisted");
-        if let Some(audit) = &self.audit {
-            let event = serde_json::json!({
-                "reporter": r.peer_id, "parent": r.parent_id, "blob": r.blob_digest,
-                "piece": r.piece, "detail": r.detail.chars().take(256).collect::<String>(),
-                "blocklisted": if global { "global" } else { "for-reporter" },
-            });
-            if let Err(e) = audit.write("bad_piece", &event).await {
-                tracing::error!(error = %e, "audit write failed for a bad-piece report");
-            }
-        }
+        let parent = PeerId::parse(&r.parent_id)
+            .map_err(|e| Status::invalid_argument(format!("parent_id: {e}")))?;
+        let blob = parse_digest(&r.blob_digest)?;
+        let blocklisted = self
+            .bad_piece(&reporter, &parent, &blob, r.piece, &r.detail)
+            .await?;
         Ok(Response::new(pb::ReportBadPieceResponse {
-            parent_blocklisted: true,
+            parent_blocklisted: blocklisted,
         }))
     }
 }
@@ -238,3 +393,6 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

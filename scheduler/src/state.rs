@@ -1,33 +1,106 @@
 //! The scheduler's soft state and its parent selection.
+//!
+//! Every map here is fed by peers, so every map is bounded and ages out:
+//! the peer table (cap plus a sweep of peers not heard from), the parents
+//! handed to each peer (what its bad-piece reports are checked against),
+//! the per-reporter blocklists, the reporters counted against a parent and
+//! the bad-piece tally between two audit events. A bad-piece report counts
+//! only for a transfer the scheduler arranged: that parent handed to that
+//! reporter for that blob within [`HANDOUT_TTL`].
+
+mod ledger;
+mod tally;
+
+pub use tally::{
+    BadPieceSummary, CountedReports, IgnoredByReporter, IgnoredCounts, IgnoredReport,
+    MAX_TALLY_ENTRIES,
+};
 
 use customs_protocol::Digest;
+use customs_protocol::peer_id::PeerId;
 use customs_protocol::piece_manifest::VerifiedPieceManifest;
 use customs_protocol::scheduler_proto::{Parent, PeerInfo};
-use std::collections::{HashMap, HashSet};
+use ledger::{Inserted, Ledger};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tally::Tally;
 
 /// A peer not heard from for this long is no longer offered as a parent.
 pub const PEER_TTL: Duration = Duration::from_secs(60);
-/// How long a blocklisting lasts.
+/// A peer not heard from for this long is forgotten with its pieces (unless
+/// it is still blocklisted: going quiet must not shed a blocklisting).
+/// Peers announce every 2 s; 15 min outlasts any restart or network blip.
+pub const PEER_FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Most peers in the table: five times the 2,000-node fleet the design
+/// targets. Each entry is under 1 KiB (ids and labels are capped), so the
+/// table stays under ~10 MiB. New peers are refused while it is full.
+pub const MAX_PEERS: usize = 10_000;
+/// How long a blocklisting lasts, and how long one report counts towards
+/// one.
 pub const BLOCKLIST_FOR: Duration = Duration::from_secs(600);
 /// Distinct reporters needed to blocklist a parent for everyone. One report
 /// blocklists it for the reporter at once; a single lying reporter cannot
 /// cut an honest peer out of the swarm.
 pub const GLOBAL_BLOCKLIST_REPORTERS: usize = 2;
+/// Reporters remembered per parent: the threshold needs only
+/// [`GLOBAL_BLOCKLIST_REPORTERS`]; a few more keep the newest when some
+/// expire.
+pub const MAX_REPORTERS_PER_PARENT: usize = 16;
 /// Most parents returned per request.
 pub const MAX_PARENTS: usize = 16;
+/// How long a parent handed to a peer stays reportable by it: a transfer
+/// arranged by one `GetTask` is over well within this (peers ask again for
+/// every blob they fetch), and it matches [`BLOCKLIST_FOR`].
+pub const HANDOUT_TTL: Duration = Duration::from_secs(600);
+/// Hand-outs remembered per requester: 64 blobs in flight with a full
+/// parent list each. Beyond that a peer's oldest hand-outs are forgotten
+/// (only its own reports stop counting).
+pub const MAX_HANDOUTS_PER_PEER: usize = 64 * (MAX_PARENTS + 1);
+/// Hand-outs remembered in total (about 200 bytes each: ~50 MiB at most).
+pub const MAX_HANDOUTS: usize = 262_144;
+/// Parents blocklisted for one reporter at a time; the oldest gives way.
+pub const MAX_PRIVATE_BLOCKS_PER_REPORTER: usize = 64;
+/// Per-reporter blocklistings kept in total.
+pub const MAX_PRIVATE_BLOCKS: usize = 65_536;
+/// Longest zone or rack label accepted in an announcement.
+pub const MAX_LABEL_LEN: usize = 64;
+/// Longest `upload_addr` accepted (a bracketed IPv6 address with a port is
+/// at most 47 characters).
+pub const MAX_UPLOAD_ADDR_LEN: usize = 64;
+/// How long a hinted piece stays reserved for the peer it was hinted to.
+/// Long enough to cover the wait in the seed's upload queue (one piece at a
+/// time for every peer's seed requests).
+pub const HINT_LEASE: Duration = Duration::from_secs(10);
+/// Most seed hints handed out per request.
+pub const SEED_HINTS: usize = 2;
 
 struct PeerEntry {
     info: PeerInfo,
     last_seen: Instant,
     blocked_until: Option<Instant>,
-    /// Peers that reported this one for a bad piece.
-    reporters: HashSet<String>,
+    /// Reporters whose genuine bad-piece report against this peer still
+    /// counts, with when it stops counting.
+    reporters: HashMap<PeerId, Instant>,
+}
+
+impl PeerEntry {
+    fn blocked(&self, now: Instant) -> bool {
+        self.blocked_until.is_some_and(|t| now < t)
+    }
+
+    /// Ends a lapsed blocklisting: the reports behind it are spent.
+    fn lapse(&mut self, now: Instant) {
+        if self.blocked_until.is_some_and(|t| now >= t) {
+            self.blocked_until = None;
+            self.reporters.clear();
+        }
+        self.reporters.retain(|_, t| *t > now);
+    }
 }
 
 struct Task {
     manifest: VerifiedPieceManifest,
-    holders: HashMap<String, Vec<u8>>,
+    holders: HashMap<PeerId, Vec<u8>>,
     /// Where the next seed hint search starts.
     seed_cursor: u32,
     /// Pieces hinted recently, and when: not hinted again within the lease,
@@ -35,21 +108,27 @@ struct Task {
     hinted: HashMap<u32, Instant>,
 }
 
-/// How long a hinted piece stays reserved for the peer it was hinted to.
-/// Long enough to cover the wait in the seed's upload queue (one piece at a
-/// time for every peer's seed requests).
-pub const HINT_LEASE: Duration = Duration::from_secs(10);
-
-/// Most seed hints handed out per request.
-pub const SEED_HINTS: usize = 2;
-
 /// Everything the scheduler knows; lost on restart by design.
-#[derive(Default)]
 pub struct SchedulerState {
-    peers: HashMap<String, PeerEntry>,
+    peers: HashMap<PeerId, PeerEntry>,
     tasks: HashMap<Digest, Task>,
-    /// (reporter, parent) pairs: a parent blocklisted for one reporter.
-    private_blocks: HashSet<(String, String)>,
+    /// Parents handed to each requester: (blob, parent) until it expires.
+    handouts: Ledger<(Digest, PeerId)>,
+    /// Parents blocklisted for one reporter: reporter -> parent, until.
+    private_blocks: Ledger<PeerId>,
+    tally: Tally,
+}
+
+impl Default for SchedulerState {
+    fn default() -> Self {
+        SchedulerState {
+            peers: HashMap::new(),
+            tasks: HashMap::new(),
+            handouts: Ledger::new(MAX_HANDOUTS_PER_PEER, MAX_HANDOUTS),
+            private_blocks: Ledger::new(MAX_PRIVATE_BLOCKS_PER_REPORTER, MAX_PRIVATE_BLOCKS),
+            tally: Tally::default(),
+        }
+    }
 }
 
 fn set_bit(bits: &mut Vec<u8>, i: u32) {
@@ -61,12 +140,66 @@ fn set_bit(bits: &mut Vec<u8>, i: u32) {
 }
 
 /// What a bad-piece report did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum BlockOutcome {
-    /// Blocklisted for the reporter only (so far).
-    ForReporter,
-    /// Blocklisted for every peer.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum ReportOutcome {
+    /// Not counted against the parent (no blocklisting); only tallied.
+    Ignored(IgnoredReport),
+    /// The parent is no longer offered to the reporter; `new` is false
+    /// when it already was blocklisted for it.
+    ForReporter {
+        /// The first report of this parent by this reporter (in the period).
+        new: bool,
+    },
+    /// This report made the parent blocklisted for every peer.
     Global,
+}
+
+impl ReportOutcome {
+    /// True when the parent is now blocklisted (for the reporter or all).
+    pub fn blocklisted(self) -> bool {
+        !matches!(self, ReportOutcome::Ignored(_))
+    }
+}
+
+/// Why an announcement was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AnnounceError {
+    /// The peer table holds [`MAX_PEERS`] live peers.
+    #[error("the peer table is full")]
+    TableFull,
+    /// A field is longer than its cap.
+    #[error("{field} is longer than {max} bytes")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its cap.
+        max: usize,
+    },
+    /// `upload_addr` is not host:port.
+    #[error("upload_addr must be ip:port")]
+    UploadAddr,
+    /// The announced `peer_id` is not the id the caller speaks for.
+    #[error("peer_id is not the caller's id")]
+    PeerId,
+}
+
+/// Why a piece report was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PiecesError {
+    /// No admitted task for the blob.
+    #[error("no admitted task for {0}")]
+    UnknownTask(Digest),
+    /// The reporting peer has not announced itself (or was forgotten).
+    #[error("peer {0} is not announced")]
+    UnknownPeer(PeerId),
+    /// More piece indices than the task has pieces.
+    #[error("{sent} pieces reported for a task of {pieces}")]
+    TooMany {
+        /// How many were sent.
+        sent: usize,
+        /// How many the task has.
+        pieces: u32,
+    },
 }
 
 impl SchedulerState {
@@ -76,9 +209,7 @@ impl SchedulerState {
             .peers
             .values()
             .filter(|p| {
-                !p.info.seed
-                    && now.duration_since(p.last_seen) < PEER_TTL
-                    && p.blocked_until.is_none_or(|t| t <= now)
+                !p.info.seed && now.duration_since(p.last_seen) < PEER_TTL && !p.blocked(now)
             })
             .map(|p| p.info.clone())
             .collect();
@@ -97,71 +228,219 @@ impl SchedulerState {
         });
     }
 
-    /// Records or refreshes a peer.
-    pub fn announce(&mut self, info: PeerInfo, now: Instant) {
-        let e = self
-            .peers
-            .entry(info.peer_id.clone())
-            .or_insert_with(|| PeerEntry {
-                info: info.clone(),
-                last_seen: now,
-                blocked_until: None,
-                reporters: HashSet::new(),
-            });
+    /// Records or refreshes a peer. `info.peer_id` must be `id` (the id the
+    /// caller's certificate names); fields are length-checked. A new peer
+    /// is refused while the table is full of peers still remembered.
+    pub fn announce(
+        &mut self,
+        id: &PeerId,
+        info: PeerInfo,
+        now: Instant,
+    ) -> Result<(), AnnounceError> {
+        if info.peer_id != id.as_str() {
+            return Err(AnnounceError::PeerId);
+        }
+        for (field, value, max) in [
+            ("zone", &info.zone, MAX_LABEL_LEN),
+            ("rack", &info.rack, MAX_LABEL_LEN),
+            ("upload_addr", &info.upload_addr, MAX_UPLOAD_ADDR_LEN),
+        ] {
+            if value.len() > max {
+                return Err(AnnounceError::TooLong { field, max });
+            }
+        }
+        if info.upload_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(AnnounceError::UploadAddr);
+        }
+        if !self.peers.contains_key(id) && self.peers.len() >= MAX_PEERS {
+            self.forget_gone_peers(now);
+            if self.peers.len() >= MAX_PEERS {
+                return Err(AnnounceError::TableFull);
+            }
+        }
+        let e = self.peers.entry(id.clone()).or_insert_with(|| PeerEntry {
+            info: info.clone(),
+            last_seen: now,
+            blocked_until: None,
+            reporters: HashMap::new(),
+        });
         e.info = info;
         e.last_seen = now;
+        Ok(())
     }
 
-    /// Records pieces a peer holds. Unknown tasks and out-of-range pieces
-    /// are ignored (a peer cannot introduce content by reporting it).
-    pub fn report_pieces(&mut self, peer: &str, blob: &Digest, pieces: &[u32]) -> bool {
+    /// Records pieces a peer holds. Out-of-range pieces are ignored (a peer
+    /// cannot introduce content by reporting it); a list longer than the
+    /// task, an unknown task or an unannounced peer is refused.
+    pub fn report_pieces(
+        &mut self,
+        peer: &PeerId,
+        blob: &Digest,
+        pieces: &[u32],
+    ) -> Result<(), PiecesError> {
         let Some(task) = self.tasks.get_mut(blob) else {
-            return false;
+            return Err(PiecesError::UnknownTask(blob.clone()));
         };
         let n = task.manifest.manifest().piece_count();
-        let bits = task.holders.entry(peer.to_owned()).or_default();
+        if pieces.len() > n as usize {
+            return Err(PiecesError::TooMany {
+                sent: pieces.len(),
+                pieces: n,
+            });
+        }
+        if !self.peers.contains_key(peer) {
+            return Err(PiecesError::UnknownPeer(peer.clone()));
+        }
+        let bits = task.holders.entry(peer.clone()).or_default();
         for &p in pieces.iter().filter(|p| **p < n) {
             set_bit(bits, p);
         }
-        true
+        Ok(())
     }
 
-    /// Records a bad piece; returns how far the blocklisting went.
-    pub fn report_bad(&mut self, reporter: &str, parent: &str, now: Instant) -> BlockOutcome {
-        self.private_blocks
-            .insert((reporter.to_owned(), parent.to_owned()));
+    /// A bad piece `piece` of `blob` from `parent`, reported by `reporter`.
+    /// It counts only when the scheduler handed `parent` to `reporter` for
+    /// `blob` within [`HANDOUT_TTL`] and the piece exists; then the parent
+    /// is blocklisted for the reporter, and for everyone once
+    /// [`GLOBAL_BLOCKLIST_REPORTERS`] distinct reporters' reports count at
+    /// once (never a seed). Every report is tallied for the audit log.
+    pub fn report_bad(
+        &mut self,
+        reporter: &PeerId,
+        parent: &PeerId,
+        blob: &Digest,
+        piece: u32,
+        now: Instant,
+    ) -> ReportOutcome {
+        let outcome = self.judge_report(reporter, parent, blob, piece, now);
+        match outcome {
+            ReportOutcome::Ignored(why) => self.tally.ignore(reporter, why),
+            _ => self.tally.count(parent, blob),
+        }
+        outcome
+    }
+
+    fn judge_report(
+        &mut self,
+        reporter: &PeerId,
+        parent: &PeerId,
+        blob: &Digest,
+        piece: u32,
+        now: Instant,
+    ) -> ReportOutcome {
+        let Some(task) = self.tasks.get(blob) else {
+            return ReportOutcome::Ignored(IgnoredReport::UnknownTask);
+        };
+        if piece >= task.manifest.manifest().piece_count() {
+            return ReportOutcome::Ignored(IgnoredReport::PieceOutOfRange);
+        }
+        if !self
+            .handouts
+            .contains(reporter, &(blob.clone(), parent.clone()), now)
+        {
+            return ReportOutcome::Ignored(IgnoredReport::NotHandedOut);
+        }
+        let new = match self.private_blocks.insert(
+            reporter,
+            parent.clone(),
+            now + BLOCKLIST_FOR,
+            now,
+        ) {
+            Inserted::Kept { new } => new,
+            Inserted::Full => {
+                tracing::warn!(%reporter, %parent, "per-reporter blocklist table full; report counts towards a global blocklisting only");
+                true
+            }
+        };
         if let Some(e) = self.peers.get_mut(parent) {
-            e.reporters.insert(reporter.to_owned());
-            if e.reporters.len() >= GLOBAL_BLOCKLIST_REPORTERS && !e.info.seed {
+            e.lapse(now);
+            if !e.reporters.contains_key(reporter)
+                && e.reporters.len() >= MAX_REPORTERS_PER_PARENT
+                && let Some(oldest) = e
+                    .reporters
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(k, _)| k.clone())
+            {
+                e.reporters.remove(&oldest);
+            }
+            e.reporters.insert(reporter.clone(), now + BLOCKLIST_FOR);
+            if e.reporters.len() >= GLOBAL_BLOCKLIST_REPORTERS && !e.info.seed && !e.blocked(now) {
                 e.blocked_until = Some(now + BLOCKLIST_FOR);
-                return BlockOutcome::Global;
+                return ReportOutcome::Global;
             }
         }
-        BlockOutcome::ForReporter
+        ReportOutcome::ForReporter { new }
+    }
+
+    /// The bad-piece counts since the last call (None when there were none).
+    pub fn take_bad_piece_summary(&mut self) -> Option<BadPieceSummary> {
+        self.tally.take()
+    }
+
+    /// Drops what has aged out: forgotten peers and their pieces, lapsed
+    /// blocklistings and the reports behind them, expired hand-outs,
+    /// per-reporter blocklistings and hint leases.
+    pub fn sweep(&mut self, now: Instant) {
+        self.forget_gone_peers(now);
+        for e in self.peers.values_mut() {
+            e.lapse(now);
+        }
+        self.handouts.sweep(now);
+        self.private_blocks.sweep(now);
+        for t in self.tasks.values_mut() {
+            t.hinted
+                .retain(|_, at| now.duration_since(*at) < HINT_LEASE);
+        }
+    }
+
+    fn forget_gone_peers(&mut self, now: Instant) {
+        let before = self.peers.len();
+        self.peers
+            .retain(|_, e| now.duration_since(e.last_seen) < PEER_FORGET_AFTER || e.blocked(now));
+        if self.peers.len() != before {
+            let peers = &self.peers;
+            for t in self.tasks.values_mut() {
+                t.holders.retain(|id, _| peers.contains_key(id));
+            }
+            tracing::info!(
+                forgotten = before - self.peers.len(),
+                "forgot peers not heard from"
+            );
+        }
+    }
+
+    /// How many peers, hand-outs and per-reporter blocklistings are stored
+    /// (for tests and status).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.peers.len(),
+            self.handouts.len(),
+            self.private_blocks.len(),
+        )
     }
 
     /// The task's manifest and candidate parents for `peer`: peers that hold
     /// pieces, live, not blocklisted (globally or for this peer), same zone
     /// and rack first, then least loaded relative to capacity; seeds last.
+    /// Every parent returned is recorded as handed to `peer` for `blob`.
     pub fn task_for(
         &mut self,
         blob: &Digest,
-        peer: &str,
+        peer: &PeerId,
         wanted: usize,
         now: Instant,
     ) -> Option<(VerifiedPieceManifest, Vec<Parent>, Vec<u32>)> {
         let hints = self.seed_hints(blob, wanted, now);
         let task = self.tasks.get(blob)?;
         let me = self.peers.get(peer).map(|e| &e.info);
-        let usable = |id: &str, e: &PeerEntry| {
+        let usable = |id: &PeerId, e: &PeerEntry| {
             id != peer
                 && now.duration_since(e.last_seen) < PEER_TTL
-                && e.blocked_until.is_none_or(|t| now >= t)
-                && !self
-                    .private_blocks
-                    .contains(&(peer.to_owned(), id.to_owned()))
+                && !e.blocked(now)
+                && !self.private_blocks.contains(peer, id, now)
         };
-        let mut parents: Vec<(u32, f64, Parent)> = task
+        let mut parents: Vec<(u32, f64, &PeerId, Parent)> = task
             .holders
             .iter()
             .filter_map(|(id, bits)| {
@@ -183,6 +462,7 @@ impl SchedulerState {
                 Some((
                     locality,
                     load,
+                    id,
                     Parent {
                         peer: Some(e.info.clone()),
                         pieces: bits.clone(),
@@ -191,21 +471,34 @@ impl SchedulerState {
             })
             .collect();
         parents.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        let mut out: Vec<Parent> = parents
+        let mut out: Vec<(PeerId, Parent)> = parents
             .into_iter()
             .take(MAX_PARENTS)
-            .map(|(_, _, p)| p)
+            .map(|(_, _, id, p)| (id.clone(), p))
             .collect();
         out.extend(
             self.peers
                 .iter()
                 .filter(|(id, e)| e.info.seed && usable(id, e))
-                .map(|(_, e)| Parent {
-                    peer: Some(e.info.clone()),
-                    pieces: Vec::new(),
+                .map(|(id, e)| {
+                    (
+                        id.clone(),
+                        Parent {
+                            peer: Some(e.info.clone()),
+                            pieces: Vec::new(),
+                        },
+                    )
                 }),
         );
-        Some((task.manifest.clone(), out, hints))
+        let manifest = task.manifest.clone();
+        for (id, _) in &out {
+            let key = (blob.clone(), id.clone());
+            if self.handouts.insert(peer, key, now + HANDOUT_TTL, now) == Inserted::Full {
+                tracing::warn!(%peer, parent = %id, "hand-out table full; a report of this parent will not count");
+            }
+        }
+        let out = out.into_iter().map(|(_, p)| p).collect();
+        Some((manifest, out, hints))
     }
 
     /// The next pieces no peer holds, round-robin over requests.

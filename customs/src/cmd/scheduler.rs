@@ -71,13 +71,22 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         args.gateway_keys
     };
     let audit = args.audit_log.as_deref().map(AuditLog::open).transpose()?;
-    let service = Arc::new(SchedulerService::new(trusted_keys(&gateway_keys)?, audit));
+    let service = Arc::new(SchedulerService::new(
+        trusted_keys(&gateway_keys)?,
+        audit,
+        customs_scheduler::service::BAD_PIECE_AGGREGATE_INTERVAL,
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
     tracing::info!(scheduler = %args.listen, "customs scheduler ready");
-    customs_scheduler::serve(listener, &identity, service, token).await?;
+    let aggregate = tokio::spawn(service.clone().aggregate_loop(token.clone()));
+    let served = customs_scheduler::serve(listener, &identity, service, token.clone()).await;
+    // The last bad-piece counts are written before the process exits.
+    token.cancel();
+    let _ = aggregate.await;
+    served?;
     Ok(())
 }

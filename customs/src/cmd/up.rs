@@ -171,7 +171,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             &key_path,
         )?)),
     )?;
-    let service = Arc::new(SchedulerService::new(keys, Some(audit)));
+    let service = Arc::new(SchedulerService::new(
+        keys,
+        Some(audit),
+        customs_scheduler::service::BAD_PIECE_AGGREGATE_INTERVAL,
+    ));
 
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
@@ -181,6 +185,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::from)
     });
+    let aggregate = tokio::spawn(service.clone().aggregate_loop(token.clone()));
     let sched_token = token.clone();
     let mut sched_task = tokio::spawn(async move {
         customs_scheduler::serve(sched_listener, &sched_identity, service, sched_token)
@@ -225,6 +230,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     token.cancel();
     fleet.stop().await;
+    let _ = aggregate.await;
     if tokio::time::timeout(std::time::Duration::from_secs(10), rest)
         .await
         .is_err()

@@ -1,11 +1,14 @@
+use super::ledger::{Inserted, Ledger};
 use super::*;
 use customs_protocol::piece_manifest::{
     AdmissionRef, GatewayKey, PieceManifest, TrustedGatewayKeys,
 };
 
-fn task() -> (VerifiedPieceManifest, Digest) {
+const SECOND: Duration = Duration::from_secs(1);
+
+fn task_of(content: &[u8]) -> (VerifiedPieceManifest, Digest) {
     let key = GatewayKey::generate().unwrap();
-    let blob = Digest::of(b"blob");
+    let blob = Digest::of(content);
     let len = customs_protocol::piece_manifest::MIN_PIECE_LEN;
     let signed = key
         .sign(PieceManifest {
@@ -25,10 +28,18 @@ fn task() -> (VerifiedPieceManifest, Digest) {
     (trusted.verify(&signed, &blob).unwrap(), blob)
 }
 
-fn peer(id: &str, zone: &str, load: u32, seed: bool) -> PeerInfo {
+fn task() -> (VerifiedPieceManifest, Digest) {
+    task_of(b"blob")
+}
+
+fn id(s: &str) -> PeerId {
+    PeerId::parse(s).unwrap()
+}
+
+fn peer(name: &str, zone: &str, load: u32, seed: bool) -> PeerInfo {
     PeerInfo {
-        peer_id: id.into(),
-        upload_addr: format!("127.0.0.1:{}", 1000 + id.len()),
+        peer_id: name.into(),
+        upload_addr: format!("127.0.0.1:{}", 1000 + name.len()),
         upload_capacity: 100,
         active_uploads: load,
         zone: zone.into(),
@@ -37,21 +48,56 @@ fn peer(id: &str, zone: &str, load: u32, seed: bool) -> PeerInfo {
     }
 }
 
+fn announce(s: &mut SchedulerState, name: &str, now: Instant) {
+    s.announce(&id(name), peer(name, "", 0, name == "gw"), now)
+        .unwrap();
+}
+
+/// Ids of the parents `who` is offered for `blob` (recording the hand-out).
+fn offered(s: &mut SchedulerState, blob: &Digest, who: &str, now: Instant) -> Vec<String> {
+    s.task_for(blob, &id(who), 0, now)
+        .unwrap()
+        .1
+        .iter()
+        .map(|p| p.peer.as_ref().unwrap().peer_id.clone())
+        .collect()
+}
+
+/// A task with peers `names` announced, "evil" holding every piece.
+fn swarm(names: &[&str], now: Instant) -> (SchedulerState, Digest) {
+    let (m, blob) = task();
+    let mut s = SchedulerState::default();
+    s.register(m);
+    for p in names.iter().chain(&["evil"]) {
+        announce(&mut s, p, now);
+    }
+    s.report_pieces(&id("evil"), &blob, &[0, 1, 2]).unwrap();
+    (s, blob)
+}
+
+fn bad(s: &mut SchedulerState, reporter: &str, blob: &Digest, now: Instant) -> ReportOutcome {
+    s.report_bad(&id(reporter), &id("evil"), blob, 0, now)
+}
+
 #[test]
 fn parents_by_locality_then_load_with_seed_last() {
     let (m, blob) = task();
     let mut s = SchedulerState::default();
     let now = Instant::now();
     s.register(m);
-    s.announce(peer("me", "z1", 0, false), now);
-    s.announce(peer("far", "z2", 0, false), now);
-    s.announce(peer("near-busy", "z1", 50, false), now);
-    s.announce(peer("near-idle", "z1", 1, false), now);
-    s.announce(peer("gw", "", 0, true), now);
+    s.announce(&id("me"), peer("me", "z1", 0, false), now)
+        .unwrap();
+    s.announce(&id("far"), peer("far", "z2", 0, false), now)
+        .unwrap();
+    s.announce(&id("near-busy"), peer("near-busy", "z1", 50, false), now)
+        .unwrap();
+    s.announce(&id("near-idle"), peer("near-idle", "z1", 1, false), now)
+        .unwrap();
+    s.announce(&id("gw"), peer("gw", "", 0, true), now).unwrap();
     for p in ["far", "near-busy", "near-idle", "me"] {
-        assert!(s.report_pieces(p, &blob, &[0, 99]));
+        s.report_pieces(&id(p), &blob, &[0, 99]).unwrap();
     }
-    let (_, parents, _) = s.task_for(&blob, "me", 0, now).unwrap();
+    let (_, parents, _) = s.task_for(&blob, &id("me"), 0, now).unwrap();
     let ids: Vec<_> = parents
         .iter()
         .map(|p| p.peer.as_ref().unwrap().peer_id.as_str())
@@ -59,41 +105,483 @@ fn parents_by_locality_then_load_with_seed_last() {
     assert_eq!(ids, ["near-idle", "near-busy", "far", "gw"]);
     assert_eq!(parents[0].pieces, vec![1]); // piece 99 is out of range: ignored
     assert!(
-        s.task_for(&Digest::of(b"unregistered"), "me", 0, now)
+        s.task_for(&Digest::of(b"unregistered"), &id("me"), 0, now)
             .is_none()
     );
-    assert!(!s.report_pieces("me", &Digest::of(b"unregistered"), &[0]));
+    assert_eq!(
+        s.report_pieces(&id("me"), &Digest::of(b"unregistered"), &[0]),
+        Err(PiecesError::UnknownTask(Digest::of(b"unregistered")))
+    );
 }
 
 #[test]
-fn bad_piece_reports_blocklist_per_reporter_then_globally() {
+fn a_report_counts_only_for_a_parent_handed_to_that_reporter_for_that_blob() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a", "b"], now);
+    let (other_task, other_blob) = task_of(b"other");
+    s.register(other_task);
+    s.report_pieces(&id("evil"), &other_blob, &[0]).unwrap();
+    // Never handed out: ignored, and evil is still offered to a.
+    assert_eq!(
+        bad(&mut s, "a", &blob, now),
+        ReportOutcome::Ignored(IgnoredReport::NotHandedOut)
+    );
+    // Handed to b, not to a: a's report still does not count.
+    assert!(offered(&mut s, &blob, "b", now).contains(&"evil".to_owned()));
+    assert_eq!(
+        bad(&mut s, "a", &blob, now),
+        ReportOutcome::Ignored(IgnoredReport::NotHandedOut)
+    );
+    // Handed to a for another blob: does not count for this one.
+    assert!(offered(&mut s, &other_blob, "a", now).contains(&"evil".to_owned()));
+    assert_eq!(
+        bad(&mut s, "a", &blob, now),
+        ReportOutcome::Ignored(IgnoredReport::NotHandedOut)
+    );
+    assert!(offered(&mut s, &blob, "a", now).contains(&"evil".to_owned()));
+    // Now the hand-out matches: blocklisted for a only.
+    assert_eq!(
+        bad(&mut s, "a", &blob, now),
+        ReportOutcome::ForReporter { new: true }
+    );
+    assert_eq!(
+        bad(&mut s, "a", &blob, now),
+        ReportOutcome::ForReporter { new: false }
+    );
+    assert!(!offered(&mut s, &blob, "a", now).contains(&"evil".to_owned()));
+    assert!(offered(&mut s, &blob, "b", now).contains(&"evil".to_owned()));
+}
+
+#[test]
+fn a_hand_out_stops_being_reportable_after_its_lifetime() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a"], now);
+    offered(&mut s, &blob, "a", now);
+    let late = now + HANDOUT_TTL;
+    announce(&mut s, "evil", late);
+    assert_eq!(
+        bad(&mut s, "a", &blob, late),
+        ReportOutcome::Ignored(IgnoredReport::NotHandedOut)
+    );
+    // A fresh hand-out is reportable again.
+    offered(&mut s, &blob, "a", late);
+    assert_eq!(
+        bad(&mut s, "a", &blob, late),
+        ReportOutcome::ForReporter { new: true }
+    );
+}
+
+#[test]
+fn reports_for_unknown_tasks_or_missing_pieces_are_ignored() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a"], now);
+    offered(&mut s, &blob, "a", now);
+    assert_eq!(
+        s.report_bad(&id("a"), &id("evil"), &blob, 3, now),
+        ReportOutcome::Ignored(IgnoredReport::PieceOutOfRange)
+    );
+    assert_eq!(
+        s.report_bad(&id("a"), &id("evil"), &blob, u32::MAX, now),
+        ReportOutcome::Ignored(IgnoredReport::PieceOutOfRange)
+    );
+    assert_eq!(
+        s.report_bad(&id("a"), &id("evil"), &Digest::of(b"nope"), 0, now),
+        ReportOutcome::Ignored(IgnoredReport::UnknownTask)
+    );
+    assert!(offered(&mut s, &blob, "a", now).contains(&"evil".to_owned()));
+}
+
+#[test]
+fn a_global_blocklisting_needs_two_distinct_genuinely_served_reporters() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a", "b", "c", "liar"], now);
+    offered(&mut s, &blob, "a", now);
+    assert_eq!(
+        bad(&mut s, "a", &blob, now),
+        ReportOutcome::ForReporter { new: true }
+    );
+    // One reporter, however often, is one reporter.
+    for _ in 0..100 {
+        assert_ne!(bad(&mut s, "a", &blob, now), ReportOutcome::Global);
+    }
+    // A second reporter the parent never served does not count.
+    assert_eq!(
+        bad(&mut s, "liar", &blob, now),
+        ReportOutcome::Ignored(IgnoredReport::NotHandedOut)
+    );
+    assert!(offered(&mut s, &blob, "c", now).contains(&"evil".to_owned()));
+    assert_eq!(s.live_peers(now).len(), 5);
+    // A second genuine one does.
+    offered(&mut s, &blob, "b", now);
+    assert_eq!(bad(&mut s, "b", &blob, now), ReportOutcome::Global);
+    assert!(!offered(&mut s, &blob, "c", now).contains(&"evil".to_owned()));
+    assert!(!s.live_peers(now).iter().any(|p| p.peer_id == "evil"));
+    // Stale peers are not offered.
+    let later = now + PEER_TTL + SECOND;
+    assert!(offered(&mut s, &blob, "c", later).is_empty());
+}
+
+#[test]
+fn a_seed_is_never_blocklisted_for_everyone() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a", "b", "gw"], now);
+    for r in ["a", "b"] {
+        assert!(offered(&mut s, &blob, r, now).contains(&"gw".to_owned()));
+        assert_eq!(
+            s.report_bad(&id(r), &id("gw"), &blob, 0, now),
+            ReportOutcome::ForReporter { new: true }
+        );
+    }
+    assert!(offered(&mut s, &blob, "evil", now).contains(&"gw".to_owned()));
+}
+
+#[test]
+fn reports_count_for_a_limited_time() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a", "b"], now);
+    offered(&mut s, &blob, "a", now);
+    assert_eq!(
+        bad(&mut s, "a", &blob, now),
+        ReportOutcome::ForReporter { new: true }
+    );
+    // a's report has stopped counting by the time b reports.
+    let later = now + BLOCKLIST_FOR;
+    for p in ["a", "b", "evil"] {
+        announce(&mut s, p, later);
+    }
+    offered(&mut s, &blob, "b", later);
+    assert_eq!(
+        bad(&mut s, "b", &blob, later),
+        ReportOutcome::ForReporter { new: true }
+    );
+    assert!(s.live_peers(later).iter().any(|p| p.peer_id == "evil"));
+}
+
+#[test]
+fn a_global_blocklisting_lapses_and_its_reports_are_spent() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a", "b", "c", "d"], now);
+    for r in ["a", "b", "c"] {
+        offered(&mut s, &blob, r, now);
+    }
+    bad(&mut s, "a", &blob, now);
+    assert_eq!(bad(&mut s, "b", &blob, now), ReportOutcome::Global);
+    // c reports during the blocklisting (from an earlier hand-out): its
+    // report would still count after the lapse, but the lapse spends it.
+    let mid = now + BLOCKLIST_FOR / 2;
+    assert_eq!(
+        bad(&mut s, "c", &blob, mid),
+        ReportOutcome::ForReporter { new: true }
+    );
+    let lapsed = now + BLOCKLIST_FOR;
+    for p in ["a", "b", "c", "d", "evil"] {
+        announce(&mut s, p, lapsed);
+    }
+    assert!(offered(&mut s, &blob, "d", lapsed).contains(&"evil".to_owned()));
+    assert!(s.live_peers(lapsed).iter().any(|p| p.peer_id == "evil"));
+    assert_eq!(
+        bad(&mut s, "d", &blob, lapsed),
+        ReportOutcome::ForReporter { new: true },
+        "one fresh report after a lapse is one reporter, not two"
+    );
+    assert!(s.live_peers(lapsed).iter().any(|p| p.peer_id == "evil"));
+}
+
+#[test]
+fn a_blocklisting_for_one_reporter_expires() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a"], now);
+    offered(&mut s, &blob, "a", now);
+    bad(&mut s, "a", &blob, now);
+    assert!(!offered(&mut s, &blob, "a", now).contains(&"evil".to_owned()));
+    let later = now + BLOCKLIST_FOR;
+    for p in ["a", "evil"] {
+        announce(&mut s, p, later);
+    }
+    assert!(offered(&mut s, &blob, "a", later).contains(&"evil".to_owned()));
+    s.sweep(later);
+    assert_eq!(s.sizes().2, 0, "expired blocklistings are swept");
+}
+
+#[test]
+fn one_reporter_keeps_a_bounded_private_blocklist() {
+    let now = Instant::now();
     let (m, blob) = task();
     let mut s = SchedulerState::default();
-    let now = Instant::now();
     s.register(m);
-    for p in ["a", "b", "c", "evil"] {
-        s.announce(peer(p, "", 0, false), now);
+    announce(&mut s, "a", now);
+    let n = MAX_PRIVATE_BLOCKS_PER_REPORTER + 8;
+    for i in 0..n {
+        let p = format!("p{i}");
+        announce(&mut s, &p, now);
+        s.report_pieces(&id(&p), &blob, &[0]).unwrap();
     }
-    s.report_pieces("evil", &blob, &[0, 1, 2]);
-    let has_evil = |s: &mut SchedulerState, who: &str| {
-        s.task_for(&blob, who, 0, now)
-            .unwrap()
-            .1
-            .iter()
-            .any(|p| p.peer.as_ref().unwrap().peer_id == "evil")
-    };
-    assert_eq!(s.report_bad("a", "evil", now), BlockOutcome::ForReporter);
-    assert!(!has_evil(&mut s, "a"));
-    assert!(
-        has_evil(&mut s, "c"),
-        "one report must not cut a peer out for everyone"
+    let mut reported = 0;
+    let mut t = now;
+    while reported < n {
+        let parents = offered(&mut s, &blob, "a", t);
+        assert!(!parents.is_empty());
+        for p in parents {
+            assert_eq!(
+                s.report_bad(&id("a"), &id(&p), &blob, 0, t),
+                ReportOutcome::ForReporter { new: true }
+            );
+            reported += 1;
+            t += Duration::from_millis(1);
+        }
+    }
+    assert_eq!(s.sizes().2, MAX_PRIVATE_BLOCKS_PER_REPORTER);
+    // The oldest gave way: those parents are offered to a again.
+    assert_eq!(
+        offered(&mut s, &blob, "a", t).len(),
+        n - MAX_PRIVATE_BLOCKS_PER_REPORTER
     );
-    assert_eq!(s.report_bad("b", "evil", now), BlockOutcome::Global);
-    assert!(!has_evil(&mut s, "c"));
-    // Stale peers are not offered.
-    assert!(!has_evil(&mut s, "c"));
-    let later = now + PEER_TTL + Duration::from_secs(1);
-    assert!(s.task_for(&blob, "c", 0, later).unwrap().1.is_empty());
+}
+
+#[test]
+fn ledger_caps_per_owner_and_in_total_and_ages_out() {
+    let now = Instant::now();
+    let until = now + Duration::from_secs(10);
+    let mut l: Ledger<u32> = Ledger::new(3, 5);
+    for k in 0..5 {
+        let expires = until + Duration::from_millis(u64::from(k));
+        assert_eq!(
+            l.insert(&id("a"), k, expires, now),
+            Inserted::Kept { new: true }
+        );
+    }
+    // Per owner: a's oldest entries give way to its newest.
+    assert_eq!(l.len_of(&id("a")), 3);
+    assert!(!l.contains(&id("a"), &0, now) && !l.contains(&id("a"), &1, now));
+    assert!(l.contains(&id("a"), &4, now));
+    assert_eq!(
+        l.insert(&id("a"), 4, until, now),
+        Inserted::Kept { new: false }
+    );
+    // In total: b takes the last two slots, then c finds the ledger full
+    // and cannot push out anyone else's entries.
+    for k in 0..2 {
+        l.insert(&id("b"), k, until, now);
+    }
+    assert_eq!(l.len(), 5);
+    assert_eq!(l.insert(&id("c"), 0, until, now), Inserted::Full);
+    // b at the total cap gives up its own oldest instead.
+    assert_eq!(
+        l.insert(&id("b"), 9, until + SECOND, now),
+        Inserted::Kept { new: true }
+    );
+    assert_eq!(l.len(), 5);
+    assert_eq!(l.len_of(&id("b")), 2);
+    // Entries expire and are swept; a full ledger sweeps before refusing.
+    assert!(!l.contains(&id("a"), &4, until + SECOND));
+    let later = until + Duration::from_secs(5);
+    assert_eq!(
+        l.insert(&id("c"), 0, later + SECOND, later),
+        Inserted::Kept { new: true }
+    );
+    assert_eq!(l.len(), 1);
+    l.sweep(later + SECOND);
+    assert_eq!(l.len(), 0);
+}
+
+#[test]
+fn hand_outs_are_bounded_per_requester() {
+    let now = Instant::now();
+    let mut s = SchedulerState::default();
+    announce(&mut s, "a", now);
+    announce(&mut s, "gw", now);
+    let blobs = MAX_HANDOUTS_PER_PEER + 10;
+    let mut first = None;
+    let mut t = now;
+    for i in 0..blobs {
+        let (m, blob) = task_of(format!("blob-{i}").as_bytes());
+        s.register(m);
+        assert_eq!(offered(&mut s, &blob, "a", t), ["gw"]);
+        first.get_or_insert(blob);
+        t += Duration::from_millis(1);
+    }
+    assert_eq!(s.sizes().1, MAX_HANDOUTS_PER_PEER);
+    // The oldest hand-out was forgotten: a report of it no longer counts.
+    let first = first.unwrap();
+    assert_eq!(
+        s.report_bad(&id("a"), &id("gw"), &first, 0, t),
+        ReportOutcome::Ignored(IgnoredReport::NotHandedOut)
+    );
+    s.sweep(t + HANDOUT_TTL);
+    assert_eq!(s.sizes().1, 0, "expired hand-outs are swept");
+}
+
+#[test]
+fn peers_not_heard_from_are_forgotten_with_their_pieces() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a", "quiet"], now);
+    s.report_pieces(&id("quiet"), &blob, &[1]).unwrap();
+    let later = now + PEER_FORGET_AFTER;
+    for p in ["a", "evil"] {
+        announce(&mut s, p, later);
+    }
+    s.sweep(later);
+    assert_eq!(s.sizes().0, 2);
+    assert_eq!(offered(&mut s, &blob, "a", later), ["evil"]);
+    assert_eq!(
+        s.report_pieces(&id("quiet"), &blob, &[1]),
+        Err(PiecesError::UnknownPeer(id("quiet"))),
+        "a forgotten peer announces again before it reports"
+    );
+}
+
+#[test]
+fn a_blocklisted_peer_cannot_shed_its_blocklisting_by_going_quiet() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a", "b"], now);
+    // Handed out while evil was live, reported late in the hand-outs' life.
+    let handed = now + PEER_TTL / 2;
+    for r in ["a", "b"] {
+        offered(&mut s, &blob, r, handed);
+    }
+    let reported = handed + HANDOUT_TTL - SECOND;
+    bad(&mut s, "a", &blob, reported);
+    assert_eq!(bad(&mut s, "b", &blob, reported), ReportOutcome::Global);
+    // Silent past the forget time but still blocklisted: kept, so a fresh
+    // announcement does not make it a new, clean peer.
+    let quiet = now + PEER_FORGET_AFTER + SECOND;
+    assert!(quiet < reported + BLOCKLIST_FOR);
+    s.sweep(quiet);
+    announce(&mut s, "evil", quiet);
+    assert!(!s.live_peers(quiet).iter().any(|p| p.peer_id == "evil"));
+    // Forgotten once the blocklisting is over.
+    let over = reported + BLOCKLIST_FOR + PEER_FORGET_AFTER;
+    announce(&mut s, "a", over);
+    s.sweep(over);
+    assert_eq!(s.sizes().0, 1);
+}
+
+#[test]
+fn the_peer_table_is_bounded() {
+    let now = Instant::now();
+    let mut s = SchedulerState::default();
+    for i in 0..MAX_PEERS {
+        announce(&mut s, &format!("p{i}"), now);
+    }
+    assert_eq!(
+        s.announce(&id("one-more"), peer("one-more", "", 0, false), now),
+        Err(AnnounceError::TableFull)
+    );
+    // Known peers keep refreshing.
+    announce(&mut s, "p0", now + SECOND);
+    // Once the others are gone, a newcomer fits.
+    let later = now + PEER_FORGET_AFTER;
+    announce(&mut s, "one-more", later);
+    assert_eq!(s.sizes().0, 2, "p0 and the newcomer");
+}
+
+#[test]
+fn announcements_are_checked_and_bounded() {
+    let now = Instant::now();
+    let mut s = SchedulerState::default();
+    let long = "z".repeat(MAX_LABEL_LEN + 1);
+    let mut p = peer("a", &long, 0, false);
+    assert_eq!(
+        s.announce(&id("a"), p.clone(), now),
+        Err(AnnounceError::TooLong {
+            field: "zone",
+            max: MAX_LABEL_LEN
+        })
+    );
+    p.zone = String::new();
+    p.rack = long;
+    assert!(matches!(
+        s.announce(&id("a"), p.clone(), now),
+        Err(AnnounceError::TooLong { field: "rack", .. })
+    ));
+    p.rack = String::new();
+    p.upload_addr = "localhost:99".into();
+    assert_eq!(
+        s.announce(&id("a"), p.clone(), now),
+        Err(AnnounceError::UploadAddr)
+    );
+    p.upload_addr = format!("127.0.0.1:1{}", "0".repeat(MAX_UPLOAD_ADDR_LEN));
+    assert!(matches!(
+        s.announce(&id("a"), p.clone(), now),
+        Err(AnnounceError::TooLong {
+            field: "upload_addr",
+            ..
+        })
+    ));
+    p.upload_addr = "127.0.0.1:1".into();
+    assert_eq!(
+        s.announce(&id("b"), p.clone(), now),
+        Err(AnnounceError::PeerId),
+        "an announcement speaks for the caller's id only"
+    );
+    assert_eq!(s.announce(&id("a"), p, now), Ok(()));
+}
+
+#[test]
+fn piece_reports_are_bounded_by_the_task() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a"], now);
+    assert_eq!(
+        s.report_pieces(&id("a"), &blob, &[0, 1, 2, 0]),
+        Err(PiecesError::TooMany { sent: 4, pieces: 3 })
+    );
+    s.report_pieces(&id("a"), &blob, &[2, 2, u32::MAX]).unwrap();
+    let (_, parents, _) = s.task_for(&blob, &id("evil"), 0, now).unwrap();
+    assert_eq!(parents[0].pieces, vec![0b100], "bitmap sized by the task");
+    assert_eq!(
+        s.report_pieces(&id("stranger"), &blob, &[0]),
+        Err(PiecesError::UnknownPeer(id("stranger")))
+    );
+}
+
+#[test]
+fn reports_are_tallied_not_written_one_by_one() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&["a", "b"], now);
+    assert!(s.take_bad_piece_summary().is_none(), "nothing to write");
+    offered(&mut s, &blob, "a", now);
+    for _ in 0..10_000 {
+        bad(&mut s, "a", &blob, now);
+        bad(&mut s, "b", &blob, now);
+    }
+    s.report_bad(&id("b"), &id("evil"), &blob, 7, now);
+    let sum = s.take_bad_piece_summary().unwrap();
+    assert_eq!(
+        sum.counted,
+        vec![CountedReports {
+            parent: id("evil"),
+            blob: blob.clone(),
+            reports: 10_000
+        }]
+    );
+    assert_eq!(sum.ignored.len(), 1);
+    assert_eq!(sum.ignored[0].reporter, id("b"));
+    assert_eq!(
+        sum.ignored[0].counts,
+        IgnoredCounts {
+            unknown_task: 0,
+            piece_out_of_range: 1,
+            not_handed_out: 10_000
+        }
+    );
+    assert!(
+        s.take_bad_piece_summary().is_none(),
+        "the tally starts afresh"
+    );
+}
+
+#[test]
+fn the_tally_is_bounded() {
+    let now = Instant::now();
+    let (mut s, blob) = swarm(&[], now);
+    for i in 0..MAX_TALLY_ENTRIES + 5 {
+        s.report_bad(&id(&format!("r{i}")), &id("evil"), &blob, 0, now);
+        s.report_bad(&id("x"), &id(&format!("p{i}")), &Digest::of(b"?"), 0, now);
+    }
+    let sum = s.take_bad_piece_summary().unwrap();
+    assert_eq!(sum.ignored.len(), MAX_TALLY_ENTRIES);
+    assert_eq!(sum.ignored[0].reporter, id("x"), "most first");
+    assert_eq!(sum.other_ignored.not_handed_out, 6);
 }
 
 #[test]
@@ -102,16 +590,17 @@ fn seed_hints_spread_unheld_pieces_across_peers() {
     let mut s = SchedulerState::default();
     let now = Instant::now();
     s.register(m);
-    let (_, _, a) = s.task_for(&blob, "a", 2, now).unwrap();
-    let (_, _, b) = s.task_for(&blob, "b", 2, now).unwrap();
+    announce(&mut s, "a", now);
+    let (_, _, a) = s.task_for(&blob, &id("a"), 2, now).unwrap();
+    let (_, _, b) = s.task_for(&blob, &id("b"), 2, now).unwrap();
     assert_eq!(a, vec![0, 1]);
     assert_eq!(b, vec![2], "leased pieces are not hinted twice");
-    let (_, _, none) = s.task_for(&blob, "c", 2, now).unwrap();
+    let (_, _, none) = s.task_for(&blob, &id("c"), 2, now).unwrap();
     assert!(none.is_empty());
-    let (_, _, zero) = s.task_for(&blob, "c", 0, now + HINT_LEASE).unwrap();
+    let (_, _, zero) = s.task_for(&blob, &id("c"), 0, now + HINT_LEASE).unwrap();
     assert!(zero.is_empty(), "no hints unless asked");
-    s.report_pieces("a", &blob, &[0, 1]);
-    let (_, _, c) = s.task_for(&blob, "c", 2, now + HINT_LEASE).unwrap();
+    s.report_pieces(&id("a"), &blob, &[0, 1]).unwrap();
+    let (_, _, c) = s.task_for(&blob, &id("c"), 2, now + HINT_LEASE).unwrap();
     assert_eq!(
         c,
         vec![2],

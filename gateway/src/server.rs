@@ -429,7 +429,7 @@ impl Gateway {
                     swarm: None,
                     limiter: self.limiter.clone(),
                     slots: Arc::new(tokio::sync::Semaphore::new(piece_server::SEED_UPLOAD_SLOTS)),
-                    queue: piece_server::UploadQueue::new(usize::MAX),
+                    queue: piece_server::UploadQueue::new(piece_server::SEED_UPLOAD_QUEUE),
                 };
                 let tasks = axum::Router::new()
                     .route("/customs/v1/tasks", axum::routing::get(get_task))

@@ -8,7 +8,17 @@
 //! against the signed manifest before it is marked, served or streamed; a
 //! bad piece is reported (the scheduler blocklists the sender) and fetched
 //! again elsewhere. The gateway (seed) is used for pieces no peer has.
+//!
+//! Exactly one download loop writes into a blob's piece file: a second
+//! download of the same blob joins the running one (it reads the same
+//! ordered stream), and a loop that failed is stopped, its transfers
+//! aborted and their disk writes finished, before another may start. Every
+//! transfer has deadlines ([`super::deadline`]); a parent that keeps failing
+//! is left alone, the seed included ([`super::health`]); a download that
+//! makes no progress for a minute fails with the reasons.
 
+use super::deadline::FetchDeadlines;
+use super::health::{Health, NO_PROGRESS, Verdict};
 use super::piece_file::{PieceError, PieceFile};
 use customs_protocol::piece_manifest::{
     SignedPieceManifest, TrustedGatewayKeys, VerifiedPieceManifest,
@@ -24,6 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// Who this peer is in the swarm.
@@ -55,6 +66,26 @@ const REFRESH: Duration = Duration::from_millis(50);
 /// third of a 256 KiB piece at 8 MB/s; 25 ms measured 1.15–1.17·S/B at p50,
 /// 10 ms 1.15).
 const BUSY_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a failed download loop may take to wind down (its aborted
+/// transfers finishing their disk writes) before a new download of the
+/// same blob is refused as unavailable; disk writes are 256 KiB batches.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+/// What [`Swarm::adopt`] decided.
+enum Adopted {
+    /// A download is running: read its stream.
+    Join(Arc<PieceFile>),
+    /// Ours: start the loop, which stops when `stopping` is cancelled.
+    Drive(Arc<PieceFile>, CancellationToken),
+}
+
+/// A blob being downloaded: its piece file and its one download loop.
+struct Partial {
+    pf: Arc<PieceFile>,
+    /// Cancelled when the loop stops (failed or cancelled): the entry then
+    /// only waits for the loop's last disk writes, and joins no one.
+    stopping: CancellationToken,
+}
 
 /// The swarm side of a peer.
 pub struct Swarm {
@@ -63,13 +94,16 @@ pub struct Swarm {
     http: reqwest::Client,
     keys: TrustedGatewayKeys,
     store: Arc<BlobStore>,
-    partials: std::sync::Mutex<HashMap<Digest, Arc<PieceFile>>>,
+    partials: std::sync::Mutex<HashMap<Digest, Partial>>,
     /// Served-bytes and active-upload figures come from the piece server's limiter.
     limiter: Arc<customs_mirror::rate::RateLimiter>,
     /// Verified bytes received, per parent id (where the bytes came from).
     received: std::sync::Mutex<HashMap<String, u64>>,
     /// Pieces that failed their sha256 check (each one reported).
     bad_pieces: std::sync::atomic::AtomicU64,
+    /// How long a download may go without a verified piece: `None` is
+    /// [`NO_PROGRESS`] or one piece's deadline, if longer; tests set it.
+    no_progress: Option<Duration>,
 }
 
 fn failure(kind: FetchFailureKind, m: impl Into<String>) -> FetchFailure {
@@ -145,7 +179,12 @@ impl Rng {
 }
 
 enum PieceOutcome {
-    Done(u32),
+    Done {
+        piece: u32,
+        parent: String,
+    },
+    /// The piece was verified or being written already: nothing written.
+    Duplicate(u32),
     /// The parent had no free upload slot: try elsewhere, not a failure.
     Busy {
         piece: u32,
@@ -183,6 +222,7 @@ impl Swarm {
             limiter,
             received: std::sync::Mutex::default(),
             bad_pieces: std::sync::atomic::AtomicU64::new(0),
+            no_progress: None,
         })
     }
 
@@ -197,7 +237,30 @@ impl Swarm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(blob)
-            .cloned()
+            .map(|p| p.pf.clone())
+    }
+
+    /// The running download of `blob`, to join; waits (bounded) for a
+    /// failed one to wind down.
+    async fn running(&self, blob: &Digest) -> Result<Option<Arc<PieceFile>>, FetchFailure> {
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        loop {
+            {
+                let map = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+                match map.get(blob) {
+                    None => return Ok(None),
+                    Some(p) if !p.stopping.is_cancelled() => return Ok(Some(p.pf.clone())),
+                    Some(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failure(
+                    FetchFailureKind::Unavailable,
+                    "a failed download of this blob is still stopping",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Verified bytes received per parent, and bytes uploaded to other peers.
@@ -320,12 +383,16 @@ impl Swarm {
     }
 
     /// Downloads `blob` through the swarm; the returned stream yields the
-    /// blob in order as verified pieces arrive.
+    /// blob in order as verified pieces arrive. A download of a blob that
+    /// is being downloaded joins it: one loop per piece file.
     pub async fn download(
         self: &Arc<Self>,
         image: &ImageName,
         blob: &Digest,
     ) -> Result<ByteStream, FetchFailure> {
+        if let Some(pf) = self.running(blob).await? {
+            return Ok(pf.ordered_stream());
+        }
         let signed = match self.get_task(blob, 0).await {
             Ok((Some(m), _, _)) => m,
             Ok((None, _, _)) | Err(_) => self.task_from_gateway(image, blob).await?,
@@ -343,43 +410,101 @@ impl Swarm {
             .blocking_index(move |idx| idx.put(Table::PieceManifests, &key, &rec))
             .await
             .map_err(|e| failure(FetchFailureKind::Io, e.to_string()))?;
-        let pf = self.partial_for(manifest).await?;
+        self.begin(image, blob, manifest).await
+    }
+
+    /// Joins the running download of the manifest's blob, or opens its
+    /// piece file and starts the one download loop for it.
+    async fn begin(
+        self: &Arc<Self>,
+        image: &ImageName,
+        blob: &Digest,
+        manifest: VerifiedPieceManifest,
+    ) -> Result<ByteStream, FetchFailure> {
+        // Another download may have started meanwhile: join it rather than
+        // open the file a second time.
+        if let Some(pf) = self.running(blob).await? {
+            return Ok(pf.ordered_stream());
+        }
+        let opened = PieceFile::open(&self.cfg.pieces_dir, manifest)
+            .await
+            .map_err(|e| failure(FetchFailureKind::Io, e.to_string()))?;
+        let (pf, stopping) = match self.adopt(blob, opened)? {
+            Adopted::Join(pf) => return Ok(pf.ordered_stream()),
+            Adopted::Drive(pf, stopping) => (pf, stopping),
+        };
         let me = self.clone();
         let driver_pf = pf.clone();
         let blob2 = blob.clone();
         let image2 = image.clone();
         tokio::spawn(async move {
-            me.drive(&image2, &blob2, &driver_pf).await;
-            // Keep the partial file until the store committed the blob, so
-            // pieces stay servable throughout.
-            for _ in 0..600 {
-                if me.store.meta(&blob2).ok().flatten().is_some() {
-                    break;
+            let result = me.drive(&image2, &blob2, &driver_pf, &stopping).await;
+            stopping.cancel();
+            match result {
+                Ok(()) => {
+                    // Keep the partial file until the store committed the
+                    // blob, so pieces stay servable throughout.
+                    for _ in 0..600 {
+                        if me.store.meta(&blob2).ok().flatten().is_some() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    me.forget(&blob2, &driver_pf);
+                    driver_pf.remove();
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(reason) => {
+                    tracing::warn!(blob = %blob2, %reason, "swarm download failed");
+                    driver_pf.stop(&reason);
+                    // The loop's transfers were aborted when it returned;
+                    // their last disk writes finish before anyone may open
+                    // the file again (verified pieces stay, for a resume).
+                    let until = tokio::time::Instant::now() + DRAIN_WAIT;
+                    while driver_pf.writing() > 0 && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if driver_pf.writing() == 0 {
+                        me.forget(&blob2, &driver_pf);
+                    } else {
+                        tracing::error!(blob = %blob2, "piece writes did not finish; the blob stays unavailable on this node");
+                    }
+                }
             }
-            me.partials
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&blob2);
-            driver_pf.remove();
         });
         Ok(pf.ordered_stream())
     }
 
-    async fn partial_for(
-        &self,
-        manifest: VerifiedPieceManifest,
-    ) -> Result<Arc<PieceFile>, FetchFailure> {
-        let blob = manifest.manifest().blob.clone();
-        if let Some(p) = self.partial(&blob) {
-            return Ok(p);
-        }
-        let pf = PieceFile::open(&self.cfg.pieces_dir, manifest)
-            .await
-            .map_err(|e| failure(FetchFailureKind::Io, e.to_string()))?;
+    /// Registers `opened` as the blob's partial with a new loop to drive
+    /// it, unless a download is running (join it) or a failed one is still
+    /// winding down (unavailable).
+    fn adopt(&self, blob: &Digest, opened: Arc<PieceFile>) -> Result<Adopted, FetchFailure> {
         let mut map = self.partials.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(map.entry(blob).or_insert(pf).clone())
+        match map.get(blob) {
+            Some(p) if !p.stopping.is_cancelled() => Ok(Adopted::Join(p.pf.clone())),
+            Some(_) => Err(failure(
+                FetchFailureKind::Unavailable,
+                "a failed download of this blob is still stopping",
+            )),
+            None => {
+                let stopping = CancellationToken::new();
+                map.insert(
+                    blob.clone(),
+                    Partial {
+                        pf: opened.clone(),
+                        stopping: stopping.clone(),
+                    },
+                );
+                Ok(Adopted::Drive(opened, stopping))
+            }
+        }
+    }
+
+    /// Drops the partial entry of `blob` if it is still `pf`'s.
+    fn forget(&self, blob: &Digest, pf: &Arc<PieceFile>) {
+        let mut map = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(blob).is_some_and(|p| Arc::ptr_eq(&p.pf, pf)) {
+            map.remove(blob);
+        }
     }
 
     /// Reports every piece held: whole blobs with a piece manifest, and the
@@ -423,24 +548,40 @@ impl Swarm {
         }
     }
 
-    /// Fetches every missing piece, until complete.
-    async fn drive(self: &Arc<Self>, image: &ImageName, blob: &Digest, pf: &Arc<PieceFile>) {
+    /// Fetches every missing piece, until complete; fails when no piece is
+    /// verified for [`NO_PROGRESS`] (or one piece's deadline, if longer),
+    /// or when `stop` is cancelled. Returning aborts every transfer.
+    async fn drive(
+        self: &Arc<Self>,
+        image: &ImageName,
+        blob: &Digest,
+        pf: &Arc<PieceFile>,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
         let n = pf.manifest().manifest().piece_count();
+        let piece_len = pf.manifest().manifest().piece_length;
         let mut rng = Rng::new();
         let mut parents: Vec<ParentView> = Vec::new();
         let mut hints: Vec<u32> = Vec::new();
         // Whether the scheduler answered the last refresh: without it, no
         // hints arrive and the seed is used for any missing piece.
         let mut scheduler_up = true;
-        let mut excluded: HashSet<String> = HashSet::new();
+        let started = tokio::time::Instant::now();
+        let mut health = Health::new(
+            started,
+            self.no_progress
+                .unwrap_or_else(|| NO_PROGRESS.max(FetchDeadlines::for_piece(piece_len).total)),
+        );
         // Parents that just refused for lack of slots, until when.
         let mut busy: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut in_progress: HashMap<u32, bool> = HashMap::new(); // piece -> from seed
         let mut tasks: JoinSet<PieceOutcome> = JoinSet::new();
         let mut last_refresh: Option<tokio::time::Instant> = None;
         let mut reported: usize = 0;
-        let started = tokio::time::Instant::now();
         while !pf.complete() {
+            if let Some(why) = health.stalled(tokio::time::Instant::now()) {
+                return Err(why);
+            }
             if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH) {
                 let held = pf.held();
                 // The full set goes out whenever it changed and after the scheduler
@@ -481,8 +622,8 @@ impl Swarm {
             }
             let now = tokio::time::Instant::now();
             busy.retain(|_, until| *until > now);
-            let unavailable: HashSet<String> =
-                excluded.iter().chain(busy.keys()).cloned().collect();
+            let mut unavailable = health.unusable(now);
+            unavailable.extend(busy.keys().cloned());
             while tasks.len() < CONCURRENCY {
                 let seeds_busy = in_progress.values().filter(|s| **s).count();
                 let Some((piece, parent)) = self.choose(
@@ -491,7 +632,7 @@ impl Swarm {
                     &parents,
                     if scheduler_up { Some(&hints) } else { None },
                     &unavailable,
-                    &excluded,
+                    health.excluded(),
                     &in_progress,
                     seeds_busy,
                     &mut rng,
@@ -507,10 +648,12 @@ impl Swarm {
             let next = tokio::select! {
                 r = tasks.join_next(), if !tasks.is_empty() => r,
                 _ = tokio::time::sleep(if busy.is_empty() { REFRESH } else { BUSY_BACKOFF }) => None,
+                _ = stop.cancelled() => return Err("download cancelled".to_owned()),
             };
             let Some(Ok(outcome)) = next else { continue };
             match outcome {
-                PieceOutcome::Done(i) => {
+                PieceOutcome::Done { piece: i, parent } => {
+                    health.success(&parent, tokio::time::Instant::now());
                     tracing::debug!(%blob, piece = i, at = started.elapsed().as_secs_f64(), "piece verified");
                     // A finished seed piece frees a seed slot: ask for the
                     // next hint now rather than at the next refresh, so the
@@ -523,6 +666,13 @@ impl Swarm {
                     let me = self.clone();
                     let blob = blob.clone();
                     tokio::spawn(async move { me.report(&blob, vec![i]).await });
+                }
+                PieceOutcome::Duplicate(piece) => {
+                    // Only one loop writes this file, and it never asks for
+                    // a piece twice at once; a duplicate is dropped, never
+                    // held against its sender.
+                    in_progress.remove(&piece);
+                    tracing::debug!(%blob, piece, "duplicate piece dropped");
                 }
                 PieceOutcome::Busy { piece, parent } => {
                     in_progress.remove(&piece);
@@ -537,7 +687,8 @@ impl Swarm {
                     self.bad_pieces
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(%blob, piece, %parent, %detail, "bad piece: reporting and re-fetching elsewhere");
-                    excluded.insert(parent.clone());
+                    health.failure(&parent, false, &detail, tokio::time::Instant::now());
+                    health.exclude(&parent);
                     let _ = self
                         .scheduler
                         .clone()
@@ -556,17 +707,19 @@ impl Swarm {
                     detail,
                 } => {
                     in_progress.remove(&piece);
-                    tracing::debug!(%blob, piece, %parent, %detail, "piece fetch failed; trying another parent");
-                    // A parent that cannot deliver is skipped until the next
-                    // refresh shows it again; seeds are never excluded.
-                    if parents.iter().any(|p| p.id == parent && !p.seed) {
-                        excluded.insert(parent);
+                    // A peer that cannot deliver is not asked again in this
+                    // download; the seed is paused after repeated failures.
+                    let seed = parents.iter().any(|p| p.id == parent && p.seed);
+                    match health.failure(&parent, seed, &detail, tokio::time::Instant::now()) {
+                        Verdict::Paused(pause) => tracing::warn!(%blob, piece, %parent, %detail, pause_s = pause.as_secs(), "seed keeps failing; pausing it"),
+                        _ => tracing::debug!(%blob, piece, %parent, %detail, "piece fetch failed; trying another parent"),
                     }
                 }
             }
         }
         self.report(blob, pf.held()).await;
         tracing::info!(%blob, pieces = n, secs = started.elapsed().as_secs_f64(), "all pieces verified");
+        Ok(())
     }
 
     /// Picks the next piece and its parent: rarest first among pieces some
@@ -602,7 +755,9 @@ impl Swarm {
         if seeds_busy < SEED_CONCURRENCY
             && let Some(h) = hints
             && let Some(piece) = h.iter().copied().find(|i| missing.contains(i))
-            && let Some(seed) = parents.iter().find(|p| p.seed)
+            && let Some(seed) = parents
+                .iter()
+                .find(|p| p.seed && !unavailable.contains(&p.id))
         {
             return Some((piece, seed.clone()));
         }
@@ -637,7 +792,9 @@ impl Swarm {
             let mut holders = parents.iter().filter(|p| !p.seed && p.has(*i)).peekable();
             holders.peek().is_some() && holders.all(|p| dead.contains(&p.id))
         });
-        let seed = parents.iter().find(|p| p.seed)?;
+        let seed = parents
+            .iter()
+            .find(|p| p.seed && !unavailable.contains(&p.id))?;
         // The scheduler's hints spread first copies across peers, so the seed
         // sends each piece about once; only when the scheduler is unreachable
         // does any missing piece come from the seed.
@@ -667,13 +824,23 @@ impl Swarm {
             parent: parent.id.clone(),
             detail,
         };
-        let resp = match self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-        {
+        let len = pf
+            .manifest()
+            .manifest()
+            .piece_range(piece)
+            .map_or(0, |(a, b)| b - a);
+        let deadlines = FetchDeadlines::for_piece(len);
+        let send = self.http.get(&url).timeout(deadlines.total).send();
+        let resp = match tokio::time::timeout(deadlines.first_byte, send).await {
+            Err(_) => {
+                return fail(format!(
+                    "no response within {} s",
+                    deadlines.first_byte.as_secs()
+                ));
+            }
+            Ok(r) => r,
+        };
+        let resp = match resp {
             Ok(r) if r.status().is_success() => r,
             Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
                 return PieceOutcome::Busy {
@@ -685,21 +852,21 @@ impl Swarm {
             Err(e) => return fail(e.to_string()),
         };
         let body = resp.bytes_stream().map_err(std::io::Error::other);
+        let body = super::deadline::idle_timeout(body, deadlines.idle);
         match pf.write_piece(piece, Box::pin(body)).await {
             Ok(()) => {
-                let len = pf
-                    .manifest()
-                    .manifest()
-                    .piece_range(piece)
-                    .map_or(0, |(a, b)| b - a);
                 *self
                     .received
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .entry(parent.id.clone())
                     .or_insert(0) += len;
-                PieceOutcome::Done(piece)
+                PieceOutcome::Done {
+                    piece,
+                    parent: parent.id.clone(),
+                }
             }
+            Err(PieceError::Duplicate { .. }) => PieceOutcome::Duplicate(piece),
             Err(e @ (PieceError::Mismatch { .. } | PieceError::Length { .. })) => {
                 PieceOutcome::Bad {
                     piece,
@@ -709,5 +876,130 @@ impl Swarm {
             }
             Err(e) => fail(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use customs_protocol::piece_manifest::{AdmissionRef, GatewayKey, MIN_PIECE_LEN, PieceManifest};
+    use futures_util::StreamExt;
+
+    /// A swarm whose scheduler and gateway are unreachable: it learns of
+    /// no parent at all.
+    fn swarm(dir: &std::path::Path, data: &[u8]) -> (Arc<Swarm>, VerifiedPieceManifest) {
+        let key = GatewayKey::generate().unwrap();
+        let blob = Digest::of(data);
+        let signed = key
+            .sign(PieceManifest {
+                blob: blob.clone(),
+                size: data.len() as u64,
+                piece_length: MIN_PIECE_LEN,
+                pieces: data.chunks(MIN_PIECE_LEN as usize).map(Digest::of).collect(),
+                admission: AdmissionRef {
+                    image: "r/x".into(),
+                    manifest_digest: Digest::of(b"m"),
+                    policy_revision: "r".into(),
+                },
+                key_id: String::new(),
+            })
+            .unwrap();
+        let keys = TrustedGatewayKeys::from_pems([key.public_pem().unwrap().as_str()]).unwrap();
+        let manifest = keys.verify(&signed, &blob).unwrap();
+        let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let store = BlobStore::open(customs_store::StoreConfig {
+            root: dir.join("store"),
+            max_bytes: u64::MAX,
+        })
+        .unwrap();
+        let mut s = Swarm::new(
+            SwarmConfig {
+                peer_id: "p1".into(),
+                upload_addr: "127.0.0.1:1".into(),
+                upload_capacity: 0,
+                zone: String::new(),
+                rack: String::new(),
+                pieces_dir: dir.join("pieces"),
+                gateway_url: "http://127.0.0.1:1".into(),
+            },
+            SchedulerClient::new(channel),
+            reqwest::Client::new(),
+            keys,
+            store,
+            customs_mirror::rate::RateLimiter::new(0),
+        );
+        Arc::get_mut(&mut s).unwrap().no_progress = Some(Duration::from_millis(300));
+        (s, manifest)
+    }
+
+    fn image() -> ImageName {
+        ImageName {
+            registry: "registry.example".parse().unwrap(),
+            repository: "team/app".parse().unwrap(),
+        }
+    }
+
+    async fn drain(mut s: ByteStream) -> Result<usize, String> {
+        let mut n = 0;
+        while let Some(c) = s.next().await {
+            n += c.map_err(|e| e.to_string())?.len();
+        }
+        Ok(n)
+    }
+
+    #[tokio::test]
+    async fn one_loop_per_piece_file_and_a_failed_loop_stops_before_another_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..2 * MIN_PIECE_LEN as usize).map(|i| i as u8).collect();
+        let (s, m) = swarm(dir.path(), &data);
+        let blob = m.manifest().blob.clone();
+        let opened = PieceFile::open(&dir.path().join("pieces"), m.clone())
+            .await
+            .unwrap();
+        let Adopted::Drive(first, stopping) = s.adopt(&blob, opened.clone()).unwrap() else {
+            panic!("the first download must drive");
+        };
+        // A second download of the same blob joins: same file, no loop.
+        let other = PieceFile::open(&dir.path().join("pieces"), m.clone())
+            .await
+            .unwrap();
+        let Adopted::Join(joined) = s.adopt(&blob, other).unwrap() else {
+            panic!("a second loop was started on one piece file");
+        };
+        assert!(Arc::ptr_eq(&first, &joined));
+        // While a failed loop winds down, nobody may start another.
+        stopping.cancel();
+        assert!(s.adopt(&blob, opened.clone()).is_err());
+        s.forget(&blob, &first);
+        assert!(matches!(s.adopt(&blob, opened), Ok(Adopted::Drive(..))));
+    }
+
+    #[tokio::test]
+    async fn a_download_no_parent_can_serve_fails_with_a_reason_instead_of_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..2 * MIN_PIECE_LEN as usize).map(|i| i as u8).collect();
+        let (s, m) = swarm(dir.path(), &data);
+        let blob = m.manifest().blob.clone();
+        let a = s.begin(&image(), &blob, m.clone()).await.unwrap();
+        let b = s.begin(&image(), &blob, m.clone()).await.unwrap();
+        let (ra, rb) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(drain(a), drain(b))
+        })
+        .await
+        .expect("the download spun instead of failing");
+        for r in [ra, rb] {
+            let e = r.unwrap_err();
+            assert!(e.contains("no piece verified"), "{e}");
+        }
+        // The failed loop is gone, so a new download starts afresh.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while s.partial(&blob).is_some() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let again = s.begin(&image(), &blob, m).await.unwrap();
+        assert!(drain(again).await.is_err());
     }
 }

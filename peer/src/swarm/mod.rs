@@ -4,8 +4,12 @@
 //! - [`piece_file`]: a blob being assembled, with its bitmap of verified pieces.
 //! - [`engine`]: the download loop (parent choice, verification, reports).
 //! - [`piece_server`]: the mTLS upload endpoint with the upload rate limit.
+//! - [`deadline`]: deadlines on every piece transfer, at both ends.
+//! - [`health`]: which parents a download still tries, and when it fails.
 
+pub mod deadline;
 pub mod engine;
+pub mod health;
 pub mod piece_file;
 pub mod piece_server;
 

@@ -3,6 +3,14 @@
 //! marked, and only marked pieces are ever read (to containerd or to other
 //! peers). Bytes of a piece that failed verification stay unmarked and are
 //! overwritten by the next attempt.
+//!
+//! A marked piece is never written again, and a piece has at most one
+//! writer at a time: a writer claims the piece before its first byte and
+//! holds the claim until its last byte is on disk (even when the writing
+//! task is aborted mid-way, the claim lives until the disk write returns).
+//! A second or late writer is refused with [`PieceError::Duplicate`] and
+//! writes nothing, so a slow or hostile parent can never overwrite bytes
+//! that were already verified and handed on.
 
 use bytes::Bytes;
 use customs_protocol::piece_manifest::VerifiedPieceManifest;
@@ -11,7 +19,7 @@ use customs_store::inflight::ByteStream;
 use futures_util::{Stream, StreamExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Why a piece was not accepted.
@@ -38,6 +46,13 @@ pub enum PieceError {
     /// The sender broke off.
     #[error("piece transfer: {0}")]
     Transfer(String),
+    /// The piece is already verified, or another writer is writing it: this
+    /// write was dropped without touching the file. Not the sender's fault.
+    #[error("piece {index} is already verified or being written; duplicate dropped")]
+    Duplicate {
+        /// Which piece.
+        index: u32,
+    },
     /// Local disk trouble.
     #[error("piece file: {0}")]
     Io(#[from] std::io::Error),
@@ -49,6 +64,27 @@ pub struct PieceFile {
     file: Arc<std::fs::File>,
     path: PathBuf,
     have: watch::Sender<Vec<bool>>,
+    /// Pieces a writer has claimed (see the module docs).
+    claims: Arc<Mutex<Vec<bool>>>,
+    /// Why the download stopped for good, once it did: readers waiting for
+    /// a piece get this error instead of waiting forever.
+    stopped: Mutex<Option<String>>,
+}
+
+/// One writer's claim on one piece; released when the last clone drops
+/// (the writer, and any disk write it started).
+struct Claim {
+    claims: Arc<Mutex<Vec<bool>>>,
+    index: usize,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut c = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = c.get_mut(self.index) {
+            *slot = false;
+        }
+    }
 }
 
 const READ_CHUNK: u64 = 256 * 1024;
@@ -90,6 +126,8 @@ impl PieceFile {
             file,
             path,
             have: tx,
+            claims: Arc::new(Mutex::new(vec![false; n])),
+            stopped: Mutex::new(None),
         }))
     }
 
@@ -119,8 +157,58 @@ impl PieceFile {
         self.have.borrow().iter().all(|h| *h)
     }
 
+    /// Pieces being written now (claimed by a writer or by a disk write
+    /// still in flight).
+    pub fn writing(&self) -> usize {
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|c| **c)
+            .count()
+    }
+
+    /// Claims piece `index` for one writer; `None` when it is verified or
+    /// claimed already.
+    fn claim(&self, index: u32) -> Option<Arc<Claim>> {
+        let mut c = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the claims lock: a writer marks its piece before it
+        // releases its claim, so no piece is ever both unclaimed and about
+        // to be marked.
+        if self.has(index) {
+            return None;
+        }
+        let slot = c.get_mut(index as usize)?;
+        if *slot {
+            return None;
+        }
+        *slot = true;
+        Some(Arc::new(Claim {
+            claims: self.claims.clone(),
+            index: index as usize,
+        }))
+    }
+
+    /// Marks the download as stopped for good: readers of pieces not yet
+    /// verified get `reason` as an error.
+    pub fn stop(&self, reason: &str) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        // Wakes every reader waiting for a piece.
+        self.have.send_modify(|_| {});
+    }
+
+    /// Why the download stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Writes a piece from a stream while hashing it; marks it only when
-    /// its length and sha256 match the manifest.
+    /// its length and sha256 match the manifest. A piece already verified
+    /// or being written by another writer is refused with
+    /// [`PieceError::Duplicate`] before a byte is read or written.
     pub async fn write_piece<S>(&self, index: u32, mut body: S) -> Result<(), PieceError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
@@ -130,6 +218,7 @@ impl PieceFile {
             index,
             detail: "no such piece".into(),
         })?;
+        let claim = self.claim(index).ok_or(PieceError::Duplicate { index })?;
         let want_len = end - start;
         let mut hasher = Sha256Hasher::new();
         // Network chunks are small; writing them in batches keeps blocking
@@ -157,8 +246,14 @@ impl PieceFile {
                 let data = batch.split().freeze();
                 let at = batch_at;
                 batch_at += data.len() as u64;
-                tokio::task::spawn_blocking(move || f.write_all_at(&data, at))
-                    .await
+                // The disk write holds the claim too: if this task is
+                // aborted, the piece stays claimed until the write is done.
+                let held = claim.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _held = held;
+                    f.write_all_at(&data, at)
+                })
+                .await
                     .map_err(std::io::Error::other)??;
             }
         }
@@ -178,6 +273,7 @@ impl PieceFile {
             });
         }
         self.have.send_modify(|h| h[index as usize] = true);
+        drop(claim);
         Ok(())
     }
 
@@ -211,6 +307,14 @@ impl PieceFile {
                         .unwrap_or(false)
                     {
                         break;
+                    }
+                    if let Some(reason) = pf.stopped() {
+                        return Some((
+                            Err(std::io::Error::other(format!(
+                                "piece download stopped: {reason}"
+                            ))),
+                            (pf, rx, u64::MAX),
+                        ));
                     }
                     if rx.changed().await.is_err() {
                         return Some((
@@ -374,5 +478,139 @@ mod tests {
             all.extend_from_slice(&c.unwrap());
         }
         assert_eq!(all, data);
+    }
+
+    /// A body fed by the test, chunk by chunk.
+    fn channel() -> (
+        tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let s = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (c, rx))
+        });
+        (tx, Box::pin(s))
+    }
+
+    async fn read_all(pf: &PieceFile, i: u32) -> Vec<u8> {
+        let mut s = pf.piece_stream(i).unwrap();
+        let mut v = Vec::new();
+        while let Some(c) = s.next().await {
+            v.extend_from_slice(&c.unwrap());
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_is_refused_while_the_first_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = MIN_PIECE_LEN as usize;
+        let data: Vec<u8> = (0..2 * len).map(|i| (i % 251) as u8).collect();
+        let pf = PieceFile::open(dir.path(), manifest(&data)).await.unwrap();
+        let (tx, slow) = channel();
+        let first = {
+            let pf = pf.clone();
+            tokio::spawn(async move { pf.write_piece(0, slow).await })
+        };
+        tx.send(Ok(Bytes::copy_from_slice(&data[..len / 2])))
+            .await
+            .unwrap();
+        // Wait until the first writer holds its claim.
+        while pf.writing() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A hostile second parent races for the same piece: refused, and
+        // nothing it sent reaches the file.
+        let hostile = vec![0xAAu8; len];
+        assert!(matches!(
+            pf.write_piece(0, body(&hostile)).await,
+            Err(PieceError::Duplicate { index: 0 })
+        ));
+        // Another piece is not blocked by the claim on piece 0.
+        pf.write_piece(1, body(&data[len..])).await.unwrap();
+        tx.send(Ok(Bytes::copy_from_slice(&data[len / 2..len])))
+            .await
+            .unwrap();
+        drop(tx);
+        first.await.unwrap().unwrap();
+        assert_eq!(pf.writing(), 0);
+        assert!(pf.complete());
+        assert_eq!(read_all(&pf, 0).await, data[..len]);
+    }
+
+    #[tokio::test]
+    async fn a_late_writer_never_changes_a_verified_piece() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = MIN_PIECE_LEN as usize;
+        let data: Vec<u8> = (0..len + 7).map(|i| (i % 241) as u8).collect();
+        let m = manifest(&data);
+        let pf = PieceFile::open(dir.path(), m.clone()).await.unwrap();
+        pf.write_piece(0, body(&data[..len])).await.unwrap();
+        // The same (good) bytes again, and bad bytes of the right length.
+        assert!(matches!(
+            pf.write_piece(0, body(&data[..len])).await,
+            Err(PieceError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            pf.write_piece(0, body(&vec![0u8; len])).await,
+            Err(PieceError::Duplicate { .. })
+        ));
+        assert!(pf.has(0));
+        assert_eq!(read_all(&pf, 0).await, data[..len]);
+        // On disk too: a restart re-hashes piece 0 and still finds it good.
+        drop(pf);
+        let pf = PieceFile::open(dir.path(), m).await.unwrap();
+        assert_eq!(pf.held(), vec![0]);
+    }
+
+    #[tokio::test]
+    async fn an_aborted_writer_releases_its_claim_and_the_piece_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = MIN_PIECE_LEN as usize;
+        let data: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
+        let pf = PieceFile::open(dir.path(), manifest(&data)).await.unwrap();
+        let (tx, slow) = channel();
+        let task = {
+            let pf = pf.clone();
+            tokio::spawn(async move { pf.write_piece(0, slow).await })
+        };
+        tx.send(Ok(Bytes::copy_from_slice(&data[..10])))
+            .await
+            .unwrap();
+        while pf.writing() == 0 {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        let _ = task.await;
+        while pf.writing() != 0 {
+            tokio::task::yield_now().await;
+        }
+        pf.write_piece(0, body(&data)).await.unwrap();
+        assert!(pf.complete());
+    }
+
+    #[tokio::test]
+    async fn readers_of_a_stopped_download_get_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = MIN_PIECE_LEN as usize;
+        let data: Vec<u8> = (0..2 * len).map(|i| (i % 233) as u8).collect();
+        let pf = PieceFile::open(dir.path(), manifest(&data)).await.unwrap();
+        pf.write_piece(0, body(&data[..len])).await.unwrap();
+        let mut s = pf.clone().ordered_stream();
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            loop {
+                match s.next().await {
+                    Some(Ok(c)) => got += c.len(),
+                    Some(Err(e)) => return (got, e.to_string()),
+                    None => return (got, String::new()),
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        pf.stop("no parent could serve piece 1");
+        let (got, err) = reader.await.unwrap();
+        assert_eq!(got, len, "verified bytes are still handed out");
+        assert!(err.contains("no parent could serve piece 1"), "{err}");
     }
 }

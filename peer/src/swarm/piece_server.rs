@@ -6,6 +6,7 @@
 //! from a partial download where that piece's sha256 already matched.
 
 use super::Swarm;
+use super::deadline::{SERVE_IDLE, serve_deadline, watched};
 use super::piece_file::read_range;
 use axum::Router;
 use axum::body::Body;
@@ -17,7 +18,11 @@ use customs_protocol::Digest;
 use customs_protocol::piece_manifest::{PieceManifest, SignedPieceManifest};
 use customs_store::inflight::ByteStream;
 use customs_store::{BlobStore, Table};
-use std::sync::Arc;
+use customs_tls::PeerCertificate;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Concurrent piece uploads of a peer (default of `--upload-slots`). One
 /// upload at the full rate finishes each piece soonest, and a finished
@@ -29,9 +34,31 @@ pub const PEER_UPLOAD_SLOTS: usize = 1;
 /// parent may be free (a queue of 2 measured 1.42·S/B against 1.31 without,
 /// with 1 MiB pieces).
 pub const PEER_UPLOAD_QUEUE: usize = 0;
-/// Concurrent piece uploads of the gateway (seed): one piece at a time at
-/// the full rate, so first copies reach the swarm as early as possible.
-pub const SEED_UPLOAD_SLOTS: usize = 1;
+/// Concurrent piece uploads of the gateway (seed): two, so that one
+/// requester that stops reading (or a hostile one) can never hold all of
+/// them: each requester gets at most [`REQUESTER_UPLOADS`] of a node's
+/// slots, and the other keeps serving the fleet. (One slot sent first
+/// copies soonest, but one stalled requester then stalled every node.)
+pub const SEED_UPLOAD_SLOTS: usize = 2;
+/// Piece requests the seed lets wait for a slot: two per slot, so each slot
+/// has its next piece ready when it frees (the seed's link never idles
+/// between pieces) and a requester waits behind at most two pieces; beyond
+/// that it is answered 503 and asks again or elsewhere, instead of queueing
+/// behind pieces without bound (the seed used to let everything wait).
+pub const SEED_UPLOAD_QUEUE: usize = 2 * SEED_UPLOAD_SLOTS;
+/// Upload slots one requester (one client certificate) may hold at a node
+/// at once. With the seed's two slots, a node that stops reading holds at
+/// most one of them, for at most [`super::deadline::SERVE_IDLE`].
+pub const REQUESTER_UPLOADS: usize = 1;
+/// Requests one requester may have waiting at a node: one, so the node
+/// sends it the next piece as soon as the current one ends (an honest peer
+/// asks the seed for two pieces of a blob at a time) while one requester
+/// cannot fill the queue and starve the rest with 503s.
+pub const REQUESTER_WAITING: usize = 1;
+/// The longest a request waits for a slot before it is answered 503: two
+/// stalled uploads in a row, each cut off at
+/// [`super::deadline::SERVE_IDLE`].
+pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where pieces come from.
 #[derive(Clone)]
@@ -49,18 +76,22 @@ pub struct PieceProvider {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// When all slots are taken: how many requests may wait for one. A
     /// peer lets none wait by default and answers 503, so the requester
-    /// asks another parent; the seed lets everything wait, since the
-    /// pieces it is asked for exist nowhere else.
+    /// asks another parent; the seed lets [`SEED_UPLOAD_QUEUE`] wait, and
+    /// answers 503 beyond that too ("try another parent, or again").
     pub queue: UploadQueue,
 }
 
-/// Requests waiting for an upload slot, and how many may.
+/// Requests waiting for an upload slot, how many may, and what each
+/// requester holds.
 #[derive(Debug, Clone)]
 pub struct UploadQueue {
-    /// Requests allowed to wait (`usize::MAX`: all, the seed).
+    /// Requests allowed to wait.
     pub max_waiting: usize,
     /// Requests waiting now.
-    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
+    pub waiting: Arc<AtomicUsize>,
+    /// Slots held and requests waiting, per requester (client
+    /// certificate); entries vanish with the requester's last request.
+    requesters: Arc<Mutex<HashMap<Option<Digest>, Weak<Requester>>>>,
 }
 
 impl UploadQueue {
@@ -69,22 +100,74 @@ impl UploadQueue {
         UploadQueue {
             max_waiting,
             waiting: Arc::default(),
+            requesters: Arc::default(),
         }
     }
+
+    /// The state of one requester (`None`: no client certificate, which
+    /// only tests see: the piece server sits behind mTLS).
+    fn requester(&self, who: Option<Digest>) -> Arc<Requester> {
+        let mut map = self.requesters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get(&who).and_then(Weak::upgrade) {
+            return r;
+        }
+        // Bounded by the requesters with a request in progress.
+        map.retain(|_, w| w.strong_count() > 0);
+        let r = Arc::new(Requester {
+            uploads: Arc::new(Semaphore::new(REQUESTER_UPLOADS)),
+            waiting: AtomicUsize::new(0),
+        });
+        map.insert(who, Arc::downgrade(&r));
+        r
+    }
+}
+
+/// One requester's share of a node's upload slots.
+#[derive(Debug)]
+struct Requester {
+    uploads: Arc<Semaphore>,
+    waiting: AtomicUsize,
 }
 
 /// Counts a waiting request while it lives.
-struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+struct Waiting<'a>(&'a AtomicUsize);
 
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+impl<'a> Waiting<'a> {
+    /// Counts one more waiting request unless `max` already wait.
+    fn join(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let before = count.fetch_add(1, Ordering::SeqCst);
+        let w = Waiting(count);
+        (before < max).then_some(w)
     }
 }
 
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An upload slot: a node-wide slot and one of its requester's, held until
+/// the piece is sent or its watchdog gives it up.
+#[derive(Debug)]
+pub struct UploadSlot {
+    _node: OwnedSemaphorePermit,
+    _requester: OwnedSemaphorePermit,
+    _who: Arc<Requester>,
+}
+
+/// Why no slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// Every slot is taken and the queue (or this requester's share of it)
+    /// is full, or the wait ran out: the requester should try another
+    /// parent (503).
+    Busy,
+}
+
 impl PieceProvider {
-    /// A verified piece as a stream, or `None`.
-    pub async fn piece(&self, blob: &Digest, index: u32) -> Option<ByteStream> {
+    /// A verified piece as a stream, and its length, or `None`.
+    pub async fn piece(&self, blob: &Digest, index: u32) -> Option<(ByteStream, u64)> {
         let signed: Option<SignedPieceManifest> = self
             .store
             .index()
@@ -104,12 +187,54 @@ impl PieceProvider {
             let pin = reader.pin;
             let s = read_range(file, start, end);
             // Hold the pin for as long as the stream lives.
-            return Some(Box::pin(futures_util::StreamExt::map(s, move |c| {
+            let s: ByteStream = Box::pin(futures_util::StreamExt::map(s, move |c| {
                 let _ = &pin;
                 c
-            })));
+            }));
+            return Some((s, end - start));
         }
-        self.swarm.as_ref()?.partial(blob)?.piece_stream(index)
+        let pf = self.swarm.as_ref()?.partial(blob)?;
+        let (start, end) = pf.manifest().manifest().piece_range(index)?;
+        Some((pf.piece_stream(index)?, end - start))
+    }
+
+    /// An upload slot for `who` (a client certificate): at once if one is
+    /// free and `who` holds less than its share, else after waiting in the
+    /// bounded queue (at most [`SLOT_WAIT`]), else [`NoSlot::Busy`].
+    pub async fn slot(&self, who: Option<&PeerCertificate>) -> Result<UploadSlot, NoSlot> {
+        let who = self.queue.requester(who.map(|c| Digest::of(c.0.as_ref())));
+        let mut mine = who.uploads.clone().try_acquire_owned().ok();
+        if let Some(m) = mine.take() {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(node) => {
+                    return Ok(UploadSlot {
+                        _node: node,
+                        _requester: m,
+                        _who: who,
+                    });
+                }
+                Err(_) => mine = Some(m),
+            }
+        }
+        let _queued =
+            Waiting::join(&self.queue.waiting, self.queue.max_waiting).ok_or(NoSlot::Busy)?;
+        let _mine_queued = Waiting::join(&who.waiting, REQUESTER_WAITING).ok_or(NoSlot::Busy)?;
+        let wait = async {
+            let mine = match mine {
+                Some(m) => m,
+                None => who.uploads.clone().acquire_owned().await.ok()?,
+            };
+            let node = self.slots.clone().acquire_owned().await.ok()?;
+            Some((mine, node))
+        };
+        let Ok(Some((mine, node))) = tokio::time::timeout(SLOT_WAIT, wait).await else {
+            return Err(NoSlot::Busy);
+        };
+        Ok(UploadSlot {
+            _node: node,
+            _requester: mine,
+            _who: who.clone(),
+        })
     }
 }
 
@@ -122,37 +247,26 @@ pub fn router(provider: PieceProvider) -> Router {
 
 async fn get_piece(
     State(p): State<PieceProvider>,
+    cert: Option<axum::Extension<PeerCertificate>>,
     Path((blob, index)): Path<(String, u32)>,
 ) -> Response {
     let Ok(digest) = format!("sha256:{blob}").parse::<Digest>() else {
         return (StatusCode::BAD_REQUEST, "bad blob digest").into_response();
     };
-    let permit = match p.slots.clone().try_acquire_owned() {
-        Ok(permit) => Some(permit),
-        Err(_) => {
-            let q = &p.queue;
-            let before = q.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _waiting = Waiting(q.waiting.clone());
-            if before >= q.max_waiting {
-                None
-            } else {
-                p.slots.clone().acquire_owned().await.ok()
-            }
-        }
+    // A piece not held is answered at once, without queueing for a slot,
+    // so the requester can count the failure and move on.
+    let Some((body, len)) = p.piece(&digest, index).await else {
+        return (StatusCode::NOT_FOUND, "piece not held").into_response();
     };
-    let Some(permit) = permit else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy").into_response();
+    let Ok(slot) = p.slot(cert.as_ref().map(|c| &c.0)).await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "all upload slots busy: try another parent",
+        )
+            .into_response();
     };
-    match p.piece(&digest, index).await {
-        Some(body) => {
-            let limited = p.limiter.limit(body);
-            // The slot is held until the body is fully sent (or dropped).
-            let body = futures_util::StreamExt::map(limited, move |c| {
-                let _ = &permit;
-                c
-            });
-            Response::new(Body::from_stream(body))
-        }
-        None => (StatusCode::NOT_FOUND, "piece not held").into_response(),
-    }
+    // The slot is held until the body is fully sent, and given up at once
+    // when the requester stops reading or the piece takes too long.
+    let body = watched(p.limiter.limit(body), slot, serve_deadline(len), SERVE_IDLE);
+    Response::new(Body::from_stream(body))
 }

@@ -9,6 +9,20 @@ pub struct ByteRange {
     pub end: u64,
 }
 
+/// How much of a hostile header a refusal quotes: enough to recognise it,
+/// never the whole header (the error goes into the OCI body and the log).
+const MAX_QUOTED: usize = 64;
+
+/// The header as error messages quote it: clipped to [`MAX_QUOTED`] chars.
+fn quoted(h: &str) -> String {
+    let clipped: String = h.chars().take(MAX_QUOTED).collect();
+    if clipped.len() < h.len() {
+        format!("{clipped:?}…")
+    } else {
+        format!("{clipped:?}")
+    }
+}
+
 /// Parses a single-range `Range` header against a blob of `size` bytes.
 /// `Ok(None)` means "the whole blob" (no header, or a form we serve whole as
 /// RFC 9110 allows, such as multiple ranges). `Err` means 416.
@@ -22,26 +36,26 @@ pub fn parse(header: Option<&str>, size: u64) -> Result<Option<ByteRange>, Strin
     }
     let (a, b) = spec
         .split_once('-')
-        .ok_or_else(|| format!("bad range {h:?}"))?;
+        .ok_or_else(|| format!("bad range {}", quoted(h)))?;
     let (a, b) = (a.trim(), b.trim());
     let range = if a.is_empty() {
         // Suffix range: the last N bytes.
-        let n: u64 = b.parse().map_err(|_| format!("bad range {h:?}"))?;
+        let n: u64 = b.parse().map_err(|_| format!("bad range {}", quoted(h)))?;
         if n == 0 {
-            return Err(format!("empty suffix range {h:?}"));
+            return Err(format!("empty suffix range {}", quoted(h)));
         }
         ByteRange {
             start: size.saturating_sub(n),
             end: size,
         }
     } else {
-        let start: u64 = a.parse().map_err(|_| format!("bad range {h:?}"))?;
+        let start: u64 = a.parse().map_err(|_| format!("bad range {}", quoted(h)))?;
         let end = if b.is_empty() {
             size
         } else {
-            let last: u64 = b.parse().map_err(|_| format!("bad range {h:?}"))?;
+            let last: u64 = b.parse().map_err(|_| format!("bad range {}", quoted(h)))?;
             if last < start {
-                return Err(format!("bad range {h:?}"));
+                return Err(format!("bad range {}", quoted(h)));
             }
             last.saturating_add(1).min(size)
         };
@@ -84,5 +98,20 @@ mod tests {
         assert!(parse(Some("bytes=5-3"), 10).is_err());
         assert!(parse(Some("bytes=x-"), 10).is_err());
         assert!(parse(Some("bytes=-0"), 10).is_err());
+    }
+
+    #[test]
+    fn refusals_quote_a_hostile_header_clipped() {
+        let hostile = format!("bytes=x{}-", "y".repeat(100_000));
+        let e = parse(Some(&hostile), 10).unwrap_err();
+        assert!(e.len() < 2 * MAX_QUOTED, "{} bytes", e.len());
+        assert!(
+            e.starts_with("bad range \"bytes=xyy") && e.ends_with('…'),
+            "{e}"
+        );
+        assert_eq!(
+            parse(Some("bytes=x-"), 10).unwrap_err(),
+            "bad range \"bytes=x-\""
+        );
     }
 }

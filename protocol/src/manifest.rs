@@ -23,17 +23,33 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 /// `Accept` headers sent upstream.
 pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
 
+/// How much of a value taken from a manifest an error quotes. Manifests
+/// come from upstreams and peers; their errors go into logs, audit events
+/// and OCI error bodies, so a hostile field must not come back whole.
+const MAX_QUOTED: usize = 128;
+
+/// `s` clipped to [`MAX_QUOTED`] characters.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(MAX_QUOTED).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// Why a manifest could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// Larger than [`MAX_MANIFEST_BYTES`].
     #[error("manifest is {0} bytes, over the 4 MiB limit")]
     TooLarge(usize),
-    /// Not JSON or not the expected shape.
-    #[error("manifest is malformed: {0}")]
+    /// Not JSON or not the expected shape. serde quotes offending strings
+    /// in full, so the message is clipped.
+    #[error("manifest is malformed: {}", clip(&.0.to_string()))]
     Malformed(#[from] serde_json::Error),
     /// Docker schema 1 and unknown media types are refused: they cannot be
-    /// verified the way schema 2 and OCI manifests are.
+    /// verified the way schema 2 and OCI manifests are. Holds the media
+    /// type clipped.
     #[error("unsupported manifest media type {0:?}")]
     UnsupportedMediaType(String),
     /// Neither layers nor manifests: nothing Customs knows how to serve.
@@ -149,7 +165,7 @@ impl ManifestRefs {
             ManifestKind::Index => &[OCI_INDEX, DOCKER_LIST],
         };
         if !expected.contains(&media_type.as_str()) {
-            return Err(ManifestError::UnsupportedMediaType(media_type));
+            return Err(ManifestError::UnsupportedMediaType(clip(&media_type)));
         }
         let mut blobs = Vec::new();
         if kind == ManifestKind::Image {
@@ -233,5 +249,35 @@ mod tests {
             ManifestRefs::parse(wrong_type.as_bytes(), None),
             Err(ManifestError::UnsupportedMediaType(_))
         ));
+    }
+
+    #[test]
+    fn errors_quote_hostile_values_clipped() {
+        // A hostile upstream puts a 1 MiB string where the media type or a
+        // size belongs; the error (logged, sent to clients) stays small.
+        let big = "A".repeat(1 << 20);
+        let media = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{big}","config":{{"digest":"{}","size":1}},"layers":[]}}"#,
+            d('a')
+        );
+        let e = ManifestRefs::parse(media.as_bytes(), None).unwrap_err();
+        assert!(matches!(&e, ManifestError::UnsupportedMediaType(m) if m.len() < 2 * MAX_QUOTED));
+        assert!(
+            e.to_string().len() < 2 * MAX_QUOTED,
+            "{} bytes",
+            e.to_string().len()
+        );
+        let size = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":"{big}"}},"layers":[]}}"#,
+            d('a')
+        );
+        let e = ManifestRefs::parse(size.as_bytes(), None).unwrap_err();
+        assert!(matches!(e, ManifestError::Malformed(_)));
+        let text = e.to_string();
+        assert!(text.len() < 2 * MAX_QUOTED, "{} bytes", text.len());
+        assert!(
+            text.starts_with("manifest is malformed: invalid type"),
+            "{text}"
+        );
     }
 }

@@ -86,8 +86,9 @@ async fn fetch_piece(
     hex: &str,
 ) -> (String, usize) {
     let mut s = connect(cfg, addr, false).await;
-    let req =
-        format!("GET /pieces/{hex}/0 HTTP/1.1\r\nHost: {GATEWAY_NAME}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET /pieces/{hex}/0 HTTP/1.1\r\nHost: {GATEWAY_NAME}\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut all = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];

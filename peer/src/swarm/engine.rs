@@ -711,8 +711,12 @@ impl Swarm {
                     // download; the seed is paused after repeated failures.
                     let seed = parents.iter().any(|p| p.id == parent && p.seed);
                     match health.failure(&parent, seed, &detail, tokio::time::Instant::now()) {
-                        Verdict::Paused(pause) => tracing::warn!(%blob, piece, %parent, %detail, pause_s = pause.as_secs(), "seed keeps failing; pausing it"),
-                        _ => tracing::debug!(%blob, piece, %parent, %detail, "piece fetch failed; trying another parent"),
+                        Verdict::Paused(pause) => {
+                            tracing::warn!(%blob, piece, %parent, %detail, pause_s = pause.as_secs(), "seed keeps failing; pausing it")
+                        }
+                        _ => {
+                            tracing::debug!(%blob, piece, %parent, %detail, "piece fetch failed; trying another parent")
+                        }
                     }
                 }
             }
@@ -882,7 +886,9 @@ impl Swarm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use customs_protocol::piece_manifest::{AdmissionRef, GatewayKey, MIN_PIECE_LEN, PieceManifest};
+    use customs_protocol::piece_manifest::{
+        AdmissionRef, GatewayKey, MIN_PIECE_LEN, PieceManifest,
+    };
     use futures_util::StreamExt;
 
     /// A swarm whose scheduler and gateway are unreachable: it learns of
@@ -895,7 +901,10 @@ mod tests {
                 blob: blob.clone(),
                 size: data.len() as u64,
                 piece_length: MIN_PIECE_LEN,
-                pieces: data.chunks(MIN_PIECE_LEN as usize).map(Digest::of).collect(),
+                pieces: data
+                    .chunks(MIN_PIECE_LEN as usize)
+                    .map(Digest::of)
+                    .collect(),
                 admission: AdmissionRef {
                     image: "r/x".into(),
                     manifest_digest: Digest::of(b"m"),

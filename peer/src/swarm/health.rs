@@ -190,6 +190,9 @@ mod tests {
         assert!(why.contains("gw: parent answered 404"), "{why}");
         // Progress restarts the clock.
         h.success("p2", t0 + NO_PROGRESS);
-        assert!(h.stalled(t0 + NO_PROGRESS * 2 - Duration::from_secs(1)).is_none());
+        assert!(
+            h.stalled(t0 + NO_PROGRESS * 2 - Duration::from_secs(1))
+                .is_none()
+        );
     }
 }

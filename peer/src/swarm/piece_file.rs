@@ -254,7 +254,7 @@ impl PieceFile {
                     f.write_all_at(&data, at)
                 })
                 .await
-                    .map_err(std::io::Error::other)??;
+                .map_err(std::io::Error::other)??;
             }
         }
         if hasher.len() != want_len {
@@ -486,9 +486,11 @@ mod tests {
         impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let s = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|c| (c, rx))
-        });
+        let s =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
         (tx, Box::pin(s))
     }
 

@@ -71,6 +71,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         args.gateway_keys
     };
     let audit = args.audit_log.as_deref().map(AuditLog::open).transpose()?;
+    let closing = audit.clone();
     let service = Arc::new(SchedulerService::new(trusted_keys(&gateway_keys)?, audit));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -79,5 +80,8 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     shutdown::on_signal(token.clone());
     tracing::info!(scheduler = %args.listen, "customs scheduler ready");
     customs_scheduler::serve(listener, &identity, service, token).await?;
+    if let Some(audit) = closing {
+        audit.close().await?;
+    }
     Ok(())
 }

@@ -52,6 +52,10 @@ pub struct GatewayConfig {
     pub api_listen: Option<std::net::SocketAddr>,
     /// Bearer token the API requires for jobs and webhooks.
     pub api_token: Option<String>,
+    /// File holding `api_token` (0600; read at start, trailing newline
+    /// trimmed), so the token stays out of the command line. Exclusive
+    /// with `api_token`.
+    pub api_token_file: Option<PathBuf>,
     /// Scope of preheats triggered by Harbor push webhooks.
     pub webhook_scope: String,
     /// Seconds between aggregate audit events (cache hits, refused connections).
@@ -67,6 +71,8 @@ pub struct GatewayConfig {
     pub audit_hec: Option<String>,
     /// Splunk HEC token.
     pub audit_hec_token: Option<String>,
+    /// File holding `audit_hec_token` (as `api_token_file`).
+    pub audit_hec_token_file: Option<PathBuf>,
     /// Generic HTTP(S) endpoint receiving JSON arrays of events.
     pub audit_http: Option<String>,
     /// JSON-lines file (`-` for stdout).
@@ -97,6 +103,7 @@ impl Default for GatewayConfig {
             policy_poll_secs: 10,
             api_listen: None,
             api_token: None,
+            api_token_file: None,
             webhook_scope: "all_peers".to_owned(),
             audit_aggregate_secs: 60,
             audit_syslog: None,
@@ -104,6 +111,7 @@ impl Default for GatewayConfig {
             audit_format: "json".to_owned(),
             audit_hec: None,
             audit_hec_token: None,
+            audit_hec_token_file: None,
             audit_http: None,
             audit_file: None,
         }
@@ -152,6 +160,34 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// The configuration with `api_token_file` and `audit_hec_token_file`
+    /// read into `api_token` and `audit_hec_token`. Each file must not be
+    /// group/other accessible (the error names the `chmod` that fixes it);
+    /// a token given both inline and as a file is an error.
+    pub fn with_token_files(&self) -> Result<Self, ConfigError> {
+        self.validate()?;
+        let mut cfg = self.clone();
+        for (name, file, token) in [
+            (
+                "api_token_file",
+                &mut cfg.api_token_file,
+                &mut cfg.api_token,
+            ),
+            (
+                "audit_hec_token_file",
+                &mut cfg.audit_hec_token_file,
+                &mut cfg.audit_hec_token,
+            ),
+        ] {
+            if let Some(path) = file.take() {
+                let read = customs_tls::read_token(&path)
+                    .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+                *token = Some(read);
+            }
+        }
+        Ok(cfg)
+    }
+
     /// Checks ranges and required values after all overlays.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.upstream.is_none() && self.registries.is_empty() {
@@ -183,9 +219,27 @@ impl GatewayConfig {
                 "audit_format is json, ocsf or cef".into(),
             ));
         }
-        if self.audit_hec.is_some() != self.audit_hec_token.is_some() {
+        if self.api_token.is_some() && self.api_token_file.is_some() {
             return Err(ConfigError::Invalid(
-                "audit_hec and audit_hec_token go together".into(),
+                "api_token and api_token_file are exclusive: give the token one way".into(),
+            ));
+        }
+        if self.audit_hec_token.is_some() && self.audit_hec_token_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "audit_hec_token and audit_hec_token_file are exclusive: give the token one way"
+                    .into(),
+            ));
+        }
+        if self.api_listen.is_some() && self.api_token.is_none() && self.api_token_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "api_listen needs api_token or api_token_file (jobs and webhooks are authenticated)"
+                    .into(),
+            ));
+        }
+        let hec_token = self.audit_hec_token.is_some() || self.audit_hec_token_file.is_some();
+        if self.audit_hec.is_some() != hec_token {
+            return Err(ConfigError::Invalid(
+                "audit_hec and audit_hec_token (or audit_hec_token_file) go together".into(),
             ));
         }
         if self.policy.is_some() && self.policy_git.is_some() {
@@ -219,5 +273,42 @@ mod tests {
             .unwrap();
         assert!(c.add_registry_flag("nohost").is_err());
         c.validate().unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn tokens_from_files_are_private_trimmed_and_exclusive() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "abc\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut c = GatewayConfig::from_yaml(&format!(
+            "upstream: http://127.0.0.1:5000\napi_listen: 127.0.0.1:1\napi_token_file: {}\n",
+            f.display()
+        ))
+        .unwrap();
+        let read = c.with_token_files().unwrap();
+        assert_eq!(read.api_token.as_deref(), Some("abc"));
+        assert!(read.api_token_file.is_none());
+        read.validate().unwrap();
+        // Readable by others: refused, naming the fix.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = c.with_token_files().unwrap_err().to_string();
+        assert!(e.contains("chmod 600") && e.contains("0644"), "{e}");
+        // Inline and file at once: refused.
+        c.api_token = Some("x".into());
+        assert!(c.validate().is_err());
+        // api_listen without any token, audit_hec with a token file.
+        let mut c = GatewayConfig::from_yaml("upstream: http://127.0.0.1:5000\n").unwrap();
+        c.api_listen = Some("127.0.0.1:1".parse().unwrap());
+        assert!(c.validate().is_err());
+        c.api_listen = None;
+        c.audit_hec = Some("http://127.0.0.1:9/".into());
+        assert!(c.validate().is_err());
+        c.audit_hec_token_file = Some(f.clone());
+        c.validate().unwrap();
+        c.audit_hec_token = Some("y".into());
+        assert!(c.validate().is_err());
     }
 }

@@ -91,22 +91,24 @@ pub struct Gateway {
     pub refused: Arc<RefusedConnections>,
 }
 
-/// Loads the signing key, creating it (and its `.pub`) when missing.
+/// Loads the signing key, creating it (and its `.pub`) when missing. The
+/// key is written 0600 (missing directories 0700); an existing key file
+/// that group or others can access is refused, naming the `chmod` that
+/// fixes it: whoever reads it can sign piece manifests and audit
+/// checkpoints. The `.pub` is public (default mode).
 pub fn load_or_create_key(path: &std::path::Path) -> Result<GatewayKey, GatewayError> {
     let err = |detail: String| GatewayError::Key {
         path: path.display().to_string(),
         detail,
     };
     if path.exists() {
-        let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let pem = customs_tls::read_private(path).map_err(|e| err(e.to_string()))?;
+        let pem = String::from_utf8(pem).map_err(|e| err(e.to_string()))?;
         return GatewayKey::from_pem(&pem).map_err(|e| err(e.to_string()));
     }
     let key = GatewayKey::generate().map_err(|e| err(e.to_string()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::write(path, key.to_pem().map_err(|e| err(e.to_string()))?)
-        .map_err(|e| err(e.to_string()))?;
+    let pem = key.to_pem().map_err(|e| err(e.to_string()))?;
+    customs_tls::write_private(path, pem.as_bytes()).map_err(|e| err(e.to_string()))?;
     std::fs::write(
         path.with_extension("pub"),
         key.public_pem().map_err(|e| err(e.to_string()))?,
@@ -119,7 +121,8 @@ pub fn load_or_create_key(path: &std::path::Path) -> Result<GatewayKey, GatewayE
 impl Gateway {
     /// Builds the gateway from validated configuration.
     pub fn build(cfg: &GatewayConfig) -> Result<Self, GatewayError> {
-        cfg.validate()?;
+        // Tokens given as files are read once, here (validated first).
+        let cfg = &cfg.with_token_files()?;
         let mut entries = Vec::new();
         let default_registry = match &cfg.upstream {
             Some(url) => {
@@ -418,6 +421,7 @@ impl Gateway {
                 shutdown.clone(),
             ));
         }
+        let audit = self.admission.audit().clone();
         tracing::info!(addr = %listener.local_addr()?, default_registry = %self.default_registry, "gateway serving the OCI pull API");
         let oci =
             axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -464,6 +468,9 @@ impl Gateway {
             }
             _ => oci.await?,
         }
+        // Shut down: a signed checkpoint covers every event of this run, so
+        // the next start has nothing to record as recovered-unsigned.
+        audit.close().await?;
         Ok(())
     }
 }

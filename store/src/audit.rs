@@ -11,11 +11,60 @@
 //! events, so editing, deleting or reordering any event before the last
 //! checkpoint is detectable by anyone holding the public key
 //! ([`verify_log`], `customs audit verify`).
+//!
+//! # What a restart trusts
+//!
+//! Anyone who can write the file while the writer is down can append lines
+//! that are correctly chained: the chain is only a hash, not a secret. Only
+//! a checkpoint proves the key holder saw a line. So a signed log, when it
+//! is opened, is verified from the start with the writer's own key, and:
+//!
+//! - the lines up to the last valid signed checkpoint are trusted and the
+//!   chain continues from them;
+//! - any complete lines after it (written while the writer was down, or
+//!   acknowledged just before a crash, which cannot be told apart) are
+//!   never adopted silently: before anything new is chained, the writer
+//!   appends a `recovered-unsigned` event naming them (`from_seq`..`to_seq`,
+//!   the byte range `from_byte`..`to_byte`, the sha256 of those bytes and,
+//!   when they do not even chain, the first break), then a checkpoint. The
+//!   lines stay in place as evidence; the checkpoint after the event vouches
+//!   only that they were found there. `customs audit verify` fails on such a
+//!   range unless the operator, having looked at it, passes
+//!   `--accept-recovered`;
+//! - a last line without a newline (a batch whose fsync never completed, so
+//!   never acknowledged) is cut off and recorded by an `audit-recovered`
+//!   event with its offset, length and sha256.
+//!
+//! A stronger alternative, a signature on every event, was weighed and not
+//! chosen: it would also close the crash window (each acknowledged line
+//! signed on its own), but at one signature per event on the group-commit
+//! path and a new line format for every reader and exporter, and it still
+//! could not show that lines were removed from the end. The checkpoint
+//! design keeps the format; the window it leaves is bounded by the
+//! checkpoint interval (1 s or 256 events) and closed on every clean stop:
+//! [`AuditLog::close`], which every component calls on SIGTERM, appends an
+//! `audit-closed` event and a signed checkpoint, so after a clean stop
+//! nothing is uncovered and a `recovered-unsigned` range after a restart
+//! means a crash or tampering.
+//!
+//! Limits: checkpoints are verified at open with the writer's current key
+//! only, so after a key rotation the first start records the earlier part
+//! as recovered (verify it with both keys, then accept it). Removing lines
+//! from the end of a log, back to a checkpoint, leaves an intact chain; the
+//! export to a SIEM (`audit_export`, which carries every `seq`) is what
+//! shows such a gap. An unsigned log (no key, e.g. a standalone
+//! scheduler's `--audit-log`) is chained but makes no authenticity claim and
+//! records no ranges.
 
+mod chain;
+#[cfg(test)]
+mod tests;
+
+use chain::{Lines, check_checkpoint, check_link, hash_range};
 use customs_protocol::piece_manifest::{GatewayKey, TrustedGatewayKeys};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +77,10 @@ const CHECKPOINT_EVERY_EVENTS: u64 = 256;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Most events written in one batch.
 const MAX_BATCH: usize = 1024;
+/// The event naming lines found at open that no signed checkpoint covers.
+pub const RECOVERED_UNSIGNED: &str = "recovered-unsigned";
+/// The event [`AuditLog::close`] writes before its final checkpoint.
+pub const CLOSED: &str = "audit-closed";
 
 /// Why an audit event could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +96,54 @@ pub enum AuditError {
     /// The writer thread is gone.
     #[error("audit log {0}: the writer stopped")]
     Stopped(String),
+    /// The signing key cannot check the log's own checkpoints.
+    #[error("audit log {path}: signing key: {detail}")]
+    Key {
+        /// The log file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
 }
 
-struct Request {
-    kind: String,
-    fields: serde_json::Map<String, serde_json::Value>,
-    done: tokio::sync::oneshot::Sender<Result<u64, String>>,
+/// Lines found in a log when it was opened that no valid signed checkpoint
+/// covers: the fields of a `recovered-unsigned` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveredRange {
+    /// First line of the range (1-based; the `seq` of an intact chain).
+    pub from_seq: u64,
+    /// Last line of the range.
+    pub to_seq: u64,
+    /// Byte offset of the range's first byte in the file.
+    pub from_byte: u64,
+    /// Byte offset just past the range's last newline.
+    pub to_byte: u64,
+    /// Hex sha256 of the bytes `from_byte..to_byte`.
+    pub sha256: String,
+    /// The first chain break inside the range, when the lines do not even
+    /// chain (`None`: correctly chained, only unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_break: Option<String>,
+}
+
+/// What the writer asks of its thread besides events.
+enum Flush {
+    /// Sign what is uncovered now.
+    Checkpoint,
+    /// Write [`CLOSED`] and sign; from then on sign after every batch.
+    Close,
+}
+
+enum Request {
+    Event {
+        kind: String,
+        fields: serde_json::Map<String, serde_json::Value>,
+        done: tokio::sync::oneshot::Sender<Result<u64, String>>,
+    },
+    Flush {
+        what: Flush,
+        done: tokio::sync::oneshot::Sender<Result<u64, String>>,
+    },
 }
 
 /// An append-only, hash-chained audit log file.
@@ -65,39 +160,106 @@ struct Writer {
     key: Option<Arc<GatewayKey>>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// Lines this writer appended (for the close event).
+    written: u64,
+    /// After [`Flush::Close`]: every later batch ends with a checkpoint, so
+    /// an event acknowledged during shutdown is covered too.
+    sealed: bool,
 }
 
-/// The last complete line's seq and hash; a partial tail (a batch whose
-/// fsync never completed, so never acknowledged) is cut off and reported.
-fn recover(path: &Path) -> std::io::Result<(u64, String, u64)> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, GENESIS.into(), 0)),
+/// What opening found in an existing log.
+struct Recovered {
+    /// The last line's seq: new lines continue after it.
+    seq: u64,
+    /// The last complete line's hash.
+    head: String,
+    /// A last line without a newline: (offset, length, sha256).
+    partial: Option<(u64, u64, String)>,
+    /// Complete lines after the last valid signed checkpoint (signed logs).
+    untrusted: Option<RecoveredRange>,
+    /// The first chain break anywhere, for the operator's log.
+    first_break: Option<(u64, String)>,
+}
+
+/// Reads the whole log back with bounded memory. With `keys` (the writer's
+/// own public key), finds the last checkpoint that verifies and names the
+/// complete lines after it. A partial last line is cut off.
+fn recover(path: &Path, keys: Option<&TrustedGatewayKeys>) -> std::io::Result<Recovered> {
+    let mut found = Recovered {
+        seq: 0,
+        head: GENESIS.to_owned(),
+        partial: None,
+        untrusted: None,
+        first_break: None,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
         Err(e) => return Err(e),
     };
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let dropped = (bytes.len() - complete) as u64;
-    if dropped > 0 {
+    let mut lines = Lines::new(std::io::BufReader::new(file));
+    // The trusted prefix: (lines, bytes) up to the last valid checkpoint.
+    let (mut trusted_lines, mut trusted_bytes) = (0u64, 0u64);
+    let mut tail_break: Option<String> = None;
+    let mut no = 0u64;
+    let mut end = 0u64;
+    while let Some(line) = lines.next_line()? {
+        if !line.complete {
+            let sha = hash_range(path, line.offset, line.offset + line.len)?;
+            found.partial = Some((line.offset, line.len, sha));
+            break;
+        }
+        no += 1;
+        end = line.offset + line.len;
+        match check_link(&line, no, &found.head) {
+            Ok(v) => {
+                let signed = v["kind"] == "checkpoint"
+                    && keys.is_some_and(|k| check_checkpoint(&v, no, &found.head, k).is_ok());
+                if signed {
+                    (trusted_lines, trusted_bytes) = (no, end);
+                    tail_break = None;
+                    lines.restart_raw_hash();
+                }
+            }
+            Err(reason) => {
+                // Carry on after the line as it stands: new lines chain onto
+                // what is on disk (seq = line number, as `verify_log` wants)
+                // and the break stays visible to `customs audit verify`.
+                tail_break.get_or_insert_with(|| format!("line {no}: {reason}"));
+                found.first_break.get_or_insert((no, reason));
+            }
+        }
+        found.seq = no;
+        found.head = line.hash;
+    }
+    if let Some((offset, _, _)) = &found.partial {
+        // Never acknowledged (its fsync did not complete): cut it off.
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
-        f.set_len(complete as u64)?;
+        f.set_len(*offset)?;
         f.sync_all()?;
     }
-    let body = &bytes[..complete];
-    let Some(last) = body[..body.len().saturating_sub(1)]
-        .split(|&b| b == b'\n')
-        .next_back()
-        .filter(|l| !l.is_empty())
-    else {
-        return Ok((0, GENESIS.into(), dropped));
-    };
-    let v: serde_json::Value = serde_json::from_slice(last).map_err(std::io::Error::other)?;
-    let seq = v["seq"].as_u64().unwrap_or(0);
-    Ok((seq, hex::encode(Sha256::digest(last)), dropped))
+    if keys.is_some() && no > trusted_lines {
+        found.untrusted = Some(RecoveredRange {
+            from_seq: trusted_lines + 1,
+            to_seq: no,
+            from_byte: trusted_bytes,
+            to_byte: end,
+            sha256: if found.partial.is_some() {
+                // The raw hash ran into the partial line: hash the range itself.
+                hash_range(path, trusted_bytes, end)?
+            } else {
+                lines.raw_hash()
+            },
+            chain_break: tail_break,
+        });
+    }
+    Ok(found)
 }
 
 impl Writer {
     fn line(&mut self, kind: &str, fields: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
         self.seq += 1;
+        self.written += 1;
         let mut obj = serde_json::Map::new();
         obj.insert("seq".into(), self.seq.into());
         obj.insert("prev".into(), self.head.clone().into());
@@ -129,6 +291,21 @@ impl Writer {
         Some(self.line("checkpoint", f))
     }
 
+    /// An event of the writer's own, counted like any other.
+    fn own_event(&mut self, kind: &str, event: serde_json::Value) -> Vec<u8> {
+        self.since_checkpoint += 1;
+        self.line(kind, event.as_object().cloned().unwrap_or_default())
+    }
+
+    /// Appends and fsyncs `bytes` (nothing to do when empty).
+    fn commit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(bytes)?;
+        self.file.sync_data()
+    }
+
     fn run(mut self, rx: std::sync::mpsc::Receiver<Request>) {
         loop {
             let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
@@ -138,10 +315,7 @@ impl Writer {
                     if self.since_checkpoint > 0
                         && let Some(cp) = self.checkpoint()
                     {
-                        let _ = self
-                            .file
-                            .write_all(&cp)
-                            .and_then(|()| self.file.sync_data());
+                        let _ = self.commit(&cp);
                     }
                     return;
                 }
@@ -154,30 +328,41 @@ impl Writer {
                 }
             }
             let mut bytes = Vec::new();
-            let mut seqs = Vec::with_capacity(batch.len());
-            let mut dones = Vec::with_capacity(batch.len());
+            let mut acks = Vec::with_capacity(batch.len());
             for r in batch {
-                bytes.extend(self.line(&r.kind, r.fields));
-                seqs.push(self.seq);
-                dones.push(r.done);
-                self.since_checkpoint += 1;
+                match r {
+                    Request::Event { kind, fields, done } => {
+                        bytes.extend(self.line(&kind, fields));
+                        acks.push((done, self.seq));
+                        self.since_checkpoint += 1;
+                    }
+                    Request::Flush { what, done } => {
+                        if matches!(what, Flush::Close) {
+                            let n = self.written;
+                            bytes.extend(
+                                self.own_event(CLOSED, serde_json::json!({"lines_written": n})),
+                            );
+                            self.sealed = true;
+                        }
+                        if self.since_checkpoint > 0
+                            && let Some(cp) = self.checkpoint()
+                        {
+                            bytes.extend(cp);
+                        }
+                        acks.push((done, self.seq));
+                    }
+                }
             }
             if self.since_checkpoint > 0
-                && (self.since_checkpoint >= CHECKPOINT_EVERY_EVENTS
+                && (self.sealed
+                    || self.since_checkpoint >= CHECKPOINT_EVERY_EVENTS
                     || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
                 && let Some(cp) = self.checkpoint()
             {
                 bytes.extend(cp);
             }
-            if bytes.is_empty() {
-                continue;
-            }
-            let result = self
-                .file
-                .write_all(&bytes)
-                .and_then(|()| self.file.sync_data())
-                .map_err(|e| e.to_string());
-            for (done, seq) in dones.into_iter().zip(seqs) {
+            let result = self.commit(&bytes).map_err(|e| e.to_string());
+            for (done, seq) in acks {
                 let _ = done.send(result.clone().map(|()| seq));
             }
         }
@@ -190,7 +375,10 @@ impl AuditLog {
         Self::open_with_key(path, None)
     }
 
-    /// Opens (or creates) the log; with `key`, checkpoints are signed.
+    /// Opens (or creates) the log; with `key`, checkpoints are signed and
+    /// the existing log is verified first (see the module docs): lines no
+    /// valid checkpoint covers are named by a `recovered-unsigned` event,
+    /// durable before this returns and before any new event is chained.
     pub fn open_with_key(path: &Path, key: Option<Arc<GatewayKey>>) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.display().to_string(),
@@ -199,44 +387,70 @@ impl AuditLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let (seq, head, dropped) = recover(path).map_err(io)?;
+        let own_keys = match &key {
+            Some(k) => Some(
+                k.public_pem()
+                    .and_then(|pem| TrustedGatewayKeys::from_pems([pem.as_str()]))
+                    .map_err(|e| AuditError::Key {
+                        path: path.display().to_string(),
+                        detail: e.to_string(),
+                    })?,
+            ),
+            None => None,
+        };
+        let found = recover(path, own_keys.as_ref()).map_err(io)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(io)?;
-        let writer = Writer {
+        let mut writer = Writer {
             file,
-            seq,
-            head,
+            seq: found.seq,
+            head: found.head,
             key,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            written: 0,
+            sealed: false,
         };
+        if let Some((line, reason)) = &found.first_break {
+            tracing::error!(path = %path.display(), line, reason = %reason,
+                "audit log chain is broken (`customs audit verify` fails on it); appending after it");
+        }
+        // Written here, before the writer thread exists, so nothing new can
+        // be chained before them.
+        let mut bytes = Vec::new();
+        if let Some(range) = &found.untrusted {
+            tracing::warn!(path = %path.display(), from_seq = range.from_seq, to_seq = range.to_seq,
+                from_byte = range.from_byte, to_byte = range.to_byte, sha256 = %range.sha256,
+                chain_break = ?range.chain_break,
+                "audit log lines not covered by a signed checkpoint: recorded as recovered-unsigned, not adopted");
+            let event = serde_json::to_value(range).map_err(|e| io(std::io::Error::other(e)))?;
+            bytes.extend(writer.own_event(RECOVERED_UNSIGNED, event));
+        }
+        if let Some((offset, dropped, sha256)) = &found.partial {
+            tracing::warn!(path = %path.display(), dropped_bytes = dropped, "audit log ended in a partial (never acknowledged) line; cut off");
+            bytes.extend(writer.own_event(
+                "audit-recovered",
+                serde_json::json!({"dropped_bytes": dropped, "offset": offset, "sha256": sha256}),
+            ));
+        }
+        if writer.since_checkpoint > 0
+            && let Some(cp) = writer.checkpoint()
+        {
+            bytes.extend(cp);
+        }
+        writer.commit(&bytes).map_err(io)?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(io)?;
-        let log = AuditLog {
+        Ok(AuditLog {
             path: path.to_path_buf(),
             tx,
-        };
-        if dropped > 0 {
-            tracing::warn!(path = %path.display(), dropped_bytes = dropped, "audit log ended in a partial (never acknowledged) line; cut off");
-            let log2 = log.clone();
-            let event = serde_json::json!({"dropped_bytes": dropped});
-            // Recorded asynchronously: open() is called outside a runtime too.
-            std::thread::spawn(move || {
-                let (tx, _rx) = tokio::sync::oneshot::channel();
-                let _ = log2.tx.send(Request {
-                    kind: "audit-recovered".into(),
-                    fields: event.as_object().cloned().unwrap_or_default(),
-                    done: tx,
-                });
-            });
-        }
-        Ok(log)
+        })
     }
 
     /// Appends one event; returns its sequence number once it is durable.
@@ -256,12 +470,59 @@ impl AuditLog {
             }
         };
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Request {
+        self.send(
+            Request::Event {
                 kind: kind.to_owned(),
                 fields,
                 done,
-            })
+            },
+            wait,
+        )
+        .await
+    }
+
+    /// Signs everything written so far now, without waiting for the next
+    /// periodic checkpoint; returns once it is durable. A no-op for an
+    /// unsigned log or when nothing is uncovered.
+    pub async fn checkpoint_now(&self) -> Result<(), AuditError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.send(
+            Request::Flush {
+                what: Flush::Checkpoint,
+                done,
+            },
+            wait,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Ends this run of the log: appends an `audit-closed` event and a
+    /// signed checkpoint covering every event written so far, durable
+    /// before it returns. Called on shutdown (SIGTERM) so a clean stop
+    /// leaves nothing for the next start to record as recovered. Events
+    /// still arriving afterwards (tasks draining) are accepted, each batch
+    /// with its own checkpoint.
+    pub async fn close(&self) -> Result<(), AuditError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.send(
+            Request::Flush {
+                what: Flush::Close,
+                done,
+            },
+            wait,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn send(
+        &self,
+        request: Request,
+        wait: tokio::sync::oneshot::Receiver<Result<u64, String>>,
+    ) -> Result<u64, AuditError> {
+        self.tx
+            .send(request)
             .map_err(|_| AuditError::Stopped(self.path.display().to_string()))?;
         match wait.await {
             Ok(Ok(seq)) => Ok(seq),
@@ -274,6 +535,15 @@ impl AuditLog {
     }
 }
 
+/// A `recovered-unsigned` event found in a log, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The line of the `recovered-unsigned` event.
+    pub line: u64,
+    /// The range it names.
+    pub range: RecoveredRange,
+}
+
 /// What a verified log contains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReport {
@@ -283,6 +553,9 @@ pub struct ChainReport {
     pub checkpoints: u64,
     /// Events after the last checkpoint (chained but not yet signed).
     pub uncovered: u64,
+    /// Ranges the writer found unsigned when it opened the log: intact,
+    /// but not vouched for by any checkpoint of the key holder.
+    pub recovered: Vec<Recovery>,
 }
 
 /// The first break found in a log.
@@ -297,8 +570,11 @@ pub struct ChainBreak {
     pub reason: String,
 }
 
-/// Checks sequence numbers, the hash chain and every checkpoint signature.
-/// `keys` empty: checkpoints are reported as unverifiable (a break).
+/// Checks sequence numbers, the hash chain and every checkpoint signature,
+/// and collects the `recovered-unsigned` ranges (each checked against the
+/// bytes it names). `keys` empty: checkpoints are reported as unverifiable
+/// (a break). A trailing run of events after the last checkpoint is
+/// counted in [`ChainReport::uncovered`], not a break.
 pub fn verify_log(path: &Path, keys: &TrustedGatewayKeys) -> Result<ChainReport, ChainBreak> {
     let brk = |line: u64, reason: String| ChainBreak {
         path: path.display().to_string(),
@@ -306,59 +582,71 @@ pub fn verify_log(path: &Path, keys: &TrustedGatewayKeys) -> Result<ChainReport,
         reason,
     };
     let f = std::fs::File::open(path).map_err(|e| brk(0, e.to_string()))?;
-    let mut reader = std::io::BufReader::new(f);
+    let mut lines = Lines::new(std::io::BufReader::new(f));
     let mut head = GENESIS.to_owned();
     let mut report = ChainReport {
         lines: 0,
         checkpoints: 0,
         uncovered: 0,
+        recovered: Vec::new(),
     };
-    let mut buf = Vec::new();
     loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| brk(report.lines + 1, e.to_string()))?;
-        if n == 0 {
-            break;
-        }
         let no = report.lines + 1;
-        if buf.last() != Some(&b'\n') {
+        let Some(line) = lines.next_line().map_err(|e| brk(no, e.to_string()))? else {
+            break;
+        };
+        if !line.complete {
             return Err(brk(no, "truncated: the last line is incomplete".into()));
         }
-        let line = &buf[..buf.len() - 1];
-        let v: serde_json::Value =
-            serde_json::from_slice(line).map_err(|e| brk(no, format!("not JSON: {e}")))?;
-        if v["seq"].as_u64() != Some(no) {
-            return Err(brk(
-                no,
-                format!(
-                    "sequence {} where {no} was expected (an event was deleted or inserted)",
-                    v["seq"]
-                ),
-            ));
-        }
-        if v["prev"].as_str() != Some(head.as_str()) {
-            return Err(brk(no, "prev does not match the previous line's hash (an earlier line was edited, deleted or reordered)".into()));
-        }
+        let v = check_link(&line, no, &head).map_err(|reason| brk(no, reason))?;
         if v["kind"] == "checkpoint" {
-            if v["head"].as_str() != Some(head.as_str()) {
-                return Err(brk(no, "checkpoint head does not match the chain".into()));
-            }
-            let key_id = v["key_id"].as_str().unwrap_or_default();
-            let sig = hex::decode(v["signature"].as_str().unwrap_or_default())
-                .map_err(|e| brk(no, format!("checkpoint signature: {e}")))?;
-            keys.verify_checkpoint(key_id, format!("{no}:{head}").as_bytes(), &sig)
-                .map_err(|e| brk(no, format!("checkpoint signature: {e}")))?;
+            check_checkpoint(&v, no, &head, keys).map_err(|reason| brk(no, reason))?;
             report.checkpoints += 1;
             report.uncovered = 0;
         } else {
             report.uncovered += 1;
         }
-        head = hex::encode(Sha256::digest(line));
+        if v["kind"] == RECOVERED_UNSIGNED {
+            let range = check_recovered(path, &v, no, line.offset).map_err(|r| brk(no, r))?;
+            report.recovered.push(Recovery { line: no, range });
+        }
+        head = line.hash;
         report.lines = no;
     }
     Ok(report)
+}
+
+/// A `recovered-unsigned` event at line `no` (starting at byte `at`) must
+/// name lines before it, and the sha256 it gives must be that of the bytes
+/// it names: a marker that misdescribes its range is a break.
+fn check_recovered(
+    path: &Path,
+    v: &serde_json::Value,
+    no: u64,
+    at: u64,
+) -> Result<RecoveredRange, String> {
+    let range: RecoveredRange = serde_json::from_value(v.clone())
+        .map_err(|e| format!("{RECOVERED_UNSIGNED} event is malformed: {e}"))?;
+    if range.from_seq == 0
+        || range.from_seq > range.to_seq
+        || range.to_seq >= no
+        || range.from_byte > range.to_byte
+        || range.to_byte > at
+    {
+        return Err(format!(
+            "{RECOVERED_UNSIGNED} event names lines {}..{} (bytes {}..{}), not a range before it",
+            range.from_seq, range.to_seq, range.from_byte, range.to_byte
+        ));
+    }
+    let actual = hash_range(path, range.from_byte, range.to_byte)
+        .map_err(|e| format!("{RECOVERED_UNSIGNED} range: {e}"))?;
+    if actual != range.sha256 {
+        return Err(format!(
+            "{RECOVERED_UNSIGNED} event's sha256 does not match bytes {}..{} (the recovered lines were changed)",
+            range.from_byte, range.to_byte
+        ));
+    }
+    Ok(range)
 }
 
 /// Current UTC time in RFC 3339 with seconds precision. Hand-written to avoid
@@ -391,163 +679,4 @@ pub fn format_rfc3339(secs: i64) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(1_711_017_244), "2024-03-21T10:34:04Z");
-        assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    fn key() -> (Arc<GatewayKey>, TrustedGatewayKeys) {
-        let k = GatewayKey::generate().unwrap();
-        let trusted = TrustedGatewayKeys::from_pems([k.public_pem().unwrap().as_str()]).unwrap();
-        (Arc::new(k), trusted)
-    }
-
-    async fn signed_log(p: &Path, n: usize) -> TrustedGatewayKeys {
-        let (k, trusted) = key();
-        let log = AuditLog::open_with_key(p, Some(k)).unwrap();
-        for i in 0..n {
-            log.write("decision", &serde_json::json!({"image": format!("a/b{i}")}))
-                .await
-                .unwrap();
-            if i % 3 == 2 {
-                // Let the writer's clock pass a checkpoint interval now and then.
-                tokio::time::sleep(CHECKPOINT_EVERY + Duration::from_millis(20)).await;
-            }
-        }
-        drop(log);
-        // The writer thread writes a final checkpoint when the last handle goes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        trusted
-    }
-
-    fn lines(p: &Path) -> Vec<String> {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn write_lines(p: &Path, l: &[String]) {
-        std::fs::write(p, l.iter().map(|x| format!("{x}\n")).collect::<String>()).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_signed_chain_verifies_and_every_tampering_is_caught() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let trusted = signed_log(&p, 7).await;
-        let report = verify_log(&p, &trusted).unwrap();
-        assert!(report.checkpoints >= 2, "{report:?}");
-        assert_eq!(
-            report.uncovered, 0,
-            "the final checkpoint covers everything"
-        );
-        let orig = lines(&p);
-
-        // Edited: an event's content changes.
-        let mut edited = orig.clone();
-        edited[1] = edited[1].replace("a/b1", "a/evil");
-        write_lines(&p, &edited);
-        let e = verify_log(&p, &trusted).unwrap_err();
-        assert_eq!(e.line, 3, "{e}");
-
-        // Deleted: one event removed.
-        let mut deleted = orig.clone();
-        deleted.remove(2);
-        write_lines(&p, &deleted);
-        let e = verify_log(&p, &trusted).unwrap_err();
-        assert_eq!(e.line, 3, "{e}");
-        assert!(e.reason.contains("sequence"), "{e}");
-
-        // Truncated: cut in the middle of a line.
-        let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-        let _ = text;
-        write_lines(&p, &orig);
-        let bytes = std::fs::read(&p).unwrap();
-        std::fs::write(&p, &bytes[..bytes.len() - 10]).unwrap();
-        let e = verify_log(&p, &trusted).unwrap_err();
-        assert!(e.reason.contains("truncated"), "{e}");
-
-        // Re-chained after an edit (hashes recomputed) but not re-signed.
-        let mut forged: Vec<serde_json::Value> = orig
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        forged[0]["image"] = "a/evil".into();
-        let mut head = GENESIS.to_owned();
-        let mut out = Vec::new();
-        for v in &mut forged {
-            v["prev"] = head.clone().into();
-            if v["kind"] == "checkpoint" {
-                v["head"] = head.clone().into();
-            }
-            let line = v.to_string();
-            head = hex::encode(Sha256::digest(line.as_bytes()));
-            out.push(line);
-        }
-        write_lines(&p, &out);
-        let e = verify_log(&p, &trusted).unwrap_err();
-        assert!(e.reason.contains("checkpoint signature"), "{e}");
-
-        // Another key's checkpoints do not verify.
-        write_lines(&p, &orig);
-        let (_, other) = key();
-        assert!(verify_log(&p, &other).is_err());
-        assert!(verify_log(&p, &trusted).is_ok());
-    }
-
-    #[tokio::test]
-    async fn a_partial_tail_is_cut_and_the_chain_continues() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let trusted = signed_log(&p, 2).await;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"{\"seq\":99,\"half").unwrap();
-        drop(f);
-        let (k, _) = key();
-        let _ = k;
-        let log = AuditLog::open(&p).unwrap();
-        log.write("decision", &serde_json::json!({"image": "x/y"}))
-            .await
-            .unwrap();
-        drop(log);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let text = std::fs::read_to_string(&p).unwrap();
-        assert!(!text.contains("half"));
-        assert!(text.contains("audit-recovered"), "{text}");
-        verify_log(&p, &trusted).unwrap();
-    }
-
-    #[tokio::test]
-    async fn events_are_appended_as_json_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit/audit.jsonl");
-        let log = AuditLog::open(&p).unwrap();
-        log.write("decision", &serde_json::json!({"image": "a/b"}))
-            .await
-            .unwrap();
-        log.write("decision", &serde_json::json!({"image": "c/d"}))
-            .await
-            .unwrap();
-        let text = std::fs::read_to_string(&p).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[1]["image"], "c/d");
-        assert_eq!(lines[0]["kind"], "decision");
-        assert_eq!(lines[0]["seq"], 1);
-        assert_eq!(lines[1]["seq"], 2);
-        assert_eq!(lines[0]["prev"], GENESIS);
-    }
 }

@@ -11,8 +11,12 @@
 #![forbid(unsafe_code)]
 
 pub mod https;
+pub mod secret_file;
 
 pub use https::{PeerCertificate, RefusedConnections, serve_mtls};
+pub use secret_file::{
+    SecretFileError, check_private, private_dir, read_private, read_token, write_private,
+};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use std::path::{Path, PathBuf};
@@ -63,6 +67,9 @@ pub enum TlsError {
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A private key file is exposed or unwritable.
+    #[error(transparent)]
+    Secret(#[from] SecretFileError),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -120,7 +127,7 @@ impl TlsIdentity {
     pub fn load(paths: &TlsPaths) -> Result<Self, TlsError> {
         let ca_pem = read(&paths.ca)?;
         let cert_pem = read(&paths.cert)?;
-        let key_pem = read(&paths.key)?;
+        let key_pem = read_private(&paths.key)?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(&ca_pem) {
             let c = c.map_err(|_| TlsError::Pem(paths.ca.display().to_string()))?;
@@ -264,17 +271,14 @@ fn write(path: &Path, data: &str) -> Result<(), TlsError> {
 /// a certificate for each `(name, role)`, valid for `localhost`,
 /// `127.0.0.1`, the role's SAN and `<name>.customs.internal`.
 pub fn write_dev_pki(dir: &Path, names: &[(&str, Role)]) -> Result<(), TlsError> {
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    private_dir(dir)?;
     let ca_key_path = dir.join("ca.key");
     let ca_key = if ca_key_path.exists() {
-        let pem = String::from_utf8_lossy(&read(&ca_key_path)?).into_owned();
+        let pem = String::from_utf8_lossy(&read_private(&ca_key_path)?).into_owned();
         rcgen::KeyPair::from_pem(&pem)?
     } else {
         let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        write(&ca_key_path, &k.serialize_pem())?;
+        write_private(&ca_key_path, k.serialize_pem().as_bytes())?;
         let cert = ca_params()?.self_signed(&k)?;
         write(&dir.join("ca.pem"), &cert.pem())?;
         k
@@ -298,7 +302,10 @@ pub fn write_dev_pki(dir: &Path, names: &[(&str, Role)]) -> Result<(), TlsError>
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = p.signed_by(&key, &issuer)?;
         write(&dir.join(format!("{name}.pem")), &cert.pem())?;
-        write(&dir.join(format!("{name}.key")), &key.serialize_pem())?;
+        write_private(
+            &dir.join(format!("{name}.key")),
+            key.serialize_pem().as_bytes(),
+        )?;
     }
     Ok(())
 }

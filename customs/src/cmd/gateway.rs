@@ -79,7 +79,8 @@ pub struct GatewayFlags {
     pub policy_poll_secs: Option<u64>,
     /// Operator API: Dragonfly-compatible preheat jobs (`/oapi/v1/jobs`),
     /// Harbor's webhook (`/webhooks/harbor`), `/healthy` and `/metrics`.
-    #[arg(long, env = "CUSTOMS_API_LISTEN", requires = "api_token")]
+    /// Needs --api-token or --api-token-file.
+    #[arg(long, env = "CUSTOMS_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
     /// Bearer token for jobs and webhooks (what Harbor sends).
     #[arg(long, env = "CUSTOMS_API_TOKEN", hide_env_values = true)]
@@ -102,12 +103,26 @@ pub struct GatewayFlags {
     /// Export payload: json (default), ocsf, or cef (syslog only).
     #[arg(long)]
     pub audit_format: Option<String>,
-    /// Export to Splunk HEC at this URL (with --audit-hec-token).
-    #[arg(long, requires = "audit_hec_token")]
+    /// Export to Splunk HEC at this URL (with --audit-hec-token or
+    /// --audit-hec-token-file).
+    #[arg(long)]
     pub audit_hec: Option<String>,
     /// Splunk HEC token.
     #[arg(long, env = "CUSTOMS_AUDIT_HEC_TOKEN", hide_env_values = true)]
     pub audit_hec_token: Option<String>,
+    /// File holding the bearer token for jobs and webhooks (read at start,
+    /// trailing newline trimmed; must not be group/other readable): keeps
+    /// the token out of `/proc/*/cmdline`. Exclusive with --api-token.
+    #[arg(long, env = "CUSTOMS_API_TOKEN_FILE", conflicts_with = "api_token")]
+    pub api_token_file: Option<PathBuf>,
+    /// File holding the Splunk HEC token (as --api-token-file). Exclusive
+    /// with --audit-hec-token.
+    #[arg(
+        long,
+        env = "CUSTOMS_AUDIT_HEC_TOKEN_FILE",
+        conflicts_with = "audit_hec_token"
+    )]
+    pub audit_hec_token_file: Option<PathBuf>,
     /// Export JSON arrays of events to this HTTP(S) URL.
     #[arg(long)]
     pub audit_http: Option<String>,
@@ -161,6 +176,12 @@ impl GatewayFlags {
         }
         if let Some(t) = &self.audit_hec_token {
             cfg.audit_hec_token = Some(t.clone());
+        }
+        if let Some(p) = &self.api_token_file {
+            cfg.api_token_file = Some(p.clone());
+        }
+        if let Some(p) = &self.audit_hec_token_file {
+            cfg.audit_hec_token_file = Some(p.clone());
         }
         if let Some(u) = &self.audit_http {
             cfg.audit_http = Some(u.clone());

@@ -71,6 +71,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         args.gateway_keys
     };
     let audit = args.audit_log.as_deref().map(AuditLog::open).transpose()?;
+    let closing = audit.clone();
     let service = Arc::new(SchedulerService::new(
         trusted_keys(&gateway_keys)?,
         audit,
@@ -84,9 +85,13 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     tracing::info!(scheduler = %args.listen, "customs scheduler ready");
     let aggregate = tokio::spawn(service.clone().aggregate_loop(token.clone()));
     let served = customs_scheduler::serve(listener, &identity, service, token.clone()).await;
-    // The last bad-piece counts are written before the process exits.
+    // The last bad-piece counts are written, then the log is checkpointed,
+    // before the process exits.
     token.cancel();
     let _ = aggregate.await;
     served?;
+    if let Some(audit) = closing {
+        audit.close().await?;
+    }
     Ok(())
 }

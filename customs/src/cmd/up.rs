@@ -115,7 +115,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.gateway.data_dir.is_none() && args.gateway.config.is_none() {
         cfg.data_dir = PathBuf::from("customs-data");
     }
-    // A development PKI and signing key under the data dir, created once.
+    // A development PKI and signing key under the data dir, created once;
+    // the data dir (keys, audit logs) is private to this user.
+    customs_tls::private_dir(&cfg.data_dir)?;
     let pki = cfg.data_dir.join("pki");
     let mut names: Vec<(String, Role)> = vec![
         ("gateway".into(), Role::Gateway),
@@ -171,6 +173,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             &key_path,
         )?)),
     )?;
+    let sched_audit = audit.clone();
     let service = Arc::new(SchedulerService::new(
         keys,
         Some(audit),
@@ -237,6 +240,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     {
         tracing::warn!("components did not stop within 10 s");
     }
+    // The gateway closes its own log; the scheduler's gets its final
+    // signed checkpoint here.
+    sched_audit.close().await?;
     first.context("component task failed")??;
     tracing::info!("customs stopped");
     Ok(())

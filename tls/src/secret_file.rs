@@ -224,6 +224,7 @@ fn open_new_private(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

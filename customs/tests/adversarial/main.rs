@@ -18,7 +18,6 @@
 #![allow(clippy::unwrap_used)]
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 mod audit;

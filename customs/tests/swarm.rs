@@ -277,7 +277,7 @@ fn hostile_peers_are_caught_blocklisted_and_bypassed() {
             .collect();
         assert!(!reports.is_empty(), "{name} was never reported: {audit}");
     }
-    assert!(audit.contains("\"blocklisted\":"), "{audit}");
+    assert!(audit.contains("\"kind\":\"peer_blocklisted\""), "{audit}");
 }
 
 #[test]

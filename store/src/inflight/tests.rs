@@ -222,7 +222,11 @@ async fn an_idle_source_fails_its_readers_within_the_timeout() {
         .unwrap();
     // The sender is held: the source is open and silent.
     for reader in [r, joined] {
-        let e = collect(reader).await.unwrap_err().to_string();
+        let e = tokio::time::timeout(Duration::from_secs(5), collect(reader))
+            .await
+            .expect("a reader hung on a silent source")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("idle timeout"), "{e}");
     }
     assert!(
@@ -239,7 +243,10 @@ async fn an_idle_source_fails_its_readers_within_the_timeout() {
             std::future::pending::<Result<ByteStream, FetchFailure>>().await
         })
         .unwrap();
-    let e = r.started().await.unwrap_err();
+    let e = tokio::time::timeout(Duration::from_secs(5), r.started())
+        .await
+        .expect("a reader hung on a source that never answered")
+        .unwrap_err();
     assert_eq!(e.kind, FetchFailureKind::Unavailable);
     assert!(e.message.contains("idle timeout"), "{}", e.message);
 }

@@ -77,6 +77,15 @@ pub struct GatewayConfig {
     pub audit_http: Option<String>,
     /// JSON-lines file (`-` for stdout).
     pub audit_file: Option<PathBuf>,
+    /// Seconds to wait for a TCP/TLS connection to an upstream.
+    pub upstream_connect_timeout_secs: u64,
+    /// Seconds from an upstream request to its response headers.
+    pub upstream_first_byte_timeout_secs: u64,
+    /// Seconds an upstream response body may stay silent before the
+    /// transfer is cut off and its clients get an error.
+    pub upstream_idle_timeout_secs: u64,
+    /// Seconds a whole manifest, referrers index or token may take.
+    pub upstream_body_timeout_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -114,6 +123,10 @@ impl Default for GatewayConfig {
             audit_hec_token_file: None,
             audit_http: None,
             audit_file: None,
+            upstream_connect_timeout_secs: crate::registry_client::CONNECT_TIMEOUT.as_secs(),
+            upstream_first_byte_timeout_secs: crate::registry_client::FIRST_BYTE_TIMEOUT.as_secs(),
+            upstream_idle_timeout_secs: crate::registry_client::IDLE_READ_TIMEOUT.as_secs(),
+            upstream_body_timeout_secs: crate::registry_client::BODY_TIMEOUT.as_secs(),
         }
     }
 }
@@ -251,6 +264,30 @@ impl GatewayConfig {
             return Err(ConfigError::Invalid(
                 "stale_window_secs must be at least tag_ttl_secs".into(),
             ));
+        }
+        for (name, v) in [
+            (
+                "upstream_connect_timeout_secs",
+                self.upstream_connect_timeout_secs,
+            ),
+            (
+                "upstream_first_byte_timeout_secs",
+                self.upstream_first_byte_timeout_secs,
+            ),
+            (
+                "upstream_idle_timeout_secs",
+                self.upstream_idle_timeout_secs,
+            ),
+            (
+                "upstream_body_timeout_secs",
+                self.upstream_body_timeout_secs,
+            ),
+        ] {
+            // Zero would fail every request; no timeout at all is what
+            // these bounds exist to prevent.
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
         }
         Ok(())
     }

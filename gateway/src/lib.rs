@@ -7,7 +7,9 @@
 //!
 //! Layout:
 //! - [`credentials`]: docker `config.json` credentials, redacted in logs.
-//! - [`upstream`]: one oci-client per upstream registry, as a mirror [`Source`].
+//! - [`upstream`]: the upstream registries, as a mirror [`Source`].
+//! - [`registry_client`]: one bounded HTTP client per upstream (token auth,
+//!   timeouts, bodies capped while streaming).
 //! - [`admission`]: the admission point (allow-all until policies land).
 //! - [`policy_source`]: policies from a directory or Git, polled and reloaded.
 //! - [`preheat`], [`api`]: preheat jobs, the Dragonfly-compatible job API and Harbor's webhook.
@@ -30,6 +32,7 @@ pub mod evidence;
 pub mod metrics;
 pub mod policy_source;
 pub mod preheat;
+pub mod registry_client;
 pub mod seed;
 pub mod server;
 pub mod status;

@@ -7,6 +7,7 @@ use crate::credentials::{Credentials, CredentialsError};
 use crate::metrics::Metrics;
 use crate::policy_source::{Loaded, PolicySource, deny_all, load, reload_loop};
 use crate::preheat::{Preheater, Scope};
+use crate::registry_client::Timeouts;
 use crate::seed::Seed;
 use crate::upstream::{UpstreamError, UpstreamSettings, Upstreams, registry_identity};
 use axum::extract::{Query, State};
@@ -162,13 +163,14 @@ impl Gateway {
             &creds,
             &UpstreamSettings {
                 extra_ca_pem,
-                connect_timeout: None,
+                timeouts: Timeouts::from_config(cfg),
             },
         )?;
         let store = BlobStore::open(StoreConfig {
             root: cfg.data_dir.join("store"),
             max_bytes: cfg.max_cache_bytes.unwrap_or(u64::MAX),
         })?;
+        store.set_source_idle_timeout(Timeouts::from_config(cfg).store_backstop());
         // The gateway key signs piece manifests and the audit log's
         // checkpoints; it is created on first start.
         let key_path = cfg

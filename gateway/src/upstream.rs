@@ -1,23 +1,22 @@
-//! Upstream registries, reached through oci-client.
+//! Upstream registries, reached through a bounded HTTP client.
 //!
-//! One `oci_client::Client` per upstream: oci-client stores credentials per
-//! registry host with the first ones winning, so sharing a client between
-//! credential sets would mix them up.
+//! One [`RegistryClient`] per upstream, each with its own credentials and
+//! token cache. Every request has connect, first-byte and idle-read
+//! timeouts, and everything read into memory (manifests, referrers indexes,
+//! tokens) is capped while it streams; see [`crate::registry_client`].
 
 use crate::credentials::Credentials;
+use crate::registry_client::{RegistryClient, Timeouts};
 use customs_mirror::{FetchedManifest, Source};
-use customs_protocol::{
-    Digest, ImageName, Reference, RegistryHost, manifest::MANIFEST_MEDIA_TYPES,
-};
+use customs_protocol::manifest::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX};
+use customs_protocol::{Digest, ImageName, Reference, RegistryHost};
 use customs_store::inflight::ByteStream;
 use customs_store::{FetchFailure, FetchFailureKind};
 use futures_util::TryStreamExt;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode as UpErr};
-use oci_client::secrets::RegistryAuth;
+use reqwest::StatusCode;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 use url::Url;
 
 /// Why an upstream could not be configured.
@@ -34,19 +33,17 @@ pub enum UpstreamError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// One upstream registry.
-struct Upstream {
-    /// host[:port] as oci-client addresses it.
-    host: String,
-    client: oci_client::Client,
-    auth: RegistryAuth,
+    /// The extra CA file is not a PEM certificate bundle.
+    #[error("extra CA bundle: {0}")]
+    BadCa(String),
+    /// The HTTP client could not be built (TLS setup).
+    #[error("upstream HTTP client: {0}")]
+    Client(String),
 }
 
 /// Every configured upstream, keyed by the registry identity it serves.
 pub struct Upstreams {
-    by_registry: HashMap<RegistryHost, Arc<Upstream>>,
+    by_registry: HashMap<RegistryHost, Arc<RegistryClient>>,
     /// Blob bytes received from upstreams (the egress a P2P mirror saves).
     fetched: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -56,8 +53,27 @@ pub struct Upstreams {
 pub struct UpstreamSettings {
     /// PEM bundle of extra CAs trusted for upstream TLS (on top of system roots).
     pub extra_ca_pem: Option<Vec<u8>>,
-    /// Upstream request timeout for connecting.
-    pub connect_timeout: Option<Duration>,
+    /// Connect, first-byte, idle-read and whole-body timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// An entry of a referrers index (OCI 1.1 API or its tag-schema fallback).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReferrerEntry {
+    /// The referrer manifest's digest, as the upstream wrote it.
+    pub digest: String,
+    /// Its media type.
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    /// Its artifact type, when the upstream lists it.
+    #[serde(rename = "artifactType", default)]
+    pub artifact_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ReferrersIndex {
+    #[serde(default)]
+    manifests: Option<Vec<ReferrerEntry>>,
 }
 
 /// The registry identity of an upstream URL: Docker Hub's API host is
@@ -95,34 +111,29 @@ impl Upstreams {
         creds: &Credentials,
         settings: &UpstreamSettings,
     ) -> Result<Self, UpstreamError> {
+        let extra_roots = match &settings.extra_ca_pem {
+            Some(pem) => reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| UpstreamError::BadCa(e.to_string()))?,
+            None => Vec::new(),
+        };
         let mut by_registry = HashMap::new();
         for (registry, url) in entries {
             let host = url_host(url)?;
-            let protocol = if url.starts_with("http://") {
-                ClientProtocol::Http
+            let scheme = if url.starts_with("http://") {
+                "http"
             } else {
-                ClientProtocol::Https
+                "https"
             };
-            let extra_root_certificates = settings
-                .extra_ca_pem
-                .iter()
-                .map(|pem| Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data: pem.clone(),
-                })
-                .collect();
-            let client = oci_client::Client::new(ClientConfig {
-                protocol,
-                extra_root_certificates,
-                connect_timeout: settings.connect_timeout.or(Some(Duration::from_secs(10))),
-                ..Default::default()
-            });
-            let auth = match creds.for_registry(registry, &host) {
-                Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-                None => RegistryAuth::Anonymous,
-            };
-            tracing::info!(%registry, url, authenticated = !matches!(auth, RegistryAuth::Anonymous), "upstream configured");
-            by_registry.insert(registry.clone(), Arc::new(Upstream { host, client, auth }));
+            let client = RegistryClient::new(
+                format!("{scheme}://{host}"),
+                host.clone(),
+                creds.for_registry(registry, &host).cloned(),
+                extra_roots.clone(),
+                settings.timeouts,
+            )
+            .map_err(|e| UpstreamError::Client(e.to_string()))?;
+            tracing::info!(%registry, url, authenticated = client.authenticated(), "upstream configured");
+            by_registry.insert(registry.clone(), Arc::new(client));
         }
         Ok(Upstreams {
             by_registry,
@@ -135,7 +146,7 @@ impl Upstreams {
         self.fetched.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn get(&self, registry: &RegistryHost) -> Result<Arc<Upstream>, FetchFailure> {
+    fn get(&self, registry: &RegistryHost) -> Result<Arc<RegistryClient>, FetchFailure> {
         self.by_registry.get(registry).cloned().ok_or_else(|| {
             FetchFailure::new(
                 FetchFailureKind::Denied,
@@ -145,64 +156,59 @@ impl Upstreams {
     }
 }
 
+/// The path part of a manifest URL.
+fn manifest_path(image: &ImageName, reference: &Reference) -> String {
+    let r = match reference {
+        Reference::Tag(t) => t.as_str().to_owned(),
+        Reference::Digest(d) => d.to_string(),
+    };
+    format!("/v2/{}/manifests/{r}", image.repository.as_str())
+}
+
 impl Upstreams {
-    /// The referrers index of `digest` (OCI 1.1 API, else the tag schema;
-    /// oci-client falls back by itself).
+    /// The referrers of `digest`: the OCI 1.1 referrers API, or the tag
+    /// schema (`sha256-<hex>`) when the upstream answers 404 to it; no
+    /// referrers when neither exists. Read capped like a manifest.
     pub async fn referrers_index(
         &self,
         image: &ImageName,
         digest: &Digest,
-    ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, FetchFailure> {
+    ) -> Result<Vec<ReferrerEntry>, FetchFailure> {
         let up = self.get(&image.registry)?;
-        let r = oci_ref(&up, image, &Reference::Digest(digest.clone()));
-        up.client
-            .pull_referrers(&r, None)
-            .await
-            .map(|i| i.manifests)
-            .map_err(classify)
-    }
-}
-
-/// Maps oci-client's errors to fetch failure classes.
-fn classify(e: OciDistributionError) -> FetchFailure {
-    use FetchFailureKind as K;
-    let kind = match &e {
-        OciDistributionError::RegistryError { envelope, .. } => match envelope
-            .errors
-            .first()
-            .map(|x| &x.code)
-        {
-            Some(
-                UpErr::ManifestUnknown | UpErr::BlobUnknown | UpErr::NameUnknown | UpErr::NotFound,
-            ) => K::NotFound,
-            Some(UpErr::Denied) => K::Denied,
-            Some(UpErr::Unauthorized) => K::Unauthorized,
-            Some(UpErr::Toomanyrequests) => K::TooManyRequests,
-            _ => K::Unavailable,
-        },
-        OciDistributionError::ServerError { code: 404, .. }
-        | OciDistributionError::ImageManifestNotFoundError(_) => K::NotFound,
-        OciDistributionError::ServerError { code: 429, .. } => K::TooManyRequests,
-        OciDistributionError::ServerError {
-            code: 401 | 403, ..
-        }
-        | OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => K::Unauthorized,
-        OciDistributionError::DigestError(_) => K::DigestMismatch,
-        _ => K::Unavailable,
-    };
-    FetchFailure::new(kind, format!("upstream: {e}"))
-}
-
-fn oci_ref(up: &Upstream, image: &ImageName, reference: &Reference) -> oci_client::Reference {
-    let repo = image.repository.as_str().to_owned();
-    match reference {
-        Reference::Tag(t) => {
-            oci_client::Reference::with_tag(up.host.clone(), repo, t.as_str().to_owned())
-        }
-        Reference::Digest(d) => {
-            oci_client::Reference::with_digest(up.host.clone(), repo, d.to_string())
-        }
+        let path = format!("/v2/{}/referrers/{digest}", image.repository.as_str());
+        let resp = up.get(&image.repository, &path, OCI_INDEX).await?;
+        let bytes = match resp.status() {
+            StatusCode::OK => {
+                up.read_capped(resp, MAX_MANIFEST_BYTES, "referrers index")
+                    .await?
+            }
+            StatusCode::NOT_FOUND => {
+                drop(resp);
+                let tag = format!("{}-{}", digest.algorithm(), digest.hex())
+                    .parse()
+                    .map_err(|e| {
+                        FetchFailure::new(FetchFailureKind::Unavailable, format!("{e}"))
+                    })?;
+                match self.manifest(image, &Reference::Tag(tag)).await {
+                    Ok(m) => m.bytes,
+                    Err(f) if f.kind == FetchFailureKind::NotFound => return Ok(Vec::new()),
+                    Err(f) => return Err(f),
+                }
+            }
+            _ => return Err(up.failure(resp, "referrers").await),
+        };
+        let index: ReferrersIndex = serde_json::from_slice(&bytes).map_err(|e| {
+            FetchFailure::new(
+                FetchFailureKind::Unavailable,
+                format!("referrers of {image}@{digest}: not an image index: {e}"),
+            )
+        })?;
+        index.manifests.ok_or_else(|| {
+            FetchFailure::new(
+                FetchFailureKind::Unavailable,
+                format!("referrers of {image}@{digest}: not an image index"),
+            )
+        })
     }
 }
 
@@ -213,19 +219,29 @@ impl Source for Upstreams {
         reference: &Reference,
     ) -> Result<FetchedManifest, FetchFailure> {
         let up = self.get(&image.registry)?;
-        let r = oci_ref(&up, image, reference);
-        // oci-client checks the body against a requested digest and the
-        // Docker-Content-Digest header; the mirror checks again on its own
-        // terms, so neither is trusted alone.
-        let (bytes, digest) = up
-            .client
-            .pull_manifest_raw(&r, &up.auth, &MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(classify)?;
+        let accept = MANIFEST_MEDIA_TYPES.join(", ");
+        let resp = up
+            .get(&image.repository, &manifest_path(image, reference), &accept)
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(up.failure(resp, "manifest").await);
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let media_type = header("content-type");
+        // Checked against the bytes by the mirror, never trusted alone.
+        let declared_digest = header("docker-content-digest").and_then(|d| d.parse().ok());
+        // Capped while streaming: an endless or oversized manifest is cut
+        // off at the limit, never buffered.
+        let bytes = up.read_capped(resp, MAX_MANIFEST_BYTES, "manifest").await?;
         Ok(FetchedManifest {
             bytes,
-            media_type: None,
-            declared_digest: digest.parse::<Digest>().ok(),
+            media_type,
+            declared_digest,
         })
     }
 
@@ -240,23 +256,17 @@ impl Source for Upstreams {
         let fetched = self.fetched.clone();
         async move {
             let up = up?;
-            let r = oci_ref(&up, &image, &Reference::Digest(digest.clone()));
-            let d = digest.to_string();
             tracing::info!(%image, %digest, "fetching blob from upstream");
-            // oci-client's stream verifies the digest too; the store's own
-            // hash is the one that decides. Hashing twice costs ~2.5% of a
-            // core at upstream speeds and keeps both checks independent.
-            let sized = up
-                .client
-                .pull_blob_stream(&r, d.as_str())
-                .await
-                .map_err(classify)?;
-            let counted = sized
-                .stream
-                .map_err(std::io::Error::other)
-                .inspect_ok(move |b| {
-                    fetched.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                });
+            let path = format!("/v2/{}/blobs/{digest}", image.repository.as_str());
+            let resp = up.get(&image.repository, &path, "*/*").await?;
+            if resp.status() != StatusCode::OK {
+                return Err(up.failure(resp, "blob").await);
+            }
+            // The store hashes the stream and decides; every read of it is
+            // bounded by the idle timeout.
+            let counted = up.idle_bounded_stream(resp).inspect_ok(move |b| {
+                fetched.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            });
             Ok(Box::pin(counted) as ByteStream)
         }
     }

@@ -746,9 +746,13 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         let size = self.blob_size(image, digest).await?;
         let range = crate::range::parse(range_header, size).map_err(MirrorError::Range)?;
         let start = range.map_or(0, |r| r.start);
-        let mut reader =
-            self.store
-                .fetch_or_join(digest, size, start, self.source.blob(image, digest))?;
+        let mut reader = self.store.fetch_or_join(
+            &image.registry,
+            digest,
+            size,
+            start,
+            self.source.blob(image, digest),
+        )?;
         reader.started().await.map_err(MirrorError::for_blob)?;
         let end = range.map_or(size, |r| r.end);
         Ok(BlobBody {

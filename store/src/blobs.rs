@@ -2,13 +2,14 @@
 
 use crate::StoreError;
 use crate::index::{Index, Table};
-use crate::inflight::{self, Inflight, TailReader};
-use customs_protocol::Digest;
+use crate::inflight::{self, FetchKey, Inflight, TailReader};
+use customs_protocol::{Digest, RegistryHost};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How a store is laid out and bounded.
 #[derive(Debug, Clone)]
@@ -59,12 +60,14 @@ pub struct BlobStore {
     index: Index,
     /// Blobs with open readers: never evicted while the count is non-zero.
     pins: Arc<Mutex<HashMap<Digest, usize>>>,
-    /// Fetches in progress, one per digest.
-    pub(crate) inflight: Mutex<HashMap<Digest, Arc<Inflight>>>,
+    /// Fetches in progress, one per (registry, digest).
+    pub(crate) inflight: Mutex<HashMap<FetchKey, Arc<Inflight>>>,
+    /// See [`BlobStore::set_source_idle_timeout`], in milliseconds.
+    source_idle_ms: AtomicU64,
     /// Serialises eviction so two runs do not race over the same files.
     gc_lock: tokio::sync::Mutex<()>,
     /// Makes temp file names unique.
-    tmp_seq: std::sync::atomic::AtomicU64,
+    tmp_seq: AtomicU64,
 }
 
 /// Holds a blob against eviction for as long as it lives.
@@ -112,7 +115,8 @@ impl BlobStore {
             pins: Arc::default(),
             inflight: Mutex::default(),
             gc_lock: tokio::sync::Mutex::new(()),
-            tmp_seq: std::sync::atomic::AtomicU64::new(0),
+            tmp_seq: AtomicU64::new(0),
+            source_idle_ms: AtomicU64::new(duration_ms(inflight::SOURCE_IDLE_TIMEOUT)),
         }))
     }
 
@@ -127,6 +131,26 @@ impl BlobStore {
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.cfg.root.join("tmp")
+    }
+
+    /// A temp file name no other writer uses (`<hex>.<n>.<ext>`).
+    pub(crate) fn unique_tmp_path(&self, d: &Digest, ext: &str) -> PathBuf {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir().join(format!("{}.{n}.{ext}", d.hex()))
+    }
+
+    /// Sets how long a fetch waits for its source to open and then for each
+    /// next chunk before it fails its readers (default
+    /// [`inflight::SOURCE_IDLE_TIMEOUT`]). A node whose source enforces
+    /// shorter timeouts of its own sets this a little above them, so the
+    /// source's more specific error is the one clients see.
+    pub fn set_source_idle_timeout(&self, idle: Duration) {
+        self.source_idle_ms
+            .store(duration_ms(idle).max(1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn source_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.source_idle_ms.load(Ordering::Relaxed))
     }
 
     pub(crate) fn pin(&self, d: &Digest) -> Pin {
@@ -182,10 +206,7 @@ impl BlobStore {
         }
         // Unique per writer: concurrent first requests for the same manifest
         // each write their own temp file; the first rename wins.
-        let n = self
-            .tmp_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.tmp_dir().join(format!("{}.{n}.put", d.hex()));
+        let tmp = self.unique_tmp_path(d, "put");
         tokio::fs::write(&tmp, bytes).await?;
         self.commit_file(d, &tmp, bytes.len() as u64).await?;
         Ok(true)
@@ -247,7 +268,7 @@ impl BlobStore {
             let busy = {
                 let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
                 let infl = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                pins.contains_key(&d) || infl.contains_key(&d)
+                pins.contains_key(&d) || infl.keys().any(|(_, x)| *x == d)
             };
             if busy {
                 report.skipped_in_use += 1;
@@ -276,10 +297,14 @@ impl BlobStore {
         Ok(report)
     }
 
-    /// Starts (or joins) the single fetch of a blob and returns a reader that
-    /// streams it from `offset` as it arrives. See [`inflight`].
+    /// Starts (or joins) the single fetch of a blob from `registry` and
+    /// returns a reader that streams it from `offset` as it arrives; a blob
+    /// already stored is read from disk whichever registry asks. A fetch of
+    /// the same digest from another registry is never joined. See
+    /// [`inflight`].
     pub fn fetch_or_join<F>(
         self: &Arc<Self>,
+        registry: &RegistryHost,
         digest: &Digest,
         size: u64,
         offset: u64,
@@ -290,8 +315,13 @@ impl BlobStore {
             + Send
             + 'static,
     {
-        inflight::fetch_or_join(self, digest, size, offset, open)
+        inflight::fetch_or_join(self, registry, digest, size, offset, open)
     }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -12,22 +12,46 @@
 //! mismatch readers get an error (the HTTP layer aborts the response, so the
 //! client's own length/digest check fails) and nothing is stored.
 //!
+//! A range that ends before the blob does gets the same treatment: its own
+//! last [`HOLDBACK`] bytes wait for the whole blob's digest, so a cold
+//! `Range: bytes=0-N` response never completes with unverified bytes.
+//!
+//! Fetches are keyed by (registry, digest), not by digest alone: a request
+//! for a blob from one registry never joins another registry's transfer of
+//! the same digest, so a hostile or stalled registry cannot hold up (or
+//! answer for) an honest one. Once any of them verified and stored the blob,
+//! everyone reads the stored copy: it is content-addressed and checked.
+//!
+//! A source that goes quiet is cut off: opening it and each read of it are
+//! bounded by the store's source idle timeout ([`SOURCE_IDLE_TIMEOUT`] unless
+//! the node sets its own), and its readers fail with an error naming the
+//! timeout instead of waiting forever.
+//!
 //! The fetch task is detached from the requests: a client that disconnects
 //! does not cancel the transfer the others are waiting on.
 
 use crate::StoreError;
 use crate::blobs::{BlobStore, Pin};
 use bytes::Bytes;
-use customs_protocol::{Digest, Sha256Hasher};
+use customs_protocol::{Digest, RegistryHost, Sha256Hasher};
 use futures_util::{Stream, StreamExt};
 use std::fmt;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-/// Bytes withheld from cold-stream readers until the digest matched.
+/// Bytes withheld from cold-stream readers until the digest matched: the
+/// last bytes of the blob, and the last bytes of a range that ends earlier.
 pub const HOLDBACK: u64 = 4096;
+/// How long a fetch waits for its source to open, and then for each next
+/// chunk, before it fails every reader. A backstop behind the sources' own
+/// timeouts (the gateway's upstream client gives up after 30 s of silence
+/// with a more specific error), long enough that a swarm source retrying
+/// another parent is not cut off, short enough that a stalled transfer never
+/// holds a client for more than two minutes.
+pub const SOURCE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How much the fetch task buffers before each disk write.
 const WRITE_BATCH: usize = 256 * 1024;
 /// How much a reader pulls from disk per step.
@@ -144,6 +168,9 @@ impl TailReader {
     }
 
     /// Turns the reader into a body stream that ends at `end` (exclusive).
+    /// While the blob is still arriving, the last [`HOLDBACK`] bytes before
+    /// `end` wait for the whole blob's digest check: the stream completes
+    /// only with verified content, and fails if the check fails.
     pub fn into_stream_until(self, end: u64) -> ByteStream {
         let end = end.min(self.size);
         Box::pin(futures_util::stream::unfold(
@@ -172,8 +199,10 @@ impl TailReader {
                 match &p.state {
                     State::Verified => (self.size, None),
                     State::Failed(f) => (0, Some(f.clone())),
+                    // `end` is at most the size: holding back before the end
+                    // of the range also holds back before the end of the blob.
                     State::Opening | State::Running => {
-                        (p.written.min(self.size.saturating_sub(HOLDBACK)), None)
+                        (p.written.min(end.saturating_sub(HOLDBACK)), None)
                     }
                 }
             };
@@ -232,8 +261,13 @@ fn stored_reader(
     }))
 }
 
+/// The single-flight key: which registry the bytes come from, and which
+/// blob. Two registries serving the same digest are two fetches.
+pub(crate) type FetchKey = (RegistryHost, Digest);
+
 pub(crate) fn fetch_or_join<F>(
     store: &Arc<BlobStore>,
+    registry: &RegistryHost,
     digest: &Digest,
     size: u64,
     offset: u64,
@@ -242,8 +276,15 @@ pub(crate) fn fetch_or_join<F>(
 where
     F: std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static,
 {
+    let key: FetchKey = (registry.clone(), digest.clone());
     let mut map = store.inflight.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(inf) = map.get(digest) {
+    // A stored blob first: it was verified, whichever registry sent it, and
+    // a request must not wait on this registry's (possibly stalled) fetch
+    // when another registry's already delivered the same content.
+    if let Some(r) = stored_reader(store, digest, offset)? {
+        return Ok(r);
+    }
+    if let Some(inf) = map.get(&key) {
         return Ok(TailReader {
             file: inf.file.clone(),
             rx: inf.tx.subscribe(),
@@ -252,10 +293,8 @@ where
             _pin: store.pin(digest),
         });
     }
-    if let Some(r) = stored_reader(store, digest, offset)? {
-        return Ok(r);
-    }
-    let tmp = store.tmp_dir().join(format!("{}.part", digest.hex()));
+    // Unique per fetch: another registry may be fetching the same digest.
+    let tmp = store.unique_tmp_path(digest, "part");
     let writer = std::fs::File::create(&tmp)?;
     let reader = Arc::new(std::fs::File::open(&tmp)?);
     let (tx, rx) = watch::channel(Progress {
@@ -266,20 +305,29 @@ where
         file: reader.clone(),
         tx,
     });
-    map.insert(digest.clone(), inf.clone());
+    map.insert(key.clone(), inf.clone());
     drop(map);
     let task_store = store.clone();
-    let task_digest = digest.clone();
+    let idle = store.source_idle_timeout();
     tokio::spawn(async move {
         let writer = tokio::fs::File::from_std(writer);
-        let result = run_fetch(&task_store, &inf, &task_digest, size, &tmp, writer, open).await;
+        let (task_registry, task_digest) = &key;
+        let fetch = Fetch {
+            store: &task_store,
+            inf: &inf,
+            digest: task_digest,
+            size,
+            tmp: &tmp,
+            idle,
+        };
+        let result = fetch.run(writer, open).await;
         match &result {
             Ok(()) => {
-                tracing::debug!(digest = %task_digest, size, "blob fetched and verified");
+                tracing::debug!(registry = %task_registry, digest = %task_digest, size, "blob fetched and verified");
                 inf.tx.send_modify(|p| p.state = State::Verified);
             }
             Err(f) => {
-                tracing::warn!(digest = %task_digest, error = %f, "blob fetch failed; nothing stored");
+                tracing::warn!(registry = %task_registry, digest = %task_digest, error = %f, "blob fetch failed; nothing stored");
                 let _ = std::fs::remove_file(&tmp);
                 inf.tx.send_modify(|p| p.state = State::Failed(f.clone()));
             }
@@ -288,7 +336,7 @@ where
             .inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&task_digest);
+            .remove(&key);
     });
     Ok(TailReader {
         file: reader,
@@ -299,80 +347,114 @@ where
     })
 }
 
-async fn run_fetch<F>(
-    store: &Arc<BlobStore>,
-    inf: &Inflight,
-    digest: &Digest,
+/// One fetch task's fixed inputs.
+struct Fetch<'a> {
+    store: &'a Arc<BlobStore>,
+    inf: &'a Inflight,
+    digest: &'a Digest,
     size: u64,
-    tmp: &std::path::Path,
-    mut writer: tokio::fs::File,
-    open: F,
-) -> Result<(), FetchFailure>
-where
-    F: std::future::Future<Output = Result<ByteStream, FetchFailure>>,
-{
-    let io =
-        |e: std::io::Error| FetchFailure::new(FetchFailureKind::Io, format!("local store: {e}"));
-    let mut stream = open.await?;
-    inf.tx.send_modify(|p| p.state = State::Running);
-    let mut hasher = Sha256Hasher::new();
-    // Source chunks are small (often 8-16 KiB); batching them bounds the
-    // number of disk round trips and reader wake-ups per blob.
-    let mut batch = bytes::BytesMut::with_capacity(WRITE_BATCH);
-    let mut ended = false;
-    while !ended {
-        match stream.next().await {
-            Some(chunk) => {
-                let chunk = chunk.map_err(|e| {
+    tmp: &'a std::path::Path,
+    idle: Duration,
+}
+
+impl Fetch<'_> {
+    async fn run<F>(self, mut writer: tokio::fs::File, open: F) -> Result<(), FetchFailure>
+    where
+        F: std::future::Future<Output = Result<ByteStream, FetchFailure>>,
+    {
+        let Fetch {
+            store,
+            inf,
+            digest,
+            size,
+            tmp,
+            idle,
+        } = self;
+        let io = |e: std::io::Error| {
+            FetchFailure::new(FetchFailureKind::Io, format!("local store: {e}"))
+        };
+        let mut stream = tokio::time::timeout(idle, open).await.map_err(|_| {
+            FetchFailure::new(
+                FetchFailureKind::Unavailable,
+                format!(
+                    "source did not answer within {}s (source idle timeout)",
+                    idle.as_secs_f32()
+                ),
+            )
+        })??;
+        inf.tx.send_modify(|p| p.state = State::Running);
+        let mut hasher = Sha256Hasher::new();
+        // Source chunks are small (often 8-16 KiB); batching them bounds the
+        // number of disk round trips and reader wake-ups per blob.
+        let mut batch = bytes::BytesMut::with_capacity(WRITE_BATCH);
+        let mut ended = false;
+        while !ended {
+            let next = tokio::time::timeout(idle, stream.next())
+                .await
+                .map_err(|_| {
                     FetchFailure::new(
                         FetchFailureKind::Unavailable,
-                        format!("source broke off: {e}"),
+                        format!(
+                            "source sent nothing for {}s after {} of {size} bytes (source idle timeout)",
+                            idle.as_secs_f32(),
+                            hasher.len(),
+                        ),
                     )
                 })?;
-                if hasher.len() + chunk.len() as u64 > size {
-                    return Err(FetchFailure::new(
-                        FetchFailureKind::SizeMismatch,
-                        format!("source sent more than the expected {size} bytes"),
-                    ));
+            match next {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|e| {
+                        FetchFailure::new(
+                            FetchFailureKind::Unavailable,
+                            format!("source broke off: {e}"),
+                        )
+                    })?;
+                    if hasher.len() + chunk.len() as u64 > size {
+                        return Err(FetchFailure::new(
+                            FetchFailureKind::SizeMismatch,
+                            format!("source sent more than the expected {size} bytes"),
+                        ));
+                    }
+                    hasher.update(&chunk);
+                    batch.extend_from_slice(&chunk);
                 }
-                hasher.update(&chunk);
-                batch.extend_from_slice(&chunk);
+                None => ended = true,
             }
-            None => ended = true,
+            if batch.len() >= WRITE_BATCH || (ended && !batch.is_empty()) {
+                // tokio's File hands writes to a blocking thread; flush waits
+                // for them, so `written` never runs ahead of what readers can
+                // pread.
+                writer.write_all(&batch).await.map_err(io)?;
+                writer.flush().await.map_err(io)?;
+                batch.clear();
+                let written = hasher.len();
+                inf.tx.send_modify(|p| p.written = written);
+            }
         }
-        if batch.len() >= WRITE_BATCH || (ended && !batch.is_empty()) {
-            // tokio's File hands writes to a blocking thread; flush waits for
-            // them, so `written` never runs ahead of what readers can pread.
-            writer.write_all(&batch).await.map_err(io)?;
-            writer.flush().await.map_err(io)?;
-            batch.clear();
-            let written = hasher.len();
-            inf.tx.send_modify(|p| p.written = written);
+        if hasher.len() != size {
+            return Err(FetchFailure::new(
+                FetchFailureKind::SizeMismatch,
+                format!("source sent {} bytes, expected {size}", hasher.len()),
+            ));
         }
+        let got = hasher.finish();
+        if got != *digest {
+            return Err(FetchFailure::new(
+                FetchFailureKind::DigestMismatch,
+                format!("content hashes to {got}, not {digest}"),
+            ));
+        }
+        drop(writer);
+        // The digest matched: readers may have the final bytes now. Keeping
+        // the blob (fsync, rename, index) happens after, off their critical
+        // path; if it fails the blob was still correct, it is just not kept.
+        inf.tx.send_modify(|p| p.state = State::Verified);
+        if let Err(e) = store.commit_file(digest, tmp, size).await {
+            tracing::error!(%digest, error = %e, "verified blob could not be stored");
+            let _ = std::fs::remove_file(tmp);
+        }
+        Ok(())
     }
-    if hasher.len() != size {
-        return Err(FetchFailure::new(
-            FetchFailureKind::SizeMismatch,
-            format!("source sent {} bytes, expected {size}", hasher.len()),
-        ));
-    }
-    let got = hasher.finish();
-    if got != *digest {
-        return Err(FetchFailure::new(
-            FetchFailureKind::DigestMismatch,
-            format!("content hashes to {got}, not {digest}"),
-        ));
-    }
-    drop(writer);
-    // The digest matched: readers may have the final bytes now. Keeping the
-    // blob (fsync, rename, index) happens after, off their critical path; if
-    // it fails the blob was still correct, it is just not kept.
-    inf.tx.send_modify(|p| p.state = State::Verified);
-    if let Err(e) = store.commit_file(digest, tmp, size).await {
-        tracing::error!(%digest, error = %e, "verified blob could not be stored");
-        let _ = std::fs::remove_file(tmp);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -129,6 +129,20 @@ pub struct GatewayFlags {
     /// Export JSON lines to this file (`-` for stdout).
     #[arg(long)]
     pub audit_file: Option<PathBuf>,
+    /// Seconds to wait for a connection to an upstream (default 10).
+    #[arg(long)]
+    pub upstream_connect_timeout_secs: Option<u64>,
+    /// Seconds to wait for an upstream's response headers (default 30).
+    #[arg(long)]
+    pub upstream_first_byte_timeout_secs: Option<u64>,
+    /// Seconds an upstream body may stay silent before the transfer is cut
+    /// off and its clients get an error (default 30).
+    #[arg(long)]
+    pub upstream_idle_timeout_secs: Option<u64>,
+    /// Seconds a whole upstream manifest, referrers index or token may take
+    /// (default 60).
+    #[arg(long)]
+    pub upstream_body_timeout_secs: Option<u64>,
 }
 
 impl GatewayFlags {
@@ -188,6 +202,28 @@ impl GatewayFlags {
         }
         if let Some(p) = &self.audit_file {
             cfg.audit_file = Some(p.clone());
+        }
+        for (dst, src) in [
+            (
+                &mut cfg.upstream_connect_timeout_secs,
+                self.upstream_connect_timeout_secs,
+            ),
+            (
+                &mut cfg.upstream_first_byte_timeout_secs,
+                self.upstream_first_byte_timeout_secs,
+            ),
+            (
+                &mut cfg.upstream_idle_timeout_secs,
+                self.upstream_idle_timeout_secs,
+            ),
+            (
+                &mut cfg.upstream_body_timeout_secs,
+                self.upstream_body_timeout_secs,
+            ),
+        ] {
+            if let Some(n) = src {
+                *dst = n;
+            }
         }
         if let Some(u) = &self.upstream {
             cfg.upstream = Some(u.clone());

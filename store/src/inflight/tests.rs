@@ -3,6 +3,10 @@ use crate::blobs::StoreConfig;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+fn reg(name: &str) -> RegistryHost {
+    name.parse().unwrap()
+}
+
 fn store(dir: &std::path::Path) -> Arc<BlobStore> {
     BlobStore::open(StoreConfig {
         root: dir.to_path_buf(),
@@ -42,6 +46,7 @@ async fn concurrent_misses_share_one_fetch() {
     for _ in 0..8 {
         let r = s
             .fetch_or_join(
+                &reg("r.example"),
                 &d,
                 data.len() as u64,
                 0,
@@ -57,6 +62,7 @@ async fn concurrent_misses_share_one_fetch() {
     // Now stored: a new reader does not open the source, and can start mid-blob.
     let r = s
         .fetch_or_join(
+            &reg("r.example"),
             &d,
             data.len() as u64,
             1000,
@@ -77,7 +83,13 @@ async fn wrong_bytes_are_never_stored_or_served_whole() {
     let d = Digest::of(&good);
     let opens = Arc::new(AtomicUsize::new(0));
     let mut r = s
-        .fetch_or_join(&d, good.len() as u64, 0, slow_source(bad, opens.clone()))
+        .fetch_or_join(
+            &reg("r.example"),
+            &d,
+            good.len() as u64,
+            0,
+            slow_source(bad, opens.clone()),
+        )
         .unwrap();
     r.started().await.unwrap();
     let mut stream = r.into_stream();
@@ -102,6 +114,7 @@ async fn wrong_bytes_are_never_stored_or_served_whole() {
     // The source is fixed: the next fetch succeeds.
     let r = s
         .fetch_or_join(
+            &reg("r.example"),
             &d,
             good.len() as u64,
             0,
@@ -127,11 +140,17 @@ async fn size_overrun_and_source_errors_fail_cleanly() {
     let d = Digest::of(&data);
     let opens = Arc::new(AtomicUsize::new(0));
     let r = s
-        .fetch_or_join(&d, 10, 0, slow_source(data.clone(), opens.clone()))
+        .fetch_or_join(
+            &reg("r.example"),
+            &d,
+            10,
+            0,
+            slow_source(data.clone(), opens.clone()),
+        )
         .unwrap();
     assert!(collect(r).await.is_err());
     let mut r = s
-        .fetch_or_join(&d, 1000, 0, async {
+        .fetch_or_join(&reg("r.example"), &d, 1000, 0, async {
             Err(FetchFailure::new(
                 FetchFailureKind::NotFound,
                 "no such blob",
@@ -142,5 +161,235 @@ async fn size_overrun_and_source_errors_fail_cleanly() {
         r.started().await.unwrap_err().kind,
         FetchFailureKind::NotFound
     );
+    assert!(s.meta(&d).unwrap().is_none());
+}
+
+/// A source the test feeds chunk by chunk; it stalls while the sender is
+/// held and ends when it is dropped.
+fn fed_source() -> (
+    tokio::sync::mpsc::UnboundedSender<Bytes>,
+    impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let open = async move {
+        let s = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx))
+        });
+        Ok(Box::pin(s) as ByteStream)
+    };
+    (tx, open)
+}
+
+/// Everything a stream yields within `wait`: the bytes, and how it ended
+/// (`None` while it is still open).
+async fn drain_for(
+    s: &mut ByteStream,
+    wait: Duration,
+    out: &mut Vec<u8>,
+) -> Option<Result<(), std::io::Error>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.next()).await {
+            Err(_) => return None,
+            Ok(None) => return Some(Ok(())),
+            Ok(Some(Ok(b))) => out.extend_from_slice(&b),
+            Ok(Some(Err(e))) => return Some(Err(e)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_source_fails_its_readers_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    s.set_source_idle_timeout(Duration::from_millis(300));
+    let data = vec![3u8; 100_000];
+    let d = Digest::of(&data);
+    let (tx, open) = fed_source();
+    tx.send(Bytes::copy_from_slice(&data[..1000])).unwrap();
+    let started = std::time::Instant::now();
+    let mut r = s
+        .fetch_or_join(&reg("hostile.example"), &d, data.len() as u64, 0, open)
+        .unwrap();
+    r.started().await.unwrap();
+    let joined = s
+        .fetch_or_join(&reg("hostile.example"), &d, data.len() as u64, 0, async {
+            Err(FetchFailure::new(
+                FetchFailureKind::Io,
+                "never opened: joined",
+            ))
+        })
+        .unwrap();
+    // The sender is held: the source is open and silent.
+    for reader in [r, joined] {
+        let e = tokio::time::timeout(Duration::from_secs(5), collect(reader))
+            .await
+            .expect("a reader hung on a silent source")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idle timeout"), "{e}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "readers waited {:?} on a silent source",
+        started.elapsed()
+    );
+    drop(tx);
+    assert!(s.meta(&d).unwrap().is_none());
+
+    // A source that never even answers fails its readers the same way.
+    let mut r = s
+        .fetch_or_join(&reg("hostile.example"), &d, data.len() as u64, 0, async {
+            std::future::pending::<Result<ByteStream, FetchFailure>>().await
+        })
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), r.started())
+        .await
+        .expect("a reader hung on a source that never answered")
+        .unwrap_err();
+    assert_eq!(e.kind, FetchFailureKind::Unavailable);
+    assert!(e.message.contains("idle timeout"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn the_same_digest_from_two_registries_is_two_fetches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let d = Digest::of(&data);
+    let size = data.len() as u64;
+    // The hostile registry sends a little, then stalls (the sender is held).
+    let (stall, hostile) = fed_source();
+    stall.send(Bytes::copy_from_slice(&data[..10])).unwrap();
+    let mut h = s
+        .fetch_or_join(&reg("hostile.example"), &d, size, 0, hostile)
+        .unwrap();
+    h.started().await.unwrap();
+    // The honest registry's request starts its own fetch and completes.
+    let opens = Arc::new(AtomicUsize::new(0));
+    let honest = s
+        .fetch_or_join(
+            &reg("honest.example"),
+            &d,
+            size,
+            0,
+            slow_source(data.clone(), opens.clone()),
+        )
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), collect(honest))
+        .await
+        .expect("the honest registry's request waited on the hostile fetch")
+        .unwrap();
+    assert_eq!(got, data);
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        1,
+        "the honest source was opened"
+    );
+    // Once stored, even the hostile registry's next request reads the
+    // verified copy instead of joining its own stalled fetch.
+    for _ in 0..200 {
+        if s.meta(&d).unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = s
+        .fetch_or_join(&reg("hostile.example"), &d, size, 0, async {
+            Err(FetchFailure::new(
+                FetchFailureKind::Io,
+                "must not be opened",
+            ))
+        })
+        .unwrap();
+    assert_eq!(collect(again).await.unwrap(), data);
+    // The stalled fetch is still its own, and still has nothing complete.
+    let mut stream = h.into_stream();
+    let mut early = Vec::new();
+    assert!(
+        drain_for(&mut stream, Duration::from_millis(100), &mut early)
+            .await
+            .is_none()
+    );
+    drop(stall);
+}
+
+#[tokio::test]
+async fn a_cold_range_is_withheld_until_the_blob_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+    let d = Digest::of(&data);
+    let size = data.len() as u64;
+    let end = 10_000u64;
+    let (tx, open) = fed_source();
+    // More than one write batch: the range's bytes are all on disk.
+    tx.send(Bytes::copy_from_slice(&data[..300_000])).unwrap();
+    let mut r = s
+        .fetch_or_join(&reg("r.example"), &d, size, 0, open)
+        .unwrap();
+    r.started().await.unwrap();
+    let mut body = r.into_stream_until(end);
+    let mut got = Vec::new();
+    let ended = drain_for(&mut body, Duration::from_millis(300), &mut got).await;
+    assert!(
+        ended.is_none(),
+        "a cold range completed before verification"
+    );
+    assert_eq!(
+        got.len() as u64,
+        end - HOLDBACK,
+        "the range's tail was not held back"
+    );
+    // The rest arrives and matches: the range completes, exactly.
+    tx.send(Bytes::copy_from_slice(&data[300_000..])).unwrap();
+    drop(tx);
+    let ended = drain_for(&mut body, Duration::from_secs(10), &mut got).await;
+    assert!(matches!(ended, Some(Ok(()))), "{ended:?}");
+    assert_eq!(got, &data[..end as usize]);
+}
+
+#[tokio::test]
+async fn a_cold_range_fails_when_the_blob_does_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let good: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1; // only the whole-blob check can see it
+    let d = Digest::of(&good);
+    let size = good.len() as u64;
+    let (tx, open) = fed_source();
+    let mut first = s
+        .fetch_or_join(&reg("r.example"), &d, size, 0, open)
+        .unwrap();
+    tx.send(Bytes::copy_from_slice(&bad[..300_000])).unwrap();
+    first.started().await.unwrap();
+    // A range far from the bad byte, and one shorter than the hold-back,
+    // both joined to the fetch still in progress.
+    let mut bodies: Vec<(u64, ByteStream)> = [10_000u64, 100]
+        .into_iter()
+        .map(|end| {
+            let r = s
+                .fetch_or_join(&reg("r.example"), &d, size, 0, async {
+                    Err(FetchFailure::new(
+                        FetchFailureKind::Io,
+                        "joined, never opened",
+                    ))
+                })
+                .unwrap();
+            (end, r.into_stream_until(end))
+        })
+        .collect();
+    tx.send(Bytes::copy_from_slice(&bad[300_000..])).unwrap();
+    drop(tx);
+    for (end, body) in &mut bodies {
+        let mut got = Vec::new();
+        match drain_for(body, Duration::from_secs(10), &mut got).await {
+            Some(Err(e)) => assert!(e.to_string().contains("DigestMismatch"), "{e}"),
+            other => panic!("range 0-{end} of a mismatching blob ended with {other:?}"),
+        }
+        assert!((got.len() as u64) < *end, "the whole range was served");
+    }
+    drop(first);
     assert!(s.meta(&d).unwrap().is_none());
 }

@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 /// Who this peer is in the swarm.
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
-    /// The peer id (must match the certificate's `<id>.customs.internal`).
+    /// The peer id (must match the certificate's `<id>.node.customs.internal`).
     pub peer_id: String,
     /// host:port of this peer's piece server.
     pub upload_addr: String,
@@ -60,6 +60,9 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(10);
 pub struct Swarm {
     cfg: SwarmConfig,
     scheduler: SchedulerClient<Channel>,
+    /// Talks to the gateway only (its certificate must carry the gateway role).
+    gateway_http: reqwest::Client,
+    /// Talks to piece parents (peers and the gateway's seed).
     http: reqwest::Client,
     keys: TrustedGatewayKeys,
     store: Arc<BlobStore>,
@@ -168,6 +171,7 @@ impl Swarm {
     pub fn new(
         cfg: SwarmConfig,
         scheduler: SchedulerClient<Channel>,
+        gateway_http: reqwest::Client,
         http: reqwest::Client,
         keys: TrustedGatewayKeys,
         store: Arc<BlobStore>,
@@ -176,6 +180,7 @@ impl Swarm {
         Arc::new(Swarm {
             cfg,
             scheduler,
+            gateway_http,
             http,
             keys,
             store,
@@ -296,7 +301,7 @@ impl Swarm {
             blob
         );
         let resp = self
-            .http
+            .gateway_http
             .get(url)
             .send()
             .await

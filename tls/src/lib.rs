@@ -31,8 +31,8 @@ mod verifier;
 
 pub use https::{PeerCertificate, serve_http, serve_mtls, serve_tls, serve_tls_with};
 pub use listener::{
-    Capped, ListenerLimits, MAX_CONNECTIONS, RefusedConnections, TLS_HANDSHAKE_TIMEOUT,
-    HTTP_HEADER_READ_TIMEOUT, tls_incoming,
+    Capped, HTTP_HEADER_READ_TIMEOUT, ListenerLimits, MAX_CONNECTIONS, RefusedConnections,
+    TLS_HANDSHAKE_TIMEOUT, tls_incoming,
 };
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
@@ -583,7 +583,15 @@ mod tests {
         assert!(is_named(&gw, "gateway-seed"));
         assert!(!is_named(&gw, "gateway"));
         // Ids are single labels: nothing that could reach into other names.
-        for bad in ["", "a.b", "*", "node.customs", "-x", "x-", "customs-wildcard-probe"] {
+        for bad in [
+            "",
+            "a.b",
+            "*",
+            "node.customs",
+            "-x",
+            "x-",
+            "customs-wildcard-probe",
+        ] {
             assert!(!valid_id(bad), "{bad:?}");
             assert!(!is_named(&p1, bad));
         }
@@ -620,7 +628,10 @@ mod tests {
         // Issue a wildcard certificate from the same CA by hand (the dev
         // tooling refuses to).
         let pem = String::from_utf8(std::fs::read(dir.path().join("ca.key")).unwrap()).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params().unwrap(), rcgen::KeyPair::from_pem(&pem).unwrap());
+        let issuer = rcgen::Issuer::new(
+            ca_params().unwrap(),
+            rcgen::KeyPair::from_pem(&pem).unwrap(),
+        );
         let p = rcgen::CertificateParams::new(vec![
             "*.customs.internal".to_owned(),
             "*.node.customs.internal".to_owned(),

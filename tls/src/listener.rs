@@ -230,7 +230,13 @@ pub(crate) async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        tracker.spawn(handle(Capped { io: tcp, _slot: slot }, remote));
+        tracker.spawn(handle(
+            Capped {
+                io: tcp,
+                _slot: slot,
+            },
+            remote,
+        ));
     }
     tracker.close();
 }

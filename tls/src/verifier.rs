@@ -8,8 +8,8 @@
 //! checked is the role's SAN, whatever the URL says.
 
 use crate::{Role, TlsError, has_role};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 use std::sync::Arc;
@@ -54,10 +54,13 @@ impl ServerCertVerifier for RoleVerifier {
         for role in &self.roles {
             let name = ServerName::try_from(role.san())
                 .map_err(|_| Error::General(format!("role name {}", role.san())))?;
-            match self
-                .inner
-                .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
-            {
+            match self.inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                &name,
+                ocsp_response,
+                now,
+            ) {
                 // webpki also accepts a wildcard; the role must be named exactly.
                 Ok(v) if has_role(end_entity, *role) => return Ok(v),
                 Ok(_) => {}

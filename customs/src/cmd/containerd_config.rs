@@ -119,7 +119,11 @@ mod tests {
 
     #[test]
     fn lists_the_mirror_as_host_and_the_gateway_as_server() {
-        let t = hosts_toml("http://127.0.0.1:5071/", Some("http://127.0.0.1:5050"), None);
+        let t = hosts_toml(
+            "http://127.0.0.1:5071/",
+            Some("http://127.0.0.1:5050"),
+            None,
+        );
         assert!(t.contains("server = \"http://127.0.0.1:5050\""));
         assert!(t.contains("[host.\"http://127.0.0.1:5071\"]"));
         assert!(t.contains("capabilities = [\"pull\", \"resolve\"]"));

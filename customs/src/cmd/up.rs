@@ -127,7 +127,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let missing: Vec<(&str, Role)> = names
         .iter()
         .filter(|(n, r)| {
-            TlsIdentity::load(&TlsPaths::in_dir(&pki, n)).map_or(true, |id| !id.is_dev_cert_for(n, *r))
+            TlsIdentity::load(&TlsPaths::in_dir(&pki, n))
+                .map_or(true, |id| !id.is_dev_cert_for(n, *r))
         })
         .map(|(n, r)| (n.as_str(), *r))
         .collect();

@@ -156,11 +156,18 @@ fn swarm_mode_refuses_plain_http() {
     };
     for (gateway, scheduler, named) in [
         ("http://127.0.0.1:5050", "https://127.0.0.1:5060", "gateway"),
-        ("https://127.0.0.1:5051", "http://127.0.0.1:5060", "scheduler"),
+        (
+            "https://127.0.0.1:5051",
+            "http://127.0.0.1:5060",
+            "scheduler",
+        ),
     ] {
         let out = peer(gateway, scheduler);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "the peer started with {named} over http");
+        assert!(
+            !out.status.success(),
+            "the peer started with {named} over http"
+        );
         assert!(
             err.contains(&format!("swarm mode refuses {named}")) && err.contains("https://"),
             "the reason is not named: {err}"
@@ -254,12 +261,8 @@ fn containerd_pulls_from_the_gateway_over_https() {
     let without_ca = dir.join("hosts-plain");
     hosts_config(&with_ca, true);
     hosts_config(&without_ca, false);
-    let toml = std::fs::read_to_string(
-        with_ca
-            .join(registry.addr.to_string())
-            .join("hosts.toml"),
-    )
-    .unwrap();
+    let toml = std::fs::read_to_string(with_ca.join(registry.addr.to_string()).join("hosts.toml"))
+        .unwrap();
     let ca_abs = std::fs::canonicalize(pki.join("ca.pem")).unwrap();
     assert!(
         toml.contains(&format!("ca = \"{}\"", ca_abs.display())),
@@ -268,7 +271,13 @@ fn containerd_pulls_from_the_gateway_over_https() {
     let ctrd = containerd::Containerd::start(&dir.join("containerd"));
     let image = format!("{}/team/app:v1", registry.addr);
     let (ok, out) = ctrd.pull("untrusting", &without_ca, &image);
-    assert!(!ok, "containerd pulled from a gateway it cannot authenticate: {out}");
+    assert!(
+        !ok,
+        "containerd pulled from a gateway it cannot authenticate: {out}"
+    );
     let (ok, out) = ctrd.pull("trusting", &with_ca, &image);
-    assert!(ok, "containerd could not pull over HTTPS with the ca entry: {out}");
+    assert!(
+        ok,
+        "containerd could not pull over HTTPS with the ca entry: {out}"
+    );
 }

@@ -142,7 +142,7 @@ async fn scheduler_as(
     let id = TlsIdentity::load(&TlsPaths::in_dir(pki, name)).unwrap();
     let ch = tonic::transport::Channel::from_shared(format!("https://{addr}"))
         .unwrap()
-        .tls_config(id.tonic_client("localhost"))
+        .tls_config(id.tonic_client_for(Role::Scheduler))
         .unwrap()
         .connect()
         .await
@@ -316,7 +316,7 @@ fn connections_without_a_client_certificate_are_refused() {
         // The same with the fleet's peer certificate works.
         let id = TlsIdentity::load(&TlsPaths::in_dir(&pki, "peer-1")).unwrap();
         let ok = reqwest::Client::builder()
-            .use_preconfigured_tls(id.client_config().unwrap())
+            .use_preconfigured_tls(id.client_config_for(Role::Gateway).unwrap())
             .build()
             .unwrap();
         assert_eq!(
@@ -335,7 +335,7 @@ fn connections_without_a_client_certificate_are_refused() {
                     .ca_certificate(tonic::transport::Certificate::from_pem(
                         std::fs::read(pki.join("ca.pem")).unwrap(),
                     ))
-                    .domain_name("localhost"),
+                    .domain_name(Role::Scheduler.san()),
             )
             .unwrap()
             .connect()

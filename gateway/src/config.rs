@@ -39,6 +39,11 @@ pub struct GatewayConfig {
     pub tls_cert: Option<PathBuf>,
     /// mTLS key file.
     pub tls_key: Option<PathBuf>,
+    /// Certificate chain (PEM) for serving the OCI endpoint (`--listen`)
+    /// over HTTPS to containerd; without it that endpoint is plain HTTP.
+    pub listen_tls_cert: Option<PathBuf>,
+    /// Private key of `listen_tls_cert`.
+    pub listen_tls_key: Option<PathBuf>,
     /// Policy directory; without one (and without `policy_git`)
     /// everything is allowed in audit mode.
     pub policy: Option<PathBuf>,
@@ -106,6 +111,8 @@ impl Default for GatewayConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            listen_tls_cert: None,
+            listen_tls_key: None,
             policy: None,
             policy_git: None,
             policy_ref: "main".to_owned(),
@@ -216,6 +223,18 @@ impl GatewayConfig {
         {
             return Err(ConfigError::Invalid(
                 "a scheduler needs tls_ca, tls_cert, tls_key and upload_addr".into(),
+            ));
+        }
+        if let Some(s) = &self.scheduler
+            && !s.starts_with("https://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "scheduler {s:?} must be an https:// URL: the gateway verifies over mTLS that it holds the scheduler role"
+            )));
+        }
+        if self.listen_tls_cert.is_some() != self.listen_tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "listen_tls_cert and listen_tls_key go together".into(),
             ));
         }
         if let Some(t) = &self.audit_syslog {
@@ -347,5 +366,22 @@ mod tests {
         c.validate().unwrap();
         c.audit_hec_token = Some("y".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_scheduler_is_reached_over_https_only() {
+        let mut c = GatewayConfig::from_yaml(
+            "upstream: http://127.0.0.1:5000\ntls_ca: ca.pem\ntls_cert: g.pem\ntls_key: g.key\nupload_addr: 127.0.0.1:5051\n",
+        )
+        .unwrap();
+        c.scheduler = Some("http://127.0.0.1:5060".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("must be an https:// URL"), "{e}");
+        c.scheduler = Some("https://127.0.0.1:5060".into());
+        c.validate().unwrap();
+        c.listen_tls_cert = Some("gw.pem".into());
+        assert!(c.validate().is_err());
+        c.listen_tls_key = Some("gw.key".into());
+        c.validate().unwrap();
     }
 }

@@ -33,7 +33,7 @@ pub struct Seed {
 }
 
 /// The peer id the gateway announces itself under (its certificate must
-/// name `gateway.customs.internal`).
+/// name `gateway.node.customs.internal`).
 pub const SEED_ID: &str = "gateway";
 
 impl Seed {

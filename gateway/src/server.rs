@@ -21,7 +21,7 @@ use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName, RegistryHost};
 use customs_store::audit::{AuditError, AuditLog};
 use customs_store::{BlobStore, StoreConfig, StoreError};
-use customs_tls::{RefusedConnections, TlsIdentity, TlsPaths};
+use customs_tls::{ListenerLimits, RefusedConnections, Role, TlsIdentity, TlsPaths};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +88,10 @@ pub struct Gateway {
     default_registry: RegistryHost,
     limiter: Arc<RateLimiter>,
     swarm: Option<(Arc<Seed>, Arc<TlsIdentity>)>,
-    /// Refused mTLS connections (no valid client certificate).
+    /// The OCI endpoint's HTTPS config (`listen_tls_cert`), else plain HTTP.
+    oci_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Refused connections on every listener (failed or timed-out TLS
+    /// handshakes, connections over the cap).
     pub refused: Arc<RefusedConnections>,
 }
 
@@ -225,7 +228,7 @@ impl Gateway {
                 )?;
                 let channel = tonic::transport::Channel::from_shared(url.clone())
                     .map_err(|e| ConfigError::Invalid(format!("scheduler URL: {e}")))?
-                    .tls_config(identity.tonic_client("localhost"))?
+                    .tls_config(identity.tonic_client_for(Role::Scheduler))?
                     .connect_lazy();
                 let seed = Seed::new(
                     signing,
@@ -235,6 +238,10 @@ impl Gateway {
                 );
                 Some((Arc::new(seed), identity))
             }
+            _ => None,
+        };
+        let oci_tls = match (&cfg.listen_tls_cert, &cfg.listen_tls_key) {
+            (Some(cert), Some(key)) => Some(customs_tls::serving_config(cert, key)?),
             _ => None,
         };
         Ok(Gateway {
@@ -264,6 +271,7 @@ impl Gateway {
             default_registry,
             limiter,
             swarm,
+            oci_tls,
             refused,
         })
     }
@@ -373,7 +381,7 @@ impl Gateway {
             let peers_http = match &self.swarm {
                 Some((_, identity)) => Some(
                     reqwest::Client::builder()
-                        .use_preconfigured_tls(identity.client_config()?)
+                        .use_preconfigured_tls(identity.client_config_for(Role::Peer)?)
                         .connect_timeout(Duration::from_secs(10))
                         .build()
                         .map_err(|e| ConfigError::Invalid(format!("peer client: {e}")))?,
@@ -424,9 +432,28 @@ impl Gateway {
             ));
         }
         let audit = self.admission.audit().clone();
-        tracing::info!(addr = %listener.local_addr()?, default_registry = %self.default_registry, "gateway serving the OCI pull API");
-        let oci =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tracing::info!(addr = %listener.local_addr()?, default_registry = %self.default_registry,
+            https = self.oci_tls.is_some(), "gateway serving the OCI pull API");
+        let oci_tls = self.oci_tls.clone();
+        let oci_refused = self.refused.clone();
+        let oci_shutdown = shutdown.clone();
+        let oci = async move {
+            match oci_tls {
+                Some(cfg) => {
+                    customs_tls::serve_tls(listener, cfg, app, oci_refused, oci_shutdown).await
+                }
+                None => {
+                    customs_tls::serve_http(
+                        listener,
+                        app,
+                        oci_refused,
+                        ListenerLimits::default(),
+                        oci_shutdown,
+                    )
+                    .await
+                }
+            }
+        };
         match (self.swarm, upload) {
             (Some((seed, identity)), Some(upload)) => {
                 tracing::info!(addr = %upload.local_addr()?, key_id = seed.key_id(), "gateway serving peers over mTLS");

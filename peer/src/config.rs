@@ -18,7 +18,7 @@ pub struct PeerConfig {
     pub max_cache_bytes: Option<u64>,
     /// The scheduler's URL (`https://host:port`); with it the peer swarms.
     pub scheduler: Option<String>,
-    /// This peer's id (its certificate must name `<id>.customs.internal`).
+    /// This peer's id (its certificate must name `<id>.node.customs.internal`).
     pub peer_id: Option<String>,
     /// Where other peers fetch pieces from (host:port, advertised as is).
     pub upload_addr: Option<String>,
@@ -117,6 +117,21 @@ impl PeerConfig {
                     missing.join(", ")
                 )));
             }
+            // Plain HTTP would let anyone on the network answer as the
+            // gateway (any manifest, any task) or the scheduler; over mTLS
+            // the peer checks each one holds its role.
+            for (what, url) in [
+                ("gateway", self.gateway.as_deref()),
+                ("scheduler", self.scheduler.as_deref()),
+            ] {
+                if let Some(u) = url
+                    && !u.starts_with("https://")
+                {
+                    return Err(PeerConfigError::Invalid(format!(
+                        "swarm mode refuses {what} {u:?}: it must be an https:// URL (the peer verifies over mTLS that it holds the {what} role)"
+                    )));
+                }
+            }
         }
         match &self.gateway {
             Some(g) if g.starts_with("http://") || g.starts_with("https://") => Ok(()),
@@ -125,5 +140,38 @@ impl PeerConfig {
             ))),
             None => Err(PeerConfigError::Invalid("no gateway: set --gateway".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swarm_mode_refuses_plain_http() {
+        let mut c = PeerConfig {
+            gateway: Some("https://127.0.0.1:5051".into()),
+            scheduler: Some("https://127.0.0.1:5060".into()),
+            peer_id: Some("p1".into()),
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("p1.pem".into()),
+            tls_key: Some("p1.key".into()),
+            gateway_keys: vec!["gw.pub".into()],
+            ..PeerConfig::default()
+        };
+        c.validate().unwrap();
+        c.gateway = Some("http://127.0.0.1:5050".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("swarm mode refuses gateway"), "{e}");
+        c.gateway = Some("https://127.0.0.1:5051".into());
+        c.scheduler = Some("http://127.0.0.1:5060".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("swarm mode refuses scheduler"), "{e}");
+        // Without a swarm a loopback http:// gateway stays allowed.
+        let plain = PeerConfig {
+            gateway: Some("http://127.0.0.1:5050".into()),
+            ..PeerConfig::default()
+        };
+        plain.validate().unwrap();
     }
 }

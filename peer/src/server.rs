@@ -15,7 +15,7 @@ use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName, Reference, RegistryHost};
 use customs_store::inflight::ByteStream;
 use customs_store::{BlobStore, FetchFailure, StoreConfig, StoreError};
-use customs_tls::{RefusedConnections, TlsIdentity, TlsPaths};
+use customs_tls::{RefusedConnections, Role, TlsIdentity, TlsPaths};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -122,15 +122,20 @@ impl Peer {
             })?)),
             _ => None,
         };
-        let http = match &identity {
-            Some(id) => reqwest::Client::builder()
-                .use_preconfigured_tls(id.client_config()?)
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()?,
-            None => reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()?,
+        // Two clients, each accepting only the role it talks to: the gateway
+        // (manifests, tasks) must hold the gateway role; a piece parent is a
+        // peer or the gateway's seed. A peer certificate never passes as
+        // the gateway, whatever address it answers on.
+        let client = |roles: &[Role]| -> Result<reqwest::Client, PeerError> {
+            let b = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
+            Ok(match &identity {
+                Some(id) => b.use_preconfigured_tls(id.client_config_for_any(roles)?),
+                None => b,
+            }
+            .build()?)
         };
+        let gateway_http = client(&[Role::Gateway])?;
+        let peers_http = client(&[Role::Peer, Role::Gateway])?;
         let limiter = RateLimiter::new(cfg.upload_limit);
         let swarm = match (&cfg.scheduler, &identity) {
             (Some(url), Some(id)) => {
@@ -146,7 +151,7 @@ impl Peer {
                     .map_err(|e| PeerError::Keys(e.to_string()))?;
                 let channel = tonic::transport::Channel::from_shared(url.clone())
                     .map_err(|e| PeerConfigError::Invalid(format!("scheduler URL: {e}")))?
-                    .tls_config(id.tonic_client("localhost"))?
+                    .tls_config(id.tonic_client_for(Role::Scheduler))?
                     .connect_lazy();
                 let peer_id = cfg.peer_id.clone().unwrap_or_default();
                 let swarm = Swarm::new(
@@ -160,7 +165,8 @@ impl Peer {
                         gateway_url: gateway.trim_end_matches('/').to_owned(),
                     },
                     SchedulerClient::new(channel),
-                    http.clone(),
+                    gateway_http.clone(),
+                    peers_http,
                     keys,
                     store.clone(),
                     limiter.clone(),
@@ -170,7 +176,7 @@ impl Peer {
             _ => None,
         };
         let revisions = RevisionTracker::load(store.clone());
-        let gateway_source = GatewaySource::new(gateway, http).with_revisions(revisions.clone());
+        let gateway_source = GatewaySource::new(gateway, gateway_http).with_revisions(revisions.clone());
         let refusals: Arc<Refusals> = Arc::default();
         let source = PeerSource {
             gateway: gateway_source.clone(),

@@ -371,9 +371,32 @@ pub enum ServeError {
     /// TLS or transport failure.
     #[error("scheduler transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] customs_tls::TlsError),
 }
 
+/// Longest a scheduler call may take. Every RPC is a small unary call
+/// answered from memory (an audit write at most); 30 s is far beyond an
+/// honest call and bounds what a stalled one holds.
+pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Calls one connection may have in flight. A peer runs a few downloads
+/// at once and each makes one call at a time; 64 leaves room for bursts
+/// and stops one connection from monopolising the service.
+pub const CONCURRENCY_PER_CONNECTION: usize = 64;
+
+/// HTTP/2 keep-alive ping interval: a dead peer's connection (and its slot
+/// of the connection cap) is noticed within this plus the TLS handshake
+/// timeout used as the ping's answer deadline.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves the scheduler over mTLS on a bound listener until `shutdown`.
+/// TLS is accepted here, not by tonic, so that every connection is bounded
+/// like the other listeners: a handshake that does not finish within
+/// [`customs_tls::TLS_HANDSHAKE_TIMEOUT`] is dropped and at most
+/// [`customs_tls::MAX_CONNECTIONS`] are open at once (see
+/// [`customs_tls::ListenerLimits`]).
 pub async fn serve(
     listener: TcpListener,
     identity: &TlsIdentity,
@@ -383,13 +406,20 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "scheduler serving gRPC over mTLS");
     }
+    let incoming = customs_tls::tls_incoming(
+        listener,
+        identity.grpc_server_config()?,
+        customs_tls::ListenerLimits::default(),
+        Arc::default(),
+        shutdown.clone(),
+    );
     tonic::transport::Server::builder()
-        .tls_config(identity.tonic_server())?
+        .timeout(RPC_TIMEOUT)
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(customs_tls::TLS_HANDSHAKE_TIMEOUT))
         .add_service(SchedulerServer::from_arc(service))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
 }

@@ -1,14 +1,18 @@
-//! Serving an axum router over mTLS.
+//! Serving an axum router over TLS (mutual or server-only), bounded.
 //!
 //! Hand-written accept loop because axum's `serve` speaks plain TCP only;
-//! axum-server would add a second TLS stack configuration path.
+//! axum-server would add a second TLS stack configuration path. Every
+//! listener served here has a connection cap ([`crate::MAX_CONNECTIONS`]),
+//! a handshake timeout ([`crate::TLS_HANDSHAKE_TIMEOUT`]) and a header read
+//! timeout that also closes idle keep-alive connections
+//! ([`crate::HTTP_HEADER_READ_TIMEOUT`]).
 
+use crate::listener::{Capped, ListenerLimits, RefusedConnections, accept_loop, handshake};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The verified client certificate of an mTLS connection, as a request
@@ -16,20 +20,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct PeerCertificate(pub rustls::pki_types::CertificateDer<'static>);
 
-/// Counts TLS handshakes refused (no or untrusted client certificate).
-#[derive(Debug, Default)]
-pub struct RefusedConnections(AtomicU64);
-
-impl RefusedConnections {
-    /// How many were refused so far.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Serves `app` on `listener` with `config` (which requires client
-/// certificates) until `shutdown`. Connections whose handshake fails are
-/// dropped and counted.
+/// certificates) until `shutdown`, with the default [`ListenerLimits`].
+/// Connections whose handshake fails or times out, and connections over the
+/// cap, are dropped and counted in `refused`.
 pub async fn serve_mtls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -37,56 +31,135 @@ pub async fn serve_mtls(
     refused: Arc<RefusedConnections>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_tls_with(
+        listener,
+        config,
+        app,
+        refused,
+        ListenerLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `app` over TLS with `config`, which may or may not require client
+/// certificates (e.g. [`crate::serving_config`] for containerd, which has
+/// none), with the default [`ListenerLimits`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: Router,
+    refused: Arc<RefusedConnections>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_tls_with(
+        listener,
+        config,
+        app,
+        refused,
+        ListenerLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_tls`] with explicit limits (tests use short ones).
+pub async fn serve_tls_with(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: Router,
+    refused: Arc<RefusedConnections>,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let tracker = tokio_util::task::TaskTracker::new();
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let refused = refused.clone();
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    let n = refused.0.fetch_add(1, Ordering::Relaxed) + 1;
-                    // Aggregated: only the first and every 100th refusal is logged.
-                    if n == 1 || n.is_multiple_of(100) {
-                        tracing::warn!(%remote, refused_total = n, error = %e, "refused connection without a valid client certificate");
-                    }
+    let token = shutdown.clone();
+    accept_loop(
+        listener,
+        limits,
+        refused.clone(),
+        shutdown,
+        move |tcp: Capped<TcpStream>, remote| {
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            let refused = refused.clone();
+            let token = token.clone();
+            async move {
+                let Some(tls) = handshake(&acceptor, tcp, remote, limits, &refused).await else {
                     return;
-                }
-            };
-            // Handlers that authorise by role read the client certificate
-            // from the request (e.g. only a gateway may order a preheat).
-            let cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| PeerCertificate(c.clone().into_owned()));
-            let app = match cert {
-                Some(c) => app.layer(axum::Extension(c)),
-                None => app,
-            };
-            let svc = TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = token.cancelled() => {}
+                };
+                let session = tls.get_ref().1;
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                // Handlers that authorise by role read the client certificate
+                // from the request (e.g. only a gateway may order a preheat).
+                let cert = session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| PeerCertificate(c.clone().into_owned()));
+                let app = match cert {
+                    Some(c) => app.layer(axum::Extension(c)),
+                    None => app,
+                };
+                serve_connection(tls, app, h2, limits, token).await;
             }
-        });
-    }
-    tracker.close();
+        },
+    )
+    .await;
     Ok(())
 }
+
+/// Serves `app` over plain HTTP/1.1 on `listener` until `shutdown`, with
+/// the same connection cap and header read timeout as the TLS listeners
+/// (the gateway's `--listen` without `--listen-tls-cert`).
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    refused: Arc<RefusedConnections>,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let token = shutdown.clone();
+    accept_loop(listener, limits, refused, shutdown, move |tcp, _remote| {
+        serve_connection(tcp, app.clone(), false, limits, token.clone())
+    })
+    .await;
+    Ok(())
+}
+
+/// Serves one connection until it ends or `shutdown`. The protocol comes
+/// from ALPN, never from sniffing the first bytes (hyper's auto-detection
+/// waits for them without a deadline).
+async fn serve_connection<IO>(
+    io: IO,
+    app: Router,
+    h2: bool,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = TowerToHyperService::new(app);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(limits.handshake_timeout);
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -18,9 +18,20 @@ pub struct GatewayFlags {
     /// Data directory (store, index, audit log).
     #[arg(long, env = "CUSTOMS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The OCI endpoint (the pull-through path for nodes without a peer).
+    /// The OCI endpoint (containerd's `server`, the pull-through path for
+    /// nodes without a peer). Plain HTTP unless --listen-tls-cert is given:
+    /// keep it on loopback then.
     #[arg(long, env = "CUSTOMS_LISTEN", default_value = "127.0.0.1:5050")]
     pub listen: SocketAddr,
+    /// Serve --listen over HTTPS with this certificate chain (PEM); clients
+    /// (containerd) need no certificate, only the CA (`customs
+    /// containerd-config --ca`). Use it whenever --listen is reachable from
+    /// the network.
+    #[arg(long, env = "CUSTOMS_LISTEN_TLS_CERT", requires = "listen_tls_key")]
+    pub listen_tls_cert: Option<PathBuf>,
+    /// Private key of --listen-tls-cert.
+    #[arg(long, env = "CUSTOMS_LISTEN_TLS_KEY", requires = "listen_tls_cert")]
+    pub listen_tls_key: Option<PathBuf>,
     /// Default upstream registry URL, used when a request carries no `ns`.
     #[arg(long, env = "CUSTOMS_UPSTREAM")]
     pub upstream: Option<String>,
@@ -260,6 +271,8 @@ impl GatewayFlags {
             (&mut cfg.tls_ca, &self.tls_ca),
             (&mut cfg.tls_cert, &self.tls_cert),
             (&mut cfg.tls_key, &self.tls_key),
+            (&mut cfg.listen_tls_cert, &self.listen_tls_cert),
+            (&mut cfg.listen_tls_key, &self.listen_tls_key),
         ] {
             if let Some(p) = src {
                 *dst = Some(p.clone());

@@ -46,7 +46,7 @@ pub struct PeerArgs {
     /// Store size limit in bytes.
     #[arg(long)]
     max_cache_bytes: Option<u64>,
-    /// Peer id (the certificate must name `<id>.customs.internal`).
+    /// Peer id (the certificate must name `<id>.node.customs.internal`).
     #[arg(long)]
     peer_id: Option<String>,
     /// Trusted gateway public key (PEM); repeat for rotation.

@@ -124,9 +124,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ("scheduler".into(), Role::Scheduler),
     ];
     names.extend((1..=args.peers).map(|i| (format!("peer-{i}"), Role::Peer)));
+    // Missing certificates are issued; so are ones an older version wrote
+    // (valid for localhost, no node identity), which peers would now refuse.
     let missing: Vec<(&str, Role)> = names
         .iter()
-        .filter(|(n, _)| !pki.join(format!("{n}.pem")).exists())
+        .filter(|(n, r)| {
+            TlsIdentity::load(&TlsPaths::in_dir(&pki, n))
+                .map_or(true, |id| !id.is_dev_cert_for(n, *r))
+        })
         .map(|(n, r)| (n.as_str(), *r))
         .collect();
     write_dev_pki(&pki, &missing).context("creating the development PKI")?;

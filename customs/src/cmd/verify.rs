@@ -128,7 +128,7 @@ fn upstreams(a: &VerifyArgs, registry: &RegistryHost) -> anyhow::Result<Upstream
         &creds,
         &UpstreamSettings {
             extra_ca_pem,
-            connect_timeout: None,
+            timeouts: Default::default(),
         },
     )?)
 }

@@ -21,7 +21,7 @@ async fn client(pki: &Path, name: &str, addr: &str) -> SchedulerClient<Channel> 
     let id = customs_tls::TlsIdentity::load(&customs_tls::TlsPaths::in_dir(pki, name)).unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
-        .tls_config(id.tonic_client(customs_tls::Role::Scheduler.san()))
+        .tls_config(id.tonic_client_for(customs_tls::Role::Scheduler))
         .unwrap()
         .connect()
         .await

@@ -297,6 +297,7 @@ fn a_hostile_upstream_gets_bounded_errors_and_never_holds_up_an_honest_one() {
             .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
         let layer = image.layer_digest.clone();
+        let layer_size = image.layer_size;
         let stalled = tokio::spawn({
             let http = http.clone();
             let url = format!("{base}/v2/stall/app/blobs/{layer}");
@@ -308,7 +309,7 @@ fn a_hostile_upstream_gets_bounded_errors_and_never_holds_up_an_honest_one() {
                     Ok(r) => {
                         let status = r.status();
                         match r.bytes().await {
-                            Ok(b) if status == 200 && b.len() as u64 == image.layer_size => {
+                            Ok(b) if status == 200 && b.len() as u64 == layer_size => {
                                 Ok(b.len())
                             }
                             Ok(b) => Err(format!("{status} with {} bytes", b.len())),

@@ -40,7 +40,7 @@ use tonic::transport::Channel;
 /// Who this peer is in the swarm.
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
-    /// The peer id (must match the certificate's `<id>.customs.internal`).
+    /// The peer id (must match the certificate's `<id>.node.customs.internal`).
     pub peer_id: String,
     /// host:port of this peer's piece server.
     pub upload_addr: String,
@@ -91,6 +91,9 @@ struct Partial {
 pub struct Swarm {
     cfg: SwarmConfig,
     scheduler: SchedulerClient<Channel>,
+    /// Talks to the gateway only (its certificate must carry the gateway role).
+    gateway_http: reqwest::Client,
+    /// Talks to piece parents (peers and the gateway's seed).
     http: reqwest::Client,
     keys: TrustedGatewayKeys,
     store: Arc<BlobStore>,
@@ -207,6 +210,7 @@ impl Swarm {
     pub fn new(
         cfg: SwarmConfig,
         scheduler: SchedulerClient<Channel>,
+        gateway_http: reqwest::Client,
         http: reqwest::Client,
         keys: TrustedGatewayKeys,
         store: Arc<BlobStore>,
@@ -215,6 +219,7 @@ impl Swarm {
         Arc::new(Swarm {
             cfg,
             scheduler,
+            gateway_http,
             http,
             keys,
             store,
@@ -359,7 +364,7 @@ impl Swarm {
             blob
         );
         let resp = self
-            .http
+            .gateway_http
             .get(url)
             .send()
             .await
@@ -932,6 +937,7 @@ mod tests {
                 gateway_url: "http://127.0.0.1:1".into(),
             },
             SchedulerClient::new(channel),
+            reqwest::Client::new(),
             reqwest::Client::new(),
             keys,
             store,

@@ -25,16 +25,6 @@ use tonic::{Request, Response, Status};
 /// anyway, so the role is the whole authority here.
 pub const SEED_PEER_ID: &str = "gateway";
 
-/// Ids that are also role names. A peer may use one only when its
-/// certificate carries exactly that identity SAN
-/// (`<id>.node.customs.internal`), so a role SAN such as
-/// `peer.customs.internal` can never pass for a node's identity, whatever
-/// the identity check in `customs_tls` looks like.
-pub const ROLE_NAMES: [&str; 3] = ["peer", "gateway", "scheduler"];
-
-/// The DNS suffix of identity SANs (`<id>.node.customs.internal`), as
-/// `customs_tls` issues them.
-pub const IDENTITY_SAN_SUFFIX: &str = "node.customs.internal";
 
 /// How often bad-piece reports are written as one aggregate audit event
 /// (the gateway aggregates cache hits per minute too).
@@ -190,29 +180,15 @@ fn caller_has<T>(req: &Request<T>, check: impl Fn(&CertificateDer<'static>) -> b
         .is_some_and(|c| c.first().is_some_and(check))
 }
 
-/// True when the (CA-verified) certificate carries exactly the identity SAN
-/// `<id>.node.customs.internal`.
-fn has_identity_san(cert: &CertificateDer<'_>, id: &PeerId) -> bool {
-    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
-        return false;
-    };
-    let Ok(name) = rustls_pki_types::ServerName::try_from(format!("{id}.{IDENTITY_SAN_SUFFIX}"))
-    else {
-        return false;
-    };
-    ee.verify_is_valid_for_subject_name(&name).is_ok()
-}
-
 /// Whether a certificate may speak for `id`: the seed id needs the gateway
-/// role; any other id needs the peer role and the identity, and an id that
-/// is a role name needs that exact identity SAN besides.
+/// role; any other id needs the peer role and the identity SAN
+/// `<id>.node.customs.internal` (`customs_tls::is_named`), which no role SAN
+/// can satisfy.
 pub fn may_speak_for(cert: &CertificateDer<'_>, id: &PeerId) -> bool {
     if id.as_str() == SEED_PEER_ID {
         return has_role(cert, Role::Gateway);
     }
-    has_role(cert, Role::Peer)
-        && is_named(cert, id.as_str())
-        && (!ROLE_NAMES.contains(&id.as_str()) || has_identity_san(cert, id))
+    has_role(cert, Role::Peer) && is_named(cert, id.as_str())
 }
 
 /// Parses the id a request speaks for and checks the caller may.

@@ -350,9 +350,16 @@ pub fn client_config_trusting(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(config))
 }
 
-/// True when the (already CA-verified) end-entity certificate carries the role.
+/// True when the (already CA-verified) end-entity certificate carries the
+/// role and no other: a certificate with two role SANs is ambiguous (a peer
+/// certificate that also says `gateway` could register tasks), so it holds
+/// no role at all.
 pub fn has_role(cert: &CertificateDer<'_>, role: Role) -> bool {
     has_dns_name(cert, role.san())
+        && [Role::Gateway, Role::Peer, Role::Scheduler]
+            .into_iter()
+            .filter(|r| *r != role)
+            .all(|other| !has_dns_name(cert, other.san()))
 }
 
 /// True when the certificate names node `id` (`<id>.node.customs.internal`):

@@ -22,7 +22,7 @@ fn peer_cert(name: &str) -> CertificateDer<'static> {
     cert(&[
         Role::Peer.san(),
         &format!("{name}.customs.internal"),
-        &format!("{name}.{IDENTITY_SAN_SUFFIX}"),
+        &format!("{name}.node.customs.internal"),
     ])
 }
 

@@ -176,7 +176,8 @@ impl Peer {
             _ => None,
         };
         let revisions = RevisionTracker::load(store.clone());
-        let gateway_source = GatewaySource::new(gateway, gateway_http).with_revisions(revisions.clone());
+        let gateway_source =
+            GatewaySource::new(gateway, gateway_http).with_revisions(revisions.clone());
         let refusals: Arc<Refusals> = Arc::default();
         let source = PeerSource {
             gateway: gateway_source.clone(),

@@ -25,7 +25,6 @@ use tonic::{Request, Response, Status};
 /// anyway, so the role is the whole authority here.
 pub const SEED_PEER_ID: &str = "gateway";
 
-
 /// How often bad-piece reports are written as one aggregate audit event
 /// (the gateway aggregates cache hits per minute too).
 pub const BAD_PIECE_AGGREGATE_INTERVAL: Duration = Duration::from_secs(60);

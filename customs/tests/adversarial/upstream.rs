@@ -309,9 +309,7 @@ fn a_hostile_upstream_gets_bounded_errors_and_never_holds_up_an_honest_one() {
                     Ok(r) => {
                         let status = r.status();
                         match r.bytes().await {
-                            Ok(b) if status == 200 && b.len() as u64 == layer_size => {
-                                Ok(b.len())
-                            }
+                            Ok(b) if status == 200 && b.len() as u64 == layer_size => Ok(b.len()),
                             Ok(b) => Err(format!("{status} with {} bytes", b.len())),
                             Err(e) => Err(format!("{status}, body: {e}")),
                         }

@@ -71,6 +71,20 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// carries a token that lapses in flight.
 const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 
+/// `n` bytes as operators write limits (`4 MiB`, `64 KiB`), so an error
+/// names the cap in the units the documentation uses.
+fn human_size(n: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    if n >= MIB && n % MIB == 0 {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n % KIB == 0 {
+        format!("{} KiB", n / KIB)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 /// How long upstream requests may take; see the constants for the defaults
 /// and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,8 +390,9 @@ impl RegistryClient {
     ) -> Result<Bytes, FetchFailure> {
         let too_large = || {
             unavailable(format!(
-                "upstream {}: the {what} is larger than the {cap}-byte limit (cut off)",
-                self.host
+                "upstream {}: the {what} is larger than the {cap}-byte limit ({}; cut off)",
+                self.host,
+                human_size(cap)
             ))
         };
         if resp.content_length().is_some_and(|n| n > cap as u64) {

@@ -126,14 +126,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     names.extend((1..=args.peers).map(|i| (format!("peer-{i}"), Role::Peer)));
     // Missing certificates are issued; so are ones an older version wrote
     // (valid for localhost, no node identity), which peers would now refuse.
-    let missing: Vec<(&str, Role)> = names
-        .iter()
-        .filter(|(n, r)| {
-            TlsIdentity::load(&TlsPaths::in_dir(&pki, n))
-                .map_or(true, |id| !id.is_dev_cert_for(n, *r))
-        })
-        .map(|(n, r)| (n.as_str(), *r))
-        .collect();
+    // A key that exists but is exposed is refused, never silently replaced:
+    // reissuing would hide that it may have leaked.
+    let mut missing: Vec<(&str, Role)> = Vec::new();
+    for (n, r) in &names {
+        match TlsIdentity::load(&TlsPaths::in_dir(&pki, n)) {
+            Ok(id) if id.is_dev_cert_for(n, *r) => {}
+            Err(
+                e @ customs_tls::TlsError::Secret(customs_tls::SecretFileError::Exposed { .. }),
+            ) => {
+                return Err(e).context("loading the development PKI");
+            }
+            _ => missing.push((n.as_str(), *r)),
+        }
+    }
     write_dev_pki(&pki, &missing).context("creating the development PKI")?;
     let key_path = cfg
         .signing_key

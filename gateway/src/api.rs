@@ -22,6 +22,23 @@ use subtle::ConstantTimeEq;
 /// Largest request body accepted (webhooks and job requests are small).
 const MAX_BODY: usize = 1024 * 1024;
 
+/// How much of a client-supplied value an error message quotes: enough to
+/// recognise it, never a whole 1 MiB body (the message is logged and sent).
+const MAX_QUOTED: usize = 128;
+
+/// `s` clipped to [`MAX_QUOTED`] characters, for error messages.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(MAX_QUOTED).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// How a parser learns the registry a host names (the preheater's
+/// resolver in the server; any resolver in tests).
+type ResolveHost<'a> = &'a dyn Fn(&str) -> Result<RegistryHost, String>;
+
 struct ApiState {
     token: String,
     preheater: Arc<Preheater>,
@@ -123,14 +140,15 @@ struct PreheatArgs {
 
 /// Parses `http(s)://HOST/v2/REPO/manifests/REF` into a preheat target.
 fn parse_manifest_url(
-    preheater: &Preheater,
+    registry_for_host: ResolveHost<'_>,
     url: &str,
 ) -> Result<(customs_protocol::ImageName, Reference), String> {
-    let u = url::Url::parse(url).map_err(|e| format!("url {url:?}: {e}"))?;
+    let quoted = clip(url);
+    let u = url::Url::parse(url).map_err(|e| format!("url {quoted:?}: {e}"))?;
     let host = match (u.host_str(), u.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),
-        _ => return Err(format!("url {url:?} has no host")),
+        _ => return Err(format!("url {quoted:?} has no host")),
     };
     let host = match host.as_str() {
         "registry-1.docker.io" | "index.docker.io" => "docker.io".to_owned(),
@@ -139,13 +157,11 @@ fn parse_manifest_url(
     let path = u
         .path()
         .strip_prefix("/v2/")
-        .ok_or_else(|| format!("url {url:?} is not a /v2/ manifest URL"))?;
+        .ok_or_else(|| format!("url {quoted:?} is not a /v2/ manifest URL"))?;
     let (repo, reference) = path
         .rsplit_once("/manifests/")
-        .ok_or_else(|| format!("url {url:?} is not a /v2/<name>/manifests/<reference> URL"))?;
-    let registry: RegistryHost = preheater
-        .registry_for_host(&host)
-        .map_err(|e| e.to_string())?;
+        .ok_or_else(|| format!("url {quoted:?} is not a /v2/<name>/manifests/<reference> URL"))?;
+    let registry: RegistryHost = registry_for_host(&host)?;
     Ok((
         customs_protocol::ImageName {
             registry,
@@ -163,40 +179,54 @@ async fn create_job(
     if !authorized(&st, &headers) {
         return unauthorized();
     }
-    let req: CreateJob = match serde_json::from_slice(&body) {
+    let resolve = |h: &str| st.preheater.registry_for_host(h).map_err(|e| e.to_string());
+    let (spec, args) = match parse_job_request(&resolve, &body) {
         Ok(r) => r,
-        Err(e) => return bad_request(format!("job request: {e}")),
-    };
-    if req.kind != "preheat" {
-        return bad_request(format!(
-            "job type {:?} is not supported (only preheat)",
-            req.kind
-        ));
-    }
-    let args: PreheatArgs = match serde_json::from_value(req.args.clone()) {
-        Ok(a) => a,
-        Err(e) => return bad_request(format!("preheat args: {e}")),
-    };
-    if let Some(k) = &args.kind
-        && k != "image"
-    {
-        return bad_request(format!("preheat type {k:?} is not supported (only image)"));
-    }
-    let spec = match preheat_spec(&st.preheater, &args) {
-        Ok(s) => s,
         Err(e) => return bad_request(e),
     };
-    let job = st.preheater.submit(spec, req.args);
+    let job = st.preheater.submit(spec, args);
     axum::Json(job_json(&job)).into_response()
 }
 
-fn preheat_spec(preheater: &Preheater, args: &PreheatArgs) -> Result<PreheatSpec, String> {
-    let (image, reference) = parse_manifest_url(preheater, &args.url)?;
+/// Parses a `POST /oapi/v1/jobs` body into the preheat it asks for and the
+/// args to keep with the job. Public (hidden) so property tests can feed it
+/// hostile bodies without a server; errors quote input clipped.
+#[doc(hidden)]
+pub fn parse_job_request(
+    registry_for_host: ResolveHost<'_>,
+    body: &[u8],
+) -> Result<(PreheatSpec, serde_json::Value), String> {
+    let req: CreateJob = serde_json::from_slice(body)
+        .map_err(|e| format!("job request: {}", clip(&e.to_string())))?;
+    if req.kind != "preheat" {
+        return Err(format!(
+            "job type {:?} is not supported (only preheat)",
+            clip(&req.kind)
+        ));
+    }
+    let args: PreheatArgs = serde_json::from_value(req.args.clone())
+        .map_err(|e| format!("preheat args: {}", clip(&e.to_string())))?;
+    if let Some(k) = &args.kind
+        && k != "image"
+    {
+        return Err(format!(
+            "preheat type {:?} is not supported (only image)",
+            clip(k)
+        ));
+    }
+    Ok((preheat_spec(registry_for_host, &args)?, req.args))
+}
+
+fn preheat_spec(
+    registry_for_host: ResolveHost<'_>,
+    args: &PreheatArgs,
+) -> Result<PreheatSpec, String> {
+    let (image, reference) = parse_manifest_url(registry_for_host, &args.url)?;
     let scope = Scope::parse(args.scope.as_deref(), args.count, args.percentage)?;
     let platform = match args.platform.as_deref() {
         None | Some("") => PlatformFilter::All,
         Some(p) if p.split('/').count() >= 2 => PlatformFilter::Only(p.to_owned()),
-        Some(p) => return Err(format!("platform {p:?} is not os/arch[/variant]")),
+        Some(p) => return Err(format!("platform {:?} is not os/arch[/variant]", clip(p))),
     };
     Ok(PreheatSpec {
         image,
@@ -287,33 +317,17 @@ async fn harbor_webhook(
     if !authorized(&st, &headers) {
         return unauthorized();
     }
-    let event: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return bad_request(format!("webhook payload: {e}")),
-    };
-    let kind = event["type"].as_str().unwrap_or_default().to_owned();
-    let data = match kind.as_str() {
-        "PUSH_ARTIFACT" => &event["event_data"],
-        "harbor.artifact.pushed" => &event["data"],
-        other => {
-            tracing::info!(event = other, "Harbor event ignored (not a push)");
+    let resolve = |h: &str| st.preheater.registry_for_host(h).map_err(|e| e.to_string());
+    let (kind, pushed) = match parse_webhook(&resolve, st.webhook_scope, &body) {
+        Ok(WebhookRequest::Ignored(other)) => {
+            tracing::info!(event = %other, "Harbor event ignored (not a push)");
             return axum::Json(serde_json::json!({"ignored": other})).into_response();
         }
-    };
-    let Some(resources) = data["resources"].as_array() else {
-        return bad_request("push event without resources".into());
+        Ok(WebhookRequest::Push { kind, pushed }) => (kind, pushed),
+        Err(e) => return bad_request(e),
     };
     let mut jobs = Vec::new();
-    for r in resources {
-        let Some(url) = r["resource_url"].as_str() else {
-            return bad_request("resource without resource_url".into());
-        };
-        let digest = r["digest"].as_str().filter(|d| !d.is_empty());
-        let tag = r["tag"].as_str().filter(|t| !t.is_empty());
-        let spec = match webhook_spec(&st, url, digest, tag) {
-            Ok(s) => s,
-            Err(e) => return bad_request(e),
-        };
+    for (spec, url) in pushed {
         let args = serde_json::json!({"type": "image", "url": url, "scope": format!("{:?}", st.webhook_scope), "source": "harbor-webhook"});
         let job = st.preheater.submit(spec, args);
         jobs.push(job.id);
@@ -322,17 +336,74 @@ async fn harbor_webhook(
     axum::Json(serde_json::json!({ "jobs": jobs })).into_response()
 }
 
+/// What a Harbor webhook body asks for.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum WebhookRequest {
+    /// Not a push event (its type, clipped): acknowledged, nothing done.
+    Ignored(String),
+    /// A push: its event type and, per resource, the preheat and its URL.
+    Push {
+        /// `PUSH_ARTIFACT` or `harbor.artifact.pushed`.
+        kind: String,
+        /// One preheat per pushed resource, with its `resource_url`.
+        pushed: Vec<(PreheatSpec, String)>,
+    },
+}
+
+/// Parses a Harbor webhook body (Default or CloudEvents format). Every
+/// resource is checked before any job starts. Public (hidden) so property
+/// tests can feed it hostile bodies without a server.
+#[doc(hidden)]
+pub fn parse_webhook(
+    registry_for_host: ResolveHost<'_>,
+    scope: Scope,
+    body: &[u8],
+) -> Result<WebhookRequest, String> {
+    let event: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("webhook payload: {}", clip(&e.to_string())))?;
+    let kind = event["type"].as_str().unwrap_or_default();
+    let data = match kind {
+        "PUSH_ARTIFACT" => &event["event_data"],
+        "harbor.artifact.pushed" => &event["data"],
+        other => return Ok(WebhookRequest::Ignored(clip(other))),
+    };
+    let resources = data["resources"]
+        .as_array()
+        .ok_or("push event without resources")?;
+    let mut pushed = Vec::new();
+    for r in resources {
+        let url = r["resource_url"]
+            .as_str()
+            .ok_or("resource without resource_url")?;
+        let digest = r["digest"].as_str().filter(|d| !d.is_empty());
+        let tag = r["tag"].as_str().filter(|t| !t.is_empty());
+        pushed.push((
+            webhook_spec(registry_for_host, scope, url, digest, tag)?,
+            url.to_owned(),
+        ));
+    }
+    Ok(WebhookRequest::Push {
+        kind: kind.to_owned(),
+        pushed,
+    })
+}
+
 /// `resource_url` is `HOST/REPO[:TAG][@DIGEST]`; the digest wins.
 fn webhook_spec(
-    st: &ApiState,
+    registry_for_host: ResolveHost<'_>,
+    scope: Scope,
     resource_url: &str,
     digest: Option<&str>,
     tag: Option<&str>,
 ) -> Result<PreheatSpec, String> {
     let without_digest = resource_url.split('@').next().unwrap_or_default();
-    let (host, rest) = without_digest
-        .split_once('/')
-        .ok_or_else(|| format!("resource_url {resource_url:?} is not HOST/REPOSITORY"))?;
+    let (host, rest) = without_digest.split_once('/').ok_or_else(|| {
+        format!(
+            "resource_url {:?} is not HOST/REPOSITORY",
+            clip(resource_url)
+        )
+    })?;
     let repo = match rest.rsplit_once(':') {
         Some((r, _)) => r,
         None => rest,
@@ -340,12 +411,14 @@ fn webhook_spec(
     let reference = match (digest, tag) {
         (Some(d), _) => d.to_owned(),
         (None, Some(t)) => t.to_owned(),
-        (None, None) => return Err(format!("resource {resource_url:?} has no digest or tag")),
+        (None, None) => {
+            return Err(format!(
+                "resource {:?} has no digest or tag",
+                clip(resource_url)
+            ));
+        }
     };
-    let registry = st
-        .preheater
-        .registry_for_host(host)
-        .map_err(|e| e.to_string())?;
+    let registry = registry_for_host(host)?;
     Ok(PreheatSpec {
         image: customs_protocol::ImageName {
             registry,
@@ -353,6 +426,6 @@ fn webhook_spec(
         },
         reference: reference.parse().map_err(|e| format!("{e}"))?,
         platform: PlatformFilter::All,
-        scope: st.webhook_scope,
+        scope,
     })
 }

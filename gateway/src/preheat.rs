@@ -60,7 +60,10 @@ impl Scope {
                 Some(p) if (1..=100).contains(&p) => Ok(Scope::Percentage(p as u8)),
                 _ => Err("scope percentage needs `percentage` between 1 and 100".into()),
             },
-            other => Err(format!("unknown scope {other:?}")),
+            other => Err(format!(
+                "unknown scope {:?}",
+                other.chars().take(64).collect::<String>()
+            )),
         }
     }
 

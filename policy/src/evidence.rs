@@ -127,6 +127,14 @@ pub struct Evidence {
     pub problems: Vec<String>,
 }
 
+impl Evidence {
+    /// Records why something was skipped, bounded (problems often quote
+    /// what a hostile registry sent).
+    pub fn problem(&mut self, msg: String) {
+        self.problems.push(crate::message::bounded(msg));
+    }
+}
+
 /// A referrer descriptor, as the referrers API lists it.
 #[derive(Debug, Clone)]
 pub struct Referrer {
@@ -232,13 +240,12 @@ async fn collect_layers<R: EvidenceRegistry>(
     let m: ArtifactManifest = match serde_json::from_slice(manifest) {
         Ok(m) => m,
         Err(e) => {
-            ev.problems
-                .push(format!("{at}: not an image manifest: {e}"));
+            ev.problem(format!("{at}: not an image manifest: {e}"));
             return Ok(());
         }
     };
     if m.layers.len() > MAX_LAYERS {
-        ev.problems.push(format!(
+        ev.problem(format!(
             "{at}: {} layers, only the first {MAX_LAYERS} read",
             m.layers.len()
         ));
@@ -255,7 +262,7 @@ async fn collect_layers<R: EvidenceRegistry>(
             continue;
         };
         if layer.size > MAX_LAYER_BYTES {
-            ev.problems.push(format!(
+            ev.problem(format!(
                 "{location}: {} bytes exceeds the {MAX_LAYER_BYTES}-byte evidence limit",
                 layer.size
             ));
@@ -264,13 +271,13 @@ async fn collect_layers<R: EvidenceRegistry>(
         let digest: Digest = match layer.digest.parse() {
             Ok(d) => d,
             Err(e) => {
-                ev.problems.push(format!("{location}: bad digest: {e}"));
+                ev.problem(format!("{location}: bad digest: {e}"));
                 continue;
             }
         };
         let bytes = registry.blob(repo, &digest, MAX_LAYER_BYTES).await?;
         if Digest::of(&bytes) != digest {
-            ev.problems.push(format!(
+            ev.problem(format!(
                 "{location}: content does not match its digest {digest}"
             ));
             continue;
@@ -284,7 +291,7 @@ async fn collect_layers<R: EvidenceRegistry>(
         ev.items.push(match kind {
             0 => {
                 let Some(signature) = annotations.remove(SIGNATURE_ANNOTATION) else {
-                    ev.problems.push(format!(
+                    ev.problem(format!(
                         "{location}: simple-signing layer without a signature"
                     ));
                     continue;
@@ -331,7 +338,7 @@ async fn collect_referrers<R: EvidenceRegistry>(
             continue;
         };
         if Digest::of(&bytes) != r.digest {
-            ev.problems.push(format!(
+            ev.problem(format!(
                 "{repo}@{reference}: referrer does not match its digest"
             ));
             continue;

@@ -40,8 +40,12 @@ struct RawSubject {
     digest: std::collections::BTreeMap<String, String>,
 }
 
-/// Parses a statement payload.
+/// Parses a statement payload. Errors are bounded: they quote the payload.
 pub fn parse(payload: &[u8]) -> Result<Statement, String> {
+    parse_unbounded(payload).map_err(crate::message::bounded)
+}
+
+fn parse_unbounded(payload: &[u8]) -> Result<Statement, String> {
     let raw: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| format!("in-toto statement: {e}"))?;
     let st: RawStatement =

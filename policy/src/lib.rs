@@ -20,6 +20,7 @@ pub mod intoto;
 pub mod keys;
 pub mod layout;
 pub mod legacy_bundle;
+pub mod message;
 pub mod slsa;
 pub mod snapshot;
 pub mod spec;

@@ -169,6 +169,15 @@ pub fn verify_item(
     item: &EvidenceItem,
     digest: &Digest,
 ) -> Result<Verified, String> {
+    verify_item_unbounded(authority, item, digest).map_err(crate::message::bounded)
+}
+
+/// [`verify_item`] before its error is bounded (errors quote signer input).
+fn verify_item_unbounded(
+    authority: &Authority,
+    item: &EvidenceItem,
+    digest: &Digest,
+) -> Result<Verified, String> {
     let location = item.location().to_owned();
     let (signer, rekor_log_index, claim) = match item {
         EvidenceItem::SimpleSigning {

@@ -680,7 +680,13 @@ impl Swarm {
                     tracing::debug!(%blob, piece, "duplicate piece dropped");
                 }
                 PieceOutcome::Busy { piece, parent } => {
-                    in_progress.remove(&piece);
+                    // A hinted piece the seed was too busy for stays this
+                    // peer's to fetch: the scheduler leases it to us and
+                    // hints it to nobody else until the lease runs out, so
+                    // dropping it would leave it unsent for the whole lease.
+                    if in_progress.remove(&piece) == Some(true) && !hints.contains(&piece) {
+                        hints.push(piece);
+                    }
                     busy.insert(parent, tokio::time::Instant::now() + BUSY_BACKOFF);
                 }
                 PieceOutcome::Bad {
@@ -711,9 +717,12 @@ impl Swarm {
                     parent,
                     detail,
                 } => {
-                    in_progress.remove(&piece);
                     // A peer that cannot deliver is not asked again in this
                     // download; the seed is paused after repeated failures.
+                    // A hinted piece keeps its hint (see `Busy`).
+                    if in_progress.remove(&piece) == Some(true) && !hints.contains(&piece) {
+                        hints.push(piece);
+                    }
                     let seed = parents.iter().any(|p| p.id == parent && p.seed);
                     match health.failure(&parent, seed, &detail, tokio::time::Instant::now()) {
                         Verdict::Paused(pause) => {

@@ -20,6 +20,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// How long a swarm peer waits for the gateway to have a cold blob ready
+/// (fetched whole, verified, piece manifest signed): a 9 GB layer at 5 MB/s,
+/// and far beyond the gateway's own per-read upstream bounds.
+pub const COLD_TASK_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Why the peer could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -114,6 +119,13 @@ impl Peer {
             root: cfg.data_dir.join("store"),
             max_bytes: cfg.max_cache_bytes.unwrap_or(u64::MAX),
         })?;
+        if cfg.scheduler.is_some() {
+            // A swarm download opens only once the gateway has fetched,
+            // verified and signed the whole cold blob (bounded by the
+            // gateway's own upstream timeouts), which for a large layer
+            // takes longer than the chunk idle timeout.
+            store.set_source_open_timeout(COLD_TASK_WAIT);
+        }
         let identity = match (&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key) {
             (Some(ca), Some(cert), Some(key)) => Some(Arc::new(TlsIdentity::load(&TlsPaths {
                 ca: ca.clone(),

@@ -64,6 +64,9 @@ pub struct BlobStore {
     pub(crate) inflight: Mutex<HashMap<FetchKey, Arc<Inflight>>>,
     /// See [`BlobStore::set_source_idle_timeout`], in milliseconds.
     source_idle_ms: AtomicU64,
+    /// See [`BlobStore::set_source_open_timeout`], in milliseconds; 0: the
+    /// idle timeout.
+    source_open_ms: AtomicU64,
     /// Serialises eviction so two runs do not race over the same files.
     gc_lock: tokio::sync::Mutex<()>,
     /// Makes temp file names unique.
@@ -117,6 +120,7 @@ impl BlobStore {
             gc_lock: tokio::sync::Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
             source_idle_ms: AtomicU64::new(duration_ms(inflight::SOURCE_IDLE_TIMEOUT)),
+            source_open_ms: AtomicU64::new(0),
         }))
     }
 
@@ -151,6 +155,24 @@ impl BlobStore {
 
     pub(crate) fn source_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.source_idle_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets how long a fetch waits for its source to open (its first
+    /// stream), separately from the gap allowed between chunks (default: the
+    /// idle timeout). A swarm peer opens a cold blob only once the gateway
+    /// has fetched, verified and signed the whole of it, which for a large
+    /// layer from a slow upstream takes longer than any chunk gap should;
+    /// the gateway's own upstream timeouts bound that wait.
+    pub fn set_source_open_timeout(&self, open: Duration) {
+        self.source_open_ms
+            .store(duration_ms(open).max(1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn source_open_timeout(&self) -> Duration {
+        match self.source_open_ms.load(Ordering::Relaxed) {
+            0 => self.source_idle_timeout(),
+            ms => Duration::from_millis(ms),
+        }
     }
 
     pub(crate) fn pin(&self, d: &Digest) -> Pin {

@@ -309,6 +309,7 @@ where
     drop(map);
     let task_store = store.clone();
     let idle = store.source_idle_timeout();
+    let open_within = store.source_open_timeout();
     tokio::spawn(async move {
         let writer = tokio::fs::File::from_std(writer);
         let (task_registry, task_digest) = &key;
@@ -319,6 +320,7 @@ where
             size,
             tmp: &tmp,
             idle,
+            open_within,
         };
         let result = fetch.run(writer, open).await;
         match &result {
@@ -355,6 +357,7 @@ struct Fetch<'a> {
     size: u64,
     tmp: &'a std::path::Path,
     idle: Duration,
+    open_within: Duration,
 }
 
 impl Fetch<'_> {
@@ -369,19 +372,22 @@ impl Fetch<'_> {
             size,
             tmp,
             idle,
+            open_within,
         } = self;
         let io = |e: std::io::Error| {
             FetchFailure::new(FetchFailureKind::Io, format!("local store: {e}"))
         };
-        let mut stream = tokio::time::timeout(idle, open).await.map_err(|_| {
-            FetchFailure::new(
-                FetchFailureKind::Unavailable,
-                format!(
-                    "source did not answer within {}s (source idle timeout)",
-                    idle.as_secs_f32()
-                ),
-            )
-        })??;
+        let mut stream = tokio::time::timeout(open_within, open)
+            .await
+            .map_err(|_| {
+                FetchFailure::new(
+                    FetchFailureKind::Unavailable,
+                    format!(
+                        "source did not answer within {}s (source idle timeout)",
+                        open_within.as_secs_f32()
+                    ),
+                )
+            })??;
         inf.tx.send_modify(|p| p.state = State::Running);
         let mut hasher = Sha256Hasher::new();
         // Source chunks are small (often 8-16 KiB); batching them bounds the

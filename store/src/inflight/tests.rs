@@ -252,6 +252,38 @@ async fn an_idle_source_fails_its_readers_within_the_timeout() {
 }
 
 #[tokio::test]
+async fn a_slow_open_is_allowed_its_own_bound_but_not_a_silent_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    s.set_source_idle_timeout(Duration::from_millis(200));
+    s.set_source_open_timeout(Duration::from_secs(5));
+    let data = vec![5u8; 50_000];
+    let d = Digest::of(&data);
+    // Opens after three idle periods (a swarm peer waiting for the gateway
+    // to have a cold blob ready), then streams: the fetch succeeds.
+    let body = data.clone();
+    let r = s
+        .fetch_or_join(&reg("gw.example"), &d, data.len() as u64, 0, async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let chunk = Ok::<_, std::io::Error>(Bytes::from(body));
+            Ok(Box::pin(futures_util::stream::iter([chunk])) as ByteStream)
+        })
+        .unwrap();
+    assert_eq!(collect(r).await.unwrap(), data);
+    // Without the longer open bound the same source would have failed.
+    let s2 = store(&dir.path().join("second"));
+    s2.set_source_idle_timeout(Duration::from_millis(200));
+    let mut r = s2
+        .fetch_or_join(&reg("gw.example"), &d, data.len() as u64, 0, async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Err(FetchFailure::new(FetchFailureKind::Io, "late"))
+        })
+        .unwrap();
+    let e = r.started().await.unwrap_err();
+    assert!(e.message.contains("idle timeout"), "{}", e.message);
+}
+
+#[tokio::test]
 async fn the_same_digest_from_two_registries_is_two_fetches() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());

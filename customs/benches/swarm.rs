@@ -76,6 +76,11 @@ struct RunResult {
     gateway: f64,
     /// When the gateway had sent S bytes (its share of the fan-out done).
     gateway_done: f64,
+    /// CPU seconds of the `customs up` process (gateway and scheduler)
+    /// during the pulls.
+    cpu_up: f64,
+    /// CPU seconds of the peer processes during the pulls.
+    cpu_peers: f64,
 }
 
 fn run(
@@ -107,6 +112,8 @@ fn run(
     // Samples the gateway's served bytes, to see when its share was out.
     let gateway_done = Arc::new(std::sync::Mutex::new(f64::NAN));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let up_pid = fleet.gateway.proc.child.id();
+    let cpu_before = support::procfs::tree_cpu(up_pid);
     let started = Instant::now();
     let sampler = {
         let (done, sampling, url) = (
@@ -136,6 +143,9 @@ fn run(
         }
         out
     });
+    // Every blob is complete on every node: sample before anything exits.
+    let (cpu_up, cpu_peers) =
+        support::procfs::cpu_between(up_pid, &cpu_before, &support::procfs::tree_cpu(up_pid));
     sampling.store(false, Ordering::SeqCst);
     let _ = sampler.join();
     times.sort_by(f64::total_cmp);
@@ -146,6 +156,8 @@ fn run(
         upstream: (proxy.state.bytes_out.load(Ordering::SeqCst) - before_up) as f64 / s,
         gateway: gw["served_bytes"].as_u64().unwrap() as f64 / s,
         gateway_done: *gateway_done.lock().unwrap(),
+        cpu_up,
+        cpu_peers,
     }
 }
 
@@ -180,6 +192,8 @@ fn main() {
             upstream: f64::NAN,
             gateway: f64::NAN,
             gateway_done: f64::NAN,
+            cpu_up: f64::NAN,
+            cpu_peers: f64::NAN,
         }
     } else {
         run(&dir.join("baseline"), &proxy, peers, false, limit, s)
@@ -203,6 +217,17 @@ fn main() {
         "gateway had sent S bytes after {:.2} s (swarm) / {:.2} s (baseline); S/B = {sb:.2} s",
         sw.gateway_done, base.gateway_done
     );
+    // CPU per GiB delivered to clients (N copies of S), all Customs
+    // processes, clients excluded.
+    let gib = f64::from(peers) * s / f64::from(1u32 << 30);
+    for (name, r) in [("swarm (peers)", &sw), ("pull-through (gateway)", &base)] {
+        println!(
+            "{name:<26} CPU-s/GiB delivered: {:.2} (gateway+scheduler {:.2}, peers {:.2})",
+            (r.cpu_up + r.cpu_peers) / gib,
+            r.cpu_up / gib,
+            r.cpu_peers / gib
+        );
+    }
     println!(
         "swarm speed-up over the pull-through baseline (max): {:.1}x",
         base.max / sw.max

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod containerd;
+pub mod procfs;
 pub mod proxy;
 
 use std::net::SocketAddr;

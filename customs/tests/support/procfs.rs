@@ -40,7 +40,11 @@ pub fn tree_cpu(root: u32) -> HashMap<u32, f64> {
         if let Some((_, _, t)) = all.iter().find(|(pid, ..)| *pid == p) {
             out.insert(p, *t as f64 / TICKS_PER_SEC);
         }
-        inside.extend(all.iter().filter(|(_, pp, _)| *pp == p).map(|(pid, ..)| *pid));
+        inside.extend(
+            all.iter()
+                .filter(|(_, pp, _)| *pp == p)
+                .map(|(pid, ..)| *pid),
+        );
     }
     out
 }
@@ -50,6 +54,6 @@ pub fn tree_cpu(root: u32) -> HashMap<u32, f64> {
 pub fn cpu_between(root: u32, before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> (f64, f64) {
     let used = |p: &u32| after[p] - before.get(p).copied().unwrap_or(0.0);
     let root_s = after.get(&root).map_or(0.0, |_| used(&root));
-    let rest = after.keys().filter(|p| **p != root).map(used).sum();
+    let rest = after.keys().filter(|p| **p != root).map(used).sum::<f64>() + 0.0;
     (root_s, rest)
 }

@@ -22,18 +22,7 @@ use subtle::ConstantTimeEq;
 /// Largest request body accepted (webhooks and job requests are small).
 const MAX_BODY: usize = 1024 * 1024;
 
-/// How much of a client-supplied value an error message quotes: enough to
-/// recognise it, never a whole 1 MiB body (the message is logged and sent).
-const MAX_QUOTED: usize = 128;
-
-/// `s` clipped to [`MAX_QUOTED`] characters, for error messages.
-fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(MAX_QUOTED).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
-}
+use customs_protocol::quote::clip;
 
 /// How a parser learns the registry a host names (the preheater's
 /// resolver in the server; any resolver in tests).
@@ -145,7 +134,20 @@ fn parse_manifest_url(
 ) -> Result<(customs_protocol::ImageName, Reference), String> {
     let quoted = clip(url);
     let u = url::Url::parse(url).map_err(|e| format!("url {quoted:?}: {e}"))?;
-    let host = match (u.host_str(), u.port()) {
+    // The port as written: `url` drops a scheme's default port
+    // (`http://reg:80/`), and a registry is named with the port it was
+    // configured with.
+    let explicit_port = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|authority| {
+            authority
+                .rsplit_once('@')
+                .map_or(Some(authority), |(_, h)| Some(h))
+        })
+        .and_then(|hostport| hostport.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let host = match (u.host_str(), u.port().or(explicit_port)) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_owned(),
         _ => return Err(format!("url {quoted:?} has no host")),

@@ -437,3 +437,14 @@ fn bodies_at_the_limit_are_handled_quickly() {
         );
     }
 }
+
+/// A job URL that spells out its scheme's default port names the registry
+/// with that port (`url` would drop it and name another registry).
+#[test]
+fn an_explicit_default_port_names_the_registry_with_it() {
+    for registry in ["reg.example:80", "reg.example:443"] {
+        let body = fill(JOB, registry, "team/app", "v1", "");
+        let (spec, _) = parse_job_request(&resolve, body.as_bytes()).unwrap();
+        assert_eq!(spec.image.registry.as_str(), registry);
+    }
+}

@@ -21,6 +21,7 @@ pub mod name;
 pub mod oci_error;
 pub mod peer_id;
 pub mod piece_manifest;
+pub mod quote;
 
 /// The generated scheduler gRPC protocol (from `proto/scheduler.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -23,19 +23,7 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 /// `Accept` headers sent upstream.
 pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
 
-/// How much of a value taken from a manifest an error quotes. Manifests
-/// come from upstreams and peers; their errors go into logs, audit events
-/// and OCI error bodies, so a hostile field must not come back whole.
-const MAX_QUOTED: usize = 128;
-
-/// `s` clipped to [`MAX_QUOTED`] characters.
-fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(MAX_QUOTED).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
-}
+use crate::quote::clip;
 
 /// Why a manifest could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +173,7 @@ impl ManifestRefs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quote::MAX_QUOTED;
 
     fn d(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))

@@ -36,9 +36,7 @@ pub enum NameError {
     Digest(#[from] DigestError),
 }
 
-fn clip(s: &str) -> String {
-    s.chars().take(80).collect()
-}
+use crate::quote::clip;
 
 /// A repository path inside a registry, e.g. `library/alpine`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

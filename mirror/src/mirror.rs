@@ -556,7 +556,24 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         self.store
             .blocking_index(move |idx| {
                 let _serial = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let mut bindings = children;
+                // An index child keeps whatever binding it already has (a
+                // digest some admitted manifest lists as a blob keeps those
+                // admitters, so an index cannot take its binding over); the
+                // index only adds itself as the parent.
+                let mut bindings = Vec::with_capacity(children.len());
+                for (k, child) in children {
+                    let b = match idx.get::<Binding>(Table::Bindings, &k)? {
+                        Some(mut existing) => {
+                            existing.parent_index = child.parent_index;
+                            if existing.all_admitters().is_empty() {
+                                existing.size = child.size;
+                            }
+                            existing
+                        }
+                        None => child,
+                    };
+                    bindings.push((k, b));
+                }
                 for (k, size) in blobs {
                     let mut b: Binding = idx.get(Table::Bindings, &k)?.unwrap_or(Binding {
                         size,

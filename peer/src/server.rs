@@ -273,8 +273,16 @@ impl Peer {
             }),
         );
         tracing::info!(addr = %listener.local_addr()?, swarm = self.swarm.is_some(), "peer serving the OCI pull API");
-        let oci =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // Bounded like every other listener: anything on the node can
+        // connect here, and running out of descriptors would also stop the
+        // piece server in this process.
+        let oci = customs_tls::serve_http(
+            listener,
+            app,
+            self.refused.clone(),
+            customs_tls::ListenerLimits::default(),
+            shutdown.clone(),
+        );
         match (self.swarm, upload) {
             (Some((swarm, identity, limiter)), Some(upload)) => {
                 tracing::info!(addr = %upload.local_addr()?, "peer serving pieces over mTLS");

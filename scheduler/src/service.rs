@@ -301,7 +301,7 @@ impl Scheduler for SchedulerService {
             .task_for(&blob, &id, r.seed_hints_wanted as usize, Instant::now())
             .ok_or_else(|| Status::not_found(format!("no admitted task for {blob}")))?;
         Ok(Response::new(pb::GetTaskResponse {
-            manifest: Some(to_pb(m.signed())),
+            manifest: (!r.omit_manifest).then(|| to_pb(m.signed())),
             parents,
             seed_hints,
         }))

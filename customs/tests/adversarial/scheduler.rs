@@ -44,6 +44,7 @@ async fn parents(c: &mut SchedulerClient<Channel>, me: &str, blob: &str) -> Vec<
         blob_digest: blob.into(),
         peer_id: me.into(),
         seed_hints_wanted: 0,
+        omit_manifest: false,
     })
     .await
     .map(|r| {
@@ -130,6 +131,22 @@ fn a_hostile_peer_cannot_blocklist_an_honest_one_or_flood_the_audit_log() {
                 "the scheduler never learned peer-2's pieces"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A refresh that says it holds the manifest gets parents only; a
+        // first request gets the signed manifest.
+        for omit in [false, true] {
+            let r = gw
+                .get_task(pb::GetTaskRequest {
+                    blob_digest: blob.clone(),
+                    peer_id: "gateway".into(),
+                    seed_hints_wanted: 0,
+                    omit_manifest: omit,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.manifest.is_none(), omit);
+            assert!(!r.parents.is_empty());
         }
         let before = audit_lines(&audit).len();
 

@@ -340,6 +340,7 @@ impl Swarm {
         &self,
         blob: &Digest,
         seed_hints_wanted: u32,
+        omit_manifest: bool,
     ) -> Result<(Option<SignedPieceManifest>, Vec<pb::Parent>, Vec<u32>), tonic::Status> {
         let r = self
             .scheduler
@@ -348,6 +349,7 @@ impl Swarm {
                 blob_digest: blob.to_string(),
                 peer_id: self.cfg.peer_id.clone(),
                 seed_hints_wanted,
+                omit_manifest,
             })
             .await?
             .into_inner();
@@ -403,7 +405,7 @@ impl Swarm {
         if let Some(pf) = self.running(blob).await? {
             return Ok(pf.ordered_stream());
         }
-        let signed = match self.get_task(blob, 0).await {
+        let signed = match self.get_task(blob, 0, false).await {
             Ok((Some(m), _, _)) => m,
             Ok((None, _, _)) | Err(_) => self.task_from_gateway(image, blob).await?,
         };
@@ -607,7 +609,9 @@ impl Swarm {
                 hints.retain(|i| !pf.has(*i) && !in_progress.contains_key(i));
                 let seeds_busy = in_progress.values().filter(|s| **s).count();
                 let wanted = SEED_CONCURRENCY.saturating_sub(seeds_busy + hints.len()) as u32;
-                match self.get_task(blob, wanted).await {
+                // The manifest is already verified and held: parents and
+                // hints only.
+                match self.get_task(blob, wanted, true).await {
                     Ok((_, ps, h)) => {
                         parents = views(ps);
                         for i in h {

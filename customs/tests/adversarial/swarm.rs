@@ -104,31 +104,6 @@ async fn fetch_piece(
     (status, all.len())
 }
 
-/// `skopeo copy` of `src` that gives up after `limit`: (ok, stderr, time).
-fn pull_within(src: &str, dest: &Path, limit: Duration) -> (bool, String, Duration) {
-    require("skopeo");
-    let start = Instant::now();
-    let out = std::process::Command::new("timeout")
-        .arg(limit.as_secs().to_string())
-        .args([
-            "skopeo",
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--retry-times=0",
-        ])
-        .arg(format!("docker://{src}"))
-        .arg(format!("oci:{}:pulled", dest.display()))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        start.elapsed(),
-    )
-}
-
 fn first_layer(layout: &Path, manifest_digest: &str) -> String {
     let m: serde_json::Value = serde_json::from_slice(
         &std::fs::read(layout.join("blobs/sha256").join(&manifest_digest[7..])).unwrap(),
@@ -162,7 +137,7 @@ fn a_peer_that_never_reads_does_not_starve_the_swarm() {
     );
     let peer = fleet.peers[0];
     // The seed holds `old`'s layer once a node has pulled it.
-    let (ok, err, _) = pull_within(
+    let (ok, err, _) = skopeo_pull_within(
         &format!("{peer}/team/old:v1"),
         &dir.join("pulled-old"),
         Duration::from_secs(60),
@@ -208,7 +183,7 @@ fn a_peer_that_never_reads_does_not_starve_the_swarm() {
         .map(|_| rt.block_on(never_read(&hostile, seed, &hex)))
         .collect();
     std::thread::sleep(Duration::from_millis(1000));
-    let (ok, err, took) = pull_within(
+    let (ok, err, took) = skopeo_pull_within(
         &format!("{peer}/team/new:v1"),
         &dir.join("pulled-new"),
         Duration::from_secs(40),

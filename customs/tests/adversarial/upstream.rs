@@ -12,7 +12,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,30 +123,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-/// `skopeo copy` bounded in time (so a gateway that hangs fails the test
-/// instead of stalling it); returns (success, stderr, elapsed).
-fn skopeo_pull_within(src: &str, dest: &Path, limit: Duration) -> (bool, String, Duration) {
-    let started = Instant::now();
-    let out = Command::new("timeout")
-        .arg(limit.as_secs().to_string())
-        .args([
-            "skopeo",
-            "copy",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--retry-times=0",
-        ])
-        .arg(format!("docker://{src}"))
-        .arg(format!("oci:{}:pulled", dest.display()))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        started.elapsed(),
-    )
 }
 
 /// The stall image, built from an image pushed to the honest registry.

@@ -254,6 +254,31 @@ pub fn push_as(layout: &Path, tag: &str, registry: SocketAddr, repo: &str, creds
     );
 }
 
+/// [`skopeo_pull`] that gives up after `limit` (so a server that hangs
+/// fails the test instead of stalling it): (success, stderr, elapsed).
+pub fn skopeo_pull_within(src: &str, dest: &Path, limit: Duration) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .arg(limit.as_secs().to_string())
+        .args([
+            "skopeo",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--retry-times=0",
+        ])
+        .arg(format!("docker://{src}"))
+        .arg(format!("oci:{}:pulled", dest.display()))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
 /// `skopeo copy --all docker://SRC oci:DEST:pulled`; returns (success, stderr).
 pub fn skopeo_pull(src: &str, dest: &Path) -> (bool, String) {
     let out = Command::new("skopeo")

@@ -16,6 +16,15 @@ use customs_protocol::{Digest, Reference, RegistryHost};
 use proptest::prelude::*;
 use std::fmt::Display;
 
+#[path = "../../protocol/tests/kit/prop_kit.rs"]
+mod prop_kit;
+use prop_kit::{edits, mutate};
+
+/// A refusal is clear and bounded (see [`prop_kit::assert_clear_within`]).
+fn assert_clear(e: &impl Display) {
+    prop_kit::assert_clear_within(e, MAX_ERROR_LEN);
+}
+
 /// Cases per property (a few seconds for the whole file).
 const CASES: u32 = 256;
 
@@ -29,17 +38,6 @@ const JOB: &str = include_str!("../../testdata/harbor/provider-create-job.json")
 const PUSH_DEFAULT: &str = include_str!("../../testdata/harbor/webhook-default-push.json");
 const PUSH_CLOUDEVENTS: &str = include_str!("../../testdata/harbor/webhook-cloudevents-push.json");
 const DELETE: &str = include_str!("../../testdata/harbor/webhook-default-delete.json");
-
-fn assert_clear(e: &impl Display) {
-    let s = e.to_string();
-    assert!(!s.trim().is_empty(), "empty error message");
-    assert!(
-        s.len() <= MAX_ERROR_LEN,
-        "error message of {} bytes (cap {MAX_ERROR_LEN}): {}…",
-        s.len(),
-        s.chars().take(200).collect::<String>()
-    );
-}
 
 /// The resolver the server uses, with a default registry.
 fn resolve(host: &str) -> Result<RegistryHost, String> {
@@ -59,30 +57,6 @@ fn fill(template: &str, registry: &str, repo: &str, tag: &str, digest: &str) -> 
         .replace("{{REPO_NAME}}", repo.rsplit('/').next().unwrap_or(repo))
         .replace("{{NAMESPACE}}", repo.split('/').next().unwrap_or(repo))
         .replace("{{TOKEN}}", "secret")
-}
-
-fn mutate(input: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    for &(at, op, byte) in edits {
-        if out.is_empty() {
-            out.push(byte);
-            continue;
-        }
-        let i = at % out.len();
-        match op % 4 {
-            0 => out[i] ^= byte | 1,
-            1 => {
-                out.remove(i);
-            }
-            2 => out.insert(i, byte),
-            _ => out.truncate(i),
-        }
-    }
-    out
-}
-
-fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
-    proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6)
 }
 
 /// Arbitrary JSON, biased towards the fields these bodies carry.

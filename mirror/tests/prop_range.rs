@@ -13,6 +13,14 @@ use customs_protocol::{Digest, Reference, Repository};
 use proptest::prelude::*;
 use std::fmt::Display;
 
+#[path = "../../protocol/tests/kit/prop_kit.rs"]
+mod prop_kit;
+
+/// A refusal is clear and bounded (see [`prop_kit::assert_clear_within`]).
+fn assert_clear(e: &impl Display) {
+    prop_kit::assert_clear_within(e, MAX_ERROR_LEN);
+}
+
 /// Cases per property (the CI budget is seconds for the whole file).
 const CASES: u32 = 256;
 
@@ -22,17 +30,6 @@ const MAX_ERROR_LEN: usize = 1024;
 
 /// Bigger than any header or path a server would accept.
 const HUGE: usize = 10 * 1024 * 1024;
-
-fn assert_clear(e: &impl Display) {
-    let s = e.to_string();
-    assert!(!s.trim().is_empty(), "empty error message");
-    assert!(
-        s.len() <= MAX_ERROR_LEN,
-        "error message of {} bytes (cap {MAX_ERROR_LEN}): {}…",
-        s.len(),
-        s.chars().take(200).collect::<String>()
-    );
-}
 
 /// Blob sizes: empty, tiny, typical and the extremes of `u64`.
 fn size() -> impl Strategy<Value = u64> {

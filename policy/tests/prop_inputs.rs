@@ -28,6 +28,15 @@ use std::fmt::Display;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+#[path = "../../protocol/tests/kit/prop_kit.rs"]
+mod prop_kit;
+use prop_kit::{edits, mutate};
+
+/// A refusal is clear and bounded (see [`prop_kit::assert_clear_within`]).
+fn assert_clear(e: &impl Display) {
+    prop_kit::assert_clear_within(e, MAX_ERROR_LEN);
+}
+
 /// Cases per property: the crypto paths cost about a millisecond each, so
 /// this keeps the file within a few seconds.
 const CASES: u32 = 256;
@@ -65,42 +74,6 @@ const BCR_BUNDLE: &[u8] =
     include_bytes!("../../testdata/vectors/slsa-bcr/MODULE-wrong-signer.bazel.intoto.jsonl");
 const TRUSTED_ROOT: &[u8] =
     include_bytes!("../../testdata/vectors/sigstore-rs/trusted_root_prod.json");
-
-fn assert_clear(e: &impl Display) {
-    let s = e.to_string();
-    assert!(!s.trim().is_empty(), "empty error message");
-    assert!(
-        s.len() <= MAX_ERROR_LEN,
-        "error message of {} bytes (cap {MAX_ERROR_LEN}): {}…",
-        s.len(),
-        s.chars().take(300).collect::<String>()
-    );
-}
-
-/// Byte-level damage: flip, delete, insert, truncate.
-fn mutate(input: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    for &(at, op, byte) in edits {
-        if out.is_empty() {
-            out.push(byte);
-            continue;
-        }
-        let i = at % out.len();
-        match op % 4 {
-            0 => out[i] ^= byte | 1,
-            1 => {
-                out.remove(i);
-            }
-            2 => out.insert(i, byte),
-            _ => out.truncate(i),
-        }
-    }
-    out
-}
-
-fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
-    proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..5)
-}
 
 /// Mutates one JSON string field somewhere in `doc` (structure-aware
 /// damage, so the document still parses and the checks behind the parser

@@ -26,6 +26,15 @@ use std::fmt::Display;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "kit/prop_kit.rs"]
+mod prop_kit;
+use prop_kit::{edits, mutate};
+
+/// A refusal is clear and bounded (see [`prop_kit::assert_clear_within`]).
+fn assert_clear(e: &impl Display) {
+    prop_kit::assert_clear_within(e, MAX_ERROR_LEN);
+}
+
 /// Cases per property: enough to find shallow bugs, small enough that the
 /// whole file runs in a few seconds in CI.
 const CASES: u32 = 256;
@@ -37,18 +46,6 @@ const MAX_ERROR_LEN: usize = 1024;
 
 /// The input size for "over the cap" checks: well over every 4 MiB cap.
 const HUGE: usize = 10 * 1024 * 1024;
-
-/// A refusal is clear: it says something, and what it says is bounded.
-fn assert_clear(e: &impl Display) {
-    let s = e.to_string();
-    assert!(!s.trim().is_empty(), "empty error message");
-    assert!(
-        s.len() <= MAX_ERROR_LEN,
-        "error message of {} bytes (cap {MAX_ERROR_LEN}): {}…",
-        s.len(),
-        s.chars().take(200).collect::<String>()
-    );
-}
 
 fn hex64() -> impl Strategy<Value = String> {
     "[0-9a-f]{64}"
@@ -69,32 +66,6 @@ fn name_like() -> impl Strategy<Value = String> {
         "[a-z0-9.-]{1,20}(:[0-9]{0,6})?/[a-z0-9/_.-]{0,40}(:[A-Za-z0-9_.-]{0,20})?(@sha256:[0-9a-f]{0,64})?",
         "\\[[0-9a-f:]{0,40}\\](:[0-9]{1,6})?",
     ]
-}
-
-/// Applies byte-level mutations to `input` (flip, delete, insert,
-/// truncate), the way a broken or hostile peer would damage a document.
-fn mutate(input: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    for &(at, op, byte) in edits {
-        if out.is_empty() {
-            out.push(byte);
-            continue;
-        }
-        let i = at % out.len();
-        match op % 4 {
-            0 => out[i] ^= byte | 1,
-            1 => {
-                out.remove(i);
-            }
-            2 => out.insert(i, byte),
-            _ => out.truncate(i),
-        }
-    }
-    out
-}
-
-fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
-    proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6)
 }
 
 // ---------------------------------------------------------------- names

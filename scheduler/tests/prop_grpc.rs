@@ -25,6 +25,14 @@ use std::fmt::Display;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "../../protocol/tests/kit/prop_kit.rs"]
+mod prop_kit;
+
+/// A refusal is clear and bounded (see [`prop_kit::assert_clear_within`]).
+fn assert_clear(e: &impl Display) {
+    prop_kit::assert_clear_within(e, MAX_ERROR_LEN);
+}
+
 /// Cases per property (a few seconds for the whole file).
 const CASES: u32 = 256;
 
@@ -34,17 +42,6 @@ const MAX_ERROR_LEN: usize = 1024;
 
 /// tonic's default decoding limit, which the scheduler server keeps.
 const TONIC_MAX_MESSAGE: usize = 4 * 1024 * 1024;
-
-fn assert_clear(e: &impl Display) {
-    let s = e.to_string();
-    assert!(!s.trim().is_empty(), "empty error message");
-    assert!(
-        s.len() <= MAX_ERROR_LEN,
-        "error message of {} bytes (cap {MAX_ERROR_LEN}): {}…",
-        s.len(),
-        s.chars().take(200).collect::<String>()
-    );
-}
 
 /// Decodes `bytes` as every message a peer (or the gateway) sends the
 /// scheduler, and as every answer a peer decodes from it; checks each

@@ -31,15 +31,9 @@ pub async fn serve_mtls(
     refused: Arc<RefusedConnections>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_tls_with(
-        listener,
-        config,
-        app,
-        refused,
-        ListenerLimits::default(),
-        shutdown,
-    )
-    .await
+    // The same listener: whether clients must present a certificate is
+    // the config's business.
+    serve_tls(listener, config, app, refused, shutdown).await
 }
 
 /// Serves `app` over TLS with `config`, which may or may not require client

@@ -61,15 +61,15 @@ const CONCURRENCY: usize = 8;
 /// Seed (gateway) fetches at once per blob: peers are preferred.
 const SEED_CONCURRENCY: usize = 2;
 /// How often parents are refreshed and held pieces re-reported (a finished
-/// seed piece refreshes at once). Each refresh is a scheduler round trip
-/// carrying the task's parents: at N = 16 on 2 cores 50 ms measured
-/// p50 1.50–1.55·S/B, 100 ms 1.34–1.38, 200 ms 1.36.
+/// seed piece refreshes at once). Each refresh is a scheduler round trip;
+/// at N = 16 on 2 cores (CPU-saturated, ±0.2 S/B run to run) 50 ms measured
+/// p50 1.50–1.68·S/B and 100 ms 1.34–1.76 (`cargo bench -p customs --bench
+/// swarm`), with less CPU per GiB.
 const REFRESH: Duration = Duration::from_millis(100);
 /// How long a parent that refused for lack of slots is skipped (about one
 /// and a half 256 KiB pieces at 8 MB/s). Every refusal is a request over
-/// mTLS on a CPU shared with the workloads: at N = 16 on 2 cores, 10 ms
-/// measured 27.5 peer CPU-s per GiB delivered and p50 1.68–1.87·S/B, 50 ms
-/// 22.5 CPU-s/GiB and 1.50–1.55·S/B.
+/// mTLS on a CPU shared with the workloads: at N = 16 on 2 cores 10 ms
+/// measured 27.5 peer CPU-s per GiB delivered, 50 ms 22.5 (same bench).
 const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a failed download loop may take to wind down (its aborted
 /// transfers finishing their disk writes) before a new download of the

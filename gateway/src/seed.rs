@@ -32,6 +32,10 @@ pub struct Seed {
     locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// How long a verified blob may take to be kept (fsync, rename, index)
+/// before its task is refused.
+const STORE_WAIT: Duration = Duration::from_secs(30);
+
 /// The peer id the gateway announces itself under (its certificate must
 /// name `gateway.node.customs.internal`).
 pub const SEED_ID: &str = "gateway";
@@ -172,14 +176,7 @@ impl Seed {
                 }
                 let pieces = hasher.finish();
                 // Pieces are served from the stored blob: wait until it is kept.
-                let mut real = None;
-                for _ in 0..1500 {
-                    if let Some(m) = store.meta(digest)? {
-                        real = Some(m.size);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                let real = store.wait_stored(digest, STORE_WAIT).await?.map(|m| m.size);
                 let Some(real) = real else {
                     return Err(MirrorError::BlobUnknown(format!(
                         "{digest} was verified but could not be stored"

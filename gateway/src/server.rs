@@ -463,6 +463,7 @@ impl Gateway {
                     limiter: self.limiter.clone(),
                     slots: Arc::new(tokio::sync::Semaphore::new(piece_server::SEED_UPLOAD_SLOTS)),
                     queue: piece_server::UploadQueue::new(piece_server::SEED_UPLOAD_QUEUE),
+                    geometry: Default::default(),
                 };
                 let tasks = axum::Router::new()
                     .route("/customs/v1/tasks", axum::routing::get(get_task))

@@ -768,7 +768,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
             digest,
             size,
             start,
-            self.source.blob(image, digest),
+            self.source.blob_body(image, digest),
         )?;
         reader.started().await.map_err(MirrorError::for_blob)?;
         let end = range.map_or(size, |r| r.end);

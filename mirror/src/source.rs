@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use customs_protocol::{Digest, ImageName, Reference};
 use customs_store::FetchFailure;
-use customs_store::inflight::ByteStream;
+use customs_store::inflight::{ByteStream, SourceBody};
 use std::future::Future;
 
 /// A manifest as the source sent it. The bytes are kept exactly: any
@@ -36,6 +36,18 @@ pub trait Source: Send + Sync + 'static {
         image: &ImageName,
         digest: &Digest,
     ) -> impl Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static;
+
+    /// Opens a blob for the store: by default the [`Source::blob`] stream,
+    /// which the store hashes as it writes it. A source that assembles and
+    /// verifies the blob itself (the swarm) hands over its file instead.
+    fn blob_body(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
+        let stream = self.blob(image, digest);
+        async move { stream.await.map(SourceBody::Stream) }
+    }
 
     /// The size of a blob that no local manifest binds, when the source is
     /// itself an enforcing mirror that can be asked (the peer asks the

@@ -13,7 +13,7 @@ use customs_mirror::{FetchedManifest, Mirror, MirrorConfig, Source, UnboundBlobs
 use customs_protocol::piece_manifest::TrustedGatewayKeys;
 use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName, Reference, RegistryHost};
-use customs_store::inflight::ByteStream;
+use customs_store::inflight::{AssembledBlob, ByteStream, SourceBody};
 use customs_store::{BlobStore, FetchFailure, StoreConfig, StoreError};
 use customs_tls::{RefusedConnections, Role, TlsIdentity, TlsPaths};
 use std::sync::Arc;
@@ -78,8 +78,31 @@ impl Source for PeerSource {
         let digest = digest.clone();
         async move {
             match swarm {
-                Some(s) => s.download(&image, &digest).await,
+                Some(s) => Ok(s.download(&image, &digest).await?.ordered_stream()),
                 None => whole.await,
+            }
+        }
+    }
+
+    /// Swarm downloads hand the store their piece file: every piece was
+    /// checked against the gateway-signed manifest, so the store links the
+    /// file instead of hashing and writing the blob again.
+    fn blob_body(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
+        let swarm = self.swarm.clone();
+        let whole = self.gateway.blob(image, digest);
+        let image = image.clone();
+        let digest = digest.clone();
+        async move {
+            match swarm {
+                Some(s) => {
+                    let pf: Arc<dyn AssembledBlob> = s.download(&image, &digest).await?;
+                    Ok(SourceBody::Assembled(pf))
+                }
+                None => whole.await.map(SourceBody::Stream),
             }
         }
     }
@@ -292,6 +315,7 @@ impl Peer {
                     limiter,
                     slots: Arc::new(tokio::sync::Semaphore::new(self.upload_slots)),
                     queue: crate::swarm::piece_server::UploadQueue::new(self.upload_queue),
+                    geometry: Default::default(),
                 };
                 let pieces = customs_tls::serve_mtls(
                     upload,

@@ -71,6 +71,8 @@ pub struct BlobStore {
     gc_lock: tokio::sync::Mutex<()>,
     /// Makes temp file names unique.
     tmp_seq: AtomicU64,
+    /// Bumped after every blob is recorded, for [`BlobStore::wait_stored`].
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// Holds a blob against eviction for as long as it lives.
@@ -121,6 +123,7 @@ impl BlobStore {
             tmp_seq: AtomicU64::new(0),
             source_idle_ms: AtomicU64::new(duration_ms(inflight::SOURCE_IDLE_TIMEOUT)),
             source_open_ms: AtomicU64::new(0),
+            commits: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -245,6 +248,48 @@ impl BlobStore {
         let f = tokio::fs::File::open(tmp).await?;
         f.sync_all().await?;
         tokio::fs::rename(tmp, self.blob_path(d)).await?;
+        self.record(d, size).await
+    }
+
+    /// Keeps a complete, verified file that a source assembled itself
+    /// (see [`inflight::AssembledBlob`]): made durable, then linked into
+    /// place under a temp name and renamed over the blob's path, so the
+    /// bytes are neither hashed nor written a second time. The source may
+    /// unlink its own name afterwards. Across file systems (a link is
+    /// impossible) the file is copied instead.
+    pub(crate) async fn adopt_file(
+        &self,
+        d: &Digest,
+        file: Arc<std::fs::File>,
+        path: &Path,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let tmp = self.unique_tmp_path(d, "link");
+        let from = path.to_path_buf();
+        let link = tmp.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            file.sync_all()?;
+            match std::fs::hard_link(&from, &link) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                    std::fs::copy(&from, &link)?;
+                    std::fs::File::open(&link)?.sync_all()
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        if let Err(e) = tokio::fs::rename(&tmp, self.blob_path(d)).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+        self.record(d, size).await
+    }
+
+    /// Records a blob that is in place, wakes its waiters, then enforces
+    /// the size limit.
+    async fn record(&self, d: &Digest, size: u64) -> Result<(), StoreError> {
         let key = d.to_string();
         let rec = BlobMeta {
             size,
@@ -252,6 +297,7 @@ impl BlobStore {
         };
         self.blocking_index(move |idx| idx.put(Table::Blobs, &key, &rec))
             .await?;
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
         if self.cfg.max_bytes != u64::MAX {
             self.gc(self.cfg.max_bytes).await?;
         }
@@ -324,7 +370,7 @@ impl BlobStore {
     /// already stored is read from disk whichever registry asks. A fetch of
     /// the same digest from another registry is never joined. See
     /// [`inflight`].
-    pub fn fetch_or_join<F>(
+    pub fn fetch_or_join<F, B>(
         self: &Arc<Self>,
         registry: &RegistryHost,
         digest: &Digest,
@@ -333,11 +379,33 @@ impl BlobStore {
         open: F,
     ) -> Result<TailReader, StoreError>
     where
-        F: std::future::Future<Output = Result<inflight::ByteStream, crate::FetchFailure>>
-            + Send
-            + 'static,
+        F: std::future::Future<Output = Result<B, crate::FetchFailure>> + Send + 'static,
+        B: Into<inflight::SourceBody>,
     {
+        let open = async move { open.await.map(Into::into) };
         inflight::fetch_or_join(self, registry, digest, size, offset, open)
+    }
+
+    /// Waits (at most `within`) until `d` is stored, and returns its
+    /// metadata; `None` if it was not stored in time. Woken by every
+    /// commit, never polled.
+    pub async fn wait_stored(
+        &self,
+        d: &Digest,
+        within: Duration,
+    ) -> Result<Option<BlobMeta>, StoreError> {
+        // Subscribed before the first look, so a commit in between wakes us.
+        let mut commits = self.commits.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(m) = self.meta(d)? {
+                return Ok(Some(m));
+            }
+            match tokio::time::timeout_at(deadline, commits.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Ok(None),
+            }
+        }
     }
 }
 

@@ -29,6 +29,13 @@
 //!
 //! The fetch task is detached from the requests: a client that disconnects
 //! does not cancel the transfer the others are waiting on.
+//!
+//! A source may instead hand over an [`AssembledBlob`]: a file it fills and
+//! verifies itself (the swarm's piece file, each piece checked against a
+//! gateway-signed piece manifest that binds the blob's digest). Readers then
+//! follow its verified prefix, with no holdback (every byte they get was
+//! verified), and the complete file is linked into the store as it is: one
+//! hash and one write per byte on the node instead of two of each.
 
 use crate::StoreError;
 use crate::blobs::{BlobStore, Pin};
@@ -59,6 +66,44 @@ const READ_CHUNK: u64 = 256 * 1024;
 
 /// A stream of body bytes from a source or to a client.
 pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// What a source hands the single-flight fetch.
+pub enum SourceBody {
+    /// Bytes the store hashes against the digest while it writes them.
+    Stream(ByteStream),
+    /// A file the source fills and verifies itself (see [`AssembledBlob`]).
+    Assembled(Arc<dyn AssembledBlob>),
+}
+
+impl From<ByteStream> for SourceBody {
+    fn from(s: ByteStream) -> Self {
+        SourceBody::Stream(s)
+    }
+}
+
+/// A blob a source assembles in a file of its own and verifies as it goes,
+/// so the store need not hash or copy it again.
+///
+/// Implementing this is a promise the store cannot check: every byte of
+/// the prefix [`AssembledBlob::wait_verified`] reports is already proven to
+/// be the blob's (the swarm proves it per piece against a gateway-signed
+/// manifest that names the blob's digest and size). Only such sources
+/// implement it; anything else is a [`SourceBody::Stream`].
+pub trait AssembledBlob: Send + Sync + 'static {
+    /// The file, for positional reads.
+    fn file(&self) -> Arc<std::fs::File>;
+    /// Where it is, so the complete file can be linked into the store.
+    fn path(&self) -> &std::path::Path;
+    /// The blob's size, as the signed manifest states it.
+    fn size(&self) -> u64;
+    /// Waits until more than `beyond` bytes from the start are verified (or
+    /// all of them are) and returns how many are; fails when the assembly
+    /// stopped for good.
+    fn wait_verified(
+        &self,
+        beyond: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, std::io::Error>> + Send + '_>>;
+}
 
 /// The class of a failed fetch, so the HTTP edge can pick the right OCI error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +156,10 @@ impl std::error::Error for FetchFailure {}
 #[derive(Debug, Clone)]
 enum State {
     Opening,
+    /// Unverified bytes arriving: the last [`HOLDBACK`] bytes wait.
     Running,
+    /// An [`AssembledBlob`]'s verified prefix: all of it is readable.
+    Assembling,
     Verified,
     Failed(FetchFailure),
 }
@@ -122,15 +170,19 @@ struct Progress {
     state: State,
 }
 
+/// The file readers pread: known once the source opened (the store's temp
+/// file, or the source's own assembled file).
+type ReadFile = Arc<std::sync::OnceLock<Arc<std::fs::File>>>;
+
 /// One fetch in progress.
 pub(crate) struct Inflight {
-    file: Arc<std::fs::File>,
+    file: ReadFile,
     tx: watch::Sender<Progress>,
 }
 
 /// A client's view of a blob: stored or still arriving.
 pub struct TailReader {
-    file: Arc<std::fs::File>,
+    file: ReadFile,
     rx: watch::Receiver<Progress>,
     size: u64,
     pos: u64,
@@ -146,7 +198,7 @@ impl TailReader {
             match &self.rx.borrow_and_update().state {
                 State::Opening => {}
                 State::Failed(f) => return Err(f.clone()),
-                State::Running | State::Verified => return Ok(()),
+                State::Running | State::Assembling | State::Verified => return Ok(()),
             }
             if self.rx.changed().await.is_err() {
                 return Err(FetchFailure::new(
@@ -204,6 +256,7 @@ impl TailReader {
                     State::Opening | State::Running => {
                         (p.written.min(end.saturating_sub(HOLDBACK)), None)
                     }
+                    State::Assembling => (p.written, None),
                 }
             };
             if let Some(f) = failed {
@@ -211,7 +264,9 @@ impl TailReader {
             }
             if self.pos < readable.min(end) {
                 let len = (readable.min(end) - self.pos).min(READ_CHUNK) as usize;
-                let file = self.file.clone();
+                let file = self.file.get().cloned().ok_or_else(|| {
+                    std::io::Error::other("blob fetch announced bytes before its file")
+                })?;
                 let pos = self.pos;
                 let buf = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; len];
@@ -253,7 +308,7 @@ fn stored_reader(
         state: State::Verified,
     });
     Ok(Some(TailReader {
-        file: Arc::new(file),
+        file: Arc::new(std::sync::OnceLock::from(Arc::new(file))),
         rx,
         size: meta.size,
         pos: offset,
@@ -274,7 +329,7 @@ pub(crate) fn fetch_or_join<F>(
     open: F,
 ) -> Result<TailReader, StoreError>
 where
-    F: std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static,
+    F: std::future::Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static,
 {
     let key: FetchKey = (registry.clone(), digest.clone());
     let mut map = store.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -293,16 +348,13 @@ where
             _pin: store.pin(digest),
         });
     }
-    // Unique per fetch: another registry may be fetching the same digest.
-    let tmp = store.unique_tmp_path(digest, "part");
-    let writer = std::fs::File::create(&tmp)?;
-    let reader = Arc::new(std::fs::File::open(&tmp)?);
     let (tx, rx) = watch::channel(Progress {
         written: 0,
         state: State::Opening,
     });
+    let file: ReadFile = Arc::default();
     let inf = Arc::new(Inflight {
-        file: reader.clone(),
+        file: file.clone(),
         tx,
     });
     map.insert(key.clone(), inf.clone());
@@ -311,18 +363,16 @@ where
     let idle = store.source_idle_timeout();
     let open_within = store.source_open_timeout();
     tokio::spawn(async move {
-        let writer = tokio::fs::File::from_std(writer);
         let (task_registry, task_digest) = &key;
         let fetch = Fetch {
             store: &task_store,
             inf: &inf,
             digest: task_digest,
             size,
-            tmp: &tmp,
             idle,
             open_within,
         };
-        let result = fetch.run(writer, open).await;
+        let result = fetch.run(open).await;
         match &result {
             Ok(()) => {
                 tracing::debug!(registry = %task_registry, digest = %task_digest, size, "blob fetched and verified");
@@ -330,7 +380,6 @@ where
             }
             Err(f) => {
                 tracing::warn!(registry = %task_registry, digest = %task_digest, error = %f, "blob fetch failed; nothing stored");
-                let _ = std::fs::remove_file(&tmp);
                 inf.tx.send_modify(|p| p.state = State::Failed(f.clone()));
             }
         }
@@ -341,7 +390,7 @@ where
             .remove(&key);
     });
     Ok(TailReader {
-        file: reader,
+        file,
         rx,
         size,
         pos: offset,
@@ -355,39 +404,64 @@ struct Fetch<'a> {
     inf: &'a Inflight,
     digest: &'a Digest,
     size: u64,
-    tmp: &'a std::path::Path,
     idle: Duration,
     open_within: Duration,
 }
 
+fn io_failure(e: std::io::Error) -> FetchFailure {
+    FetchFailure::new(FetchFailureKind::Io, format!("local store: {e}"))
+}
+
 impl Fetch<'_> {
-    async fn run<F>(self, mut writer: tokio::fs::File, open: F) -> Result<(), FetchFailure>
+    async fn run<F>(self, open: F) -> Result<(), FetchFailure>
     where
-        F: std::future::Future<Output = Result<ByteStream, FetchFailure>>,
+        F: std::future::Future<Output = Result<SourceBody, FetchFailure>>,
     {
-        let Fetch {
-            store,
-            inf,
-            digest,
-            size,
-            tmp,
-            idle,
-            open_within,
-        } = self;
-        let io = |e: std::io::Error| {
-            FetchFailure::new(FetchFailureKind::Io, format!("local store: {e}"))
-        };
-        let mut stream = tokio::time::timeout(open_within, open)
+        let body = tokio::time::timeout(self.open_within, open)
             .await
             .map_err(|_| {
                 FetchFailure::new(
                     FetchFailureKind::Unavailable,
                     format!(
                         "source did not answer within {}s (source idle timeout)",
-                        open_within.as_secs_f32()
+                        self.open_within.as_secs_f32()
                     ),
                 )
             })??;
+        match body {
+            SourceBody::Stream(stream) => {
+                // Unique per fetch: another registry may be fetching the
+                // same digest.
+                let tmp = self.store.unique_tmp_path(self.digest, "part");
+                let result = self.hash_and_write(stream, &tmp).await;
+                if result.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                result
+            }
+            SourceBody::Assembled(blob) => self.follow(blob).await,
+        }
+    }
+
+    /// Writes the source's bytes to `tmp` while hashing them; stores the
+    /// file only when its sha256 matched.
+    async fn hash_and_write(
+        &self,
+        mut stream: ByteStream,
+        tmp: &std::path::Path,
+    ) -> Result<(), FetchFailure> {
+        let Fetch {
+            store,
+            inf,
+            digest,
+            size,
+            idle,
+            ..
+        } = *self;
+        let writer = std::fs::File::create(tmp).map_err(io_failure)?;
+        let reader = std::fs::File::open(tmp).map_err(io_failure)?;
+        let _ = inf.file.set(Arc::new(reader));
+        let mut writer = tokio::fs::File::from_std(writer);
         inf.tx.send_modify(|p| p.state = State::Running);
         let mut hasher = Sha256Hasher::new();
         // Source chunks are small (often 8-16 KiB); batching them bounds the
@@ -430,8 +504,8 @@ impl Fetch<'_> {
                 // tokio's File hands writes to a blocking thread; flush waits
                 // for them, so `written` never runs ahead of what readers can
                 // pread.
-                writer.write_all(&batch).await.map_err(io)?;
-                writer.flush().await.map_err(io)?;
+                writer.write_all(&batch).await.map_err(io_failure)?;
+                writer.flush().await.map_err(io_failure)?;
                 batch.clear();
                 let written = hasher.len();
                 inf.tx.send_modify(|p| p.written = written);
@@ -458,6 +532,60 @@ impl Fetch<'_> {
         if let Err(e) = store.commit_file(digest, tmp, size).await {
             tracing::error!(%digest, error = %e, "verified blob could not be stored");
             let _ = std::fs::remove_file(tmp);
+        }
+        Ok(())
+    }
+
+    /// Follows an assembled blob's verified prefix; links the complete file
+    /// into the store.
+    async fn follow(&self, blob: Arc<dyn AssembledBlob>) -> Result<(), FetchFailure> {
+        let Fetch {
+            store,
+            inf,
+            digest,
+            size,
+            idle,
+            ..
+        } = *self;
+        if blob.size() != size {
+            return Err(FetchFailure::new(
+                FetchFailureKind::SizeMismatch,
+                format!(
+                    "the source's signed manifest says {} bytes, expected {size}",
+                    blob.size()
+                ),
+            ));
+        }
+        let _ = inf.file.set(blob.file());
+        inf.tx.send_modify(|p| p.state = State::Assembling);
+        let mut verified = 0;
+        while verified < size {
+            let now = tokio::time::timeout(idle, blob.wait_verified(verified))
+                .await
+                .map_err(|_| {
+                    FetchFailure::new(
+                        FetchFailureKind::Unavailable,
+                        format!(
+                            "source verified nothing for {}s after {verified} of {size} bytes (source idle timeout)",
+                            idle.as_secs_f32(),
+                        ),
+                    )
+                })?
+                .map_err(|e| {
+                    FetchFailure::new(
+                        FetchFailureKind::Unavailable,
+                        format!("source broke off: {e}"),
+                    )
+                })?;
+            verified = now.min(size);
+            inf.tx.send_modify(|p| p.written = verified);
+        }
+        inf.tx.send_modify(|p| p.state = State::Verified);
+        if let Err(e) = store
+            .adopt_file(digest, blob.file(), blob.path(), size)
+            .await
+        {
+            tracing::error!(%digest, error = %e, "verified blob could not be stored");
         }
         Ok(())
     }

@@ -26,7 +26,6 @@ use customs_protocol::piece_manifest::{
 use customs_protocol::scheduler_proto as pb;
 use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName};
-use customs_store::inflight::ByteStream;
 use customs_store::{BlobStore, FetchFailure, FetchFailureKind, Table};
 use futures_util::TryStreamExt;
 use std::collections::{HashMap, HashSet};
@@ -71,6 +70,9 @@ const REFRESH: Duration = Duration::from_millis(100);
 /// mTLS on a CPU shared with the workloads: at N = 16 on 2 cores 10 ms
 /// measured 27.5 peer CPU-s per GiB delivered, 50 ms 22.5 (same bench).
 const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a complete download waits for the store to keep it (fsync and
+/// link) before its piece file goes regardless.
+const STORE_WAIT: Duration = Duration::from_secs(60);
 /// How long a failed download loop may take to wind down (its aborted
 /// transfers finishing their disk writes) before a new download of the
 /// same blob is refused as unavailable; disk writes are 256 KiB batches.
@@ -186,13 +188,29 @@ impl Rng {
     }
 }
 
+impl PieceOutcome {
+    /// The parent the piece was asked of.
+    fn parent(&self) -> &str {
+        match self {
+            PieceOutcome::Done { parent, .. }
+            | PieceOutcome::Duplicate { parent, .. }
+            | PieceOutcome::Busy { parent, .. }
+            | PieceOutcome::Bad { parent, .. }
+            | PieceOutcome::Failed { parent, .. } => parent,
+        }
+    }
+}
+
 enum PieceOutcome {
     Done {
         piece: u32,
         parent: String,
     },
     /// The piece was verified or being written already: nothing written.
-    Duplicate(u32),
+    Duplicate {
+        piece: u32,
+        parent: String,
+    },
     /// The parent had no free upload slot: try elsewhere, not a failure.
     Busy {
         piece: u32,
@@ -394,16 +412,16 @@ impl Swarm {
             .map_err(|e| failure(FetchFailureKind::Unavailable, format!("gateway task: {e}")))
     }
 
-    /// Downloads `blob` through the swarm; the returned stream yields the
-    /// blob in order as verified pieces arrive. A download of a blob that
-    /// is being downloaded joins it: one loop per piece file.
+    /// Downloads `blob` through the swarm; the returned piece file fills
+    /// with verified pieces as they arrive. A download of a blob that is
+    /// being downloaded joins it: one loop per piece file.
     pub async fn download(
         self: &Arc<Self>,
         image: &ImageName,
         blob: &Digest,
-    ) -> Result<ByteStream, FetchFailure> {
+    ) -> Result<Arc<PieceFile>, FetchFailure> {
         if let Some(pf) = self.running(blob).await? {
-            return Ok(pf.ordered_stream());
+            return Ok(pf);
         }
         let signed = match self.get_task(blob, 0, false).await {
             Ok((Some(m), _, _)) => m,
@@ -432,17 +450,17 @@ impl Swarm {
         image: &ImageName,
         blob: &Digest,
         manifest: VerifiedPieceManifest,
-    ) -> Result<ByteStream, FetchFailure> {
+    ) -> Result<Arc<PieceFile>, FetchFailure> {
         // Another download may have started meanwhile: join it rather than
         // open the file a second time.
         if let Some(pf) = self.running(blob).await? {
-            return Ok(pf.ordered_stream());
+            return Ok(pf);
         }
         let opened = PieceFile::open(&self.cfg.pieces_dir, manifest)
             .await
             .map_err(|e| failure(FetchFailureKind::Io, e.to_string()))?;
         let (pf, stopping) = match self.adopt(blob, opened)? {
-            Adopted::Join(pf) => return Ok(pf.ordered_stream()),
+            Adopted::Join(pf) => return Ok(pf),
             Adopted::Drive(pf, stopping) => (pf, stopping),
         };
         let me = self.clone();
@@ -454,13 +472,11 @@ impl Swarm {
             stopping.cancel();
             match result {
                 Ok(()) => {
-                    // Keep the partial file until the store committed the
-                    // blob, so pieces stay servable throughout.
-                    for _ in 0..600 {
-                        if me.store.meta(&blob2).ok().flatten().is_some() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Keep the partial file until the store linked it into
+                    // place, so pieces stay servable throughout; then only
+                    // our name for it goes (the store's link keeps the bytes).
+                    if !matches!(me.store.wait_stored(&blob2, STORE_WAIT).await, Ok(Some(_))) {
+                        tracing::warn!(blob = %blob2, "complete blob not stored in time; its piece file is dropped");
                     }
                     me.forget(&blob2, &driver_pf);
                     driver_pf.remove();
@@ -483,7 +499,7 @@ impl Swarm {
                 }
             }
         });
-        Ok(pf.ordered_stream())
+        Ok(pf)
     }
 
     /// Registers `opened` as the blob's partial with a new loop to drive
@@ -584,8 +600,14 @@ impl Swarm {
             self.no_progress
                 .unwrap_or_else(|| NO_PROGRESS.max(FetchDeadlines::for_piece(piece_len).total)),
         );
-        // Parents that just refused for lack of slots, until when.
+        // Parents that just refused for lack of slots, until when, and how
+        // many times in a row they refused.
         let mut busy: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let mut refusals: HashMap<String, u32> = HashMap::new();
+        // Peer parents with a request of ours in flight: a peer gives one
+        // requester one upload at a time and queues none, so a second
+        // request could only be refused (a round trip of CPU on both ends).
+        let mut asking: HashMap<String, usize> = HashMap::new();
         let mut in_progress: HashMap<u32, bool> = HashMap::new(); // piece -> from seed
         let mut tasks: JoinSet<PieceOutcome> = JoinSet::new();
         let mut last_refresh: Option<tokio::time::Instant> = None;
@@ -638,6 +660,7 @@ impl Swarm {
             busy.retain(|_, until| *until > now);
             let mut unavailable = health.unusable(now);
             unavailable.extend(busy.keys().cloned());
+            unavailable.extend(asking.keys().cloned());
             while tasks.len() < CONCURRENCY {
                 let seeds_busy = in_progress.values().filter(|s| **s).count();
                 let Some((piece, parent)) = self.choose(
@@ -654,6 +677,10 @@ impl Swarm {
                     break;
                 };
                 in_progress.insert(piece, parent.seed);
+                if !parent.seed {
+                    *asking.entry(parent.id.clone()).or_insert(0) += 1;
+                    unavailable.insert(parent.id.clone());
+                }
                 let me = self.clone();
                 let pf2 = pf.clone();
                 let blob2 = blob.clone();
@@ -665,9 +692,17 @@ impl Swarm {
                 _ = stop.cancelled() => return Err("download cancelled".to_owned()),
             };
             let Some(Ok(outcome)) = next else { continue };
+            let from = outcome.parent();
+            if let Some(n) = asking.get_mut(from) {
+                *n -= 1;
+                if *n == 0 {
+                    asking.remove(from);
+                }
+            }
             match outcome {
                 PieceOutcome::Done { piece: i, parent } => {
                     health.success(&parent, tokio::time::Instant::now());
+                    refusals.remove(&parent);
                     tracing::debug!(%blob, piece = i, at = started.elapsed().as_secs_f64(), "piece verified");
                     // A finished seed piece frees a seed slot: ask for the
                     // next hint now rather than at the next refresh, so the
@@ -681,7 +716,7 @@ impl Swarm {
                     let blob = blob.clone();
                     tokio::spawn(async move { me.report(&blob, vec![i]).await });
                 }
-                PieceOutcome::Duplicate(piece) => {
+                PieceOutcome::Duplicate { piece, .. } => {
                     // Only one loop writes this file, and it never asks for
                     // a piece twice at once; a duplicate is dropped, never
                     // held against its sender.
@@ -696,7 +731,12 @@ impl Swarm {
                     if in_progress.remove(&piece) == Some(true) && !hints.contains(&piece) {
                         hints.push(piece);
                     }
-                    busy.insert(parent, tokio::time::Instant::now() + BUSY_BACKOFF);
+                    // A parent that keeps refusing is asked less often:
+                    // 1, 2, 4, then 8 backoffs, until it serves us again.
+                    let n = refusals.entry(parent.clone()).or_insert(0);
+                    let wait = BUSY_BACKOFF * (1 << (*n).min(3));
+                    *n += 1;
+                    busy.insert(parent, tokio::time::Instant::now() + wait);
                 }
                 PieceOutcome::Bad {
                     piece,
@@ -870,12 +910,17 @@ impl Swarm {
         let resp = match resp {
             Ok(r) if r.status().is_success() => r,
             Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                keep_connection(r).await;
                 return PieceOutcome::Busy {
                     piece,
                     parent: parent.id.clone(),
                 };
             }
-            Ok(r) => return fail(format!("parent answered {}", r.status())),
+            Ok(r) => {
+                let status = r.status();
+                keep_connection(r).await;
+                return fail(format!("parent answered {status}"));
+            }
             Err(e) => return fail(e.to_string()),
         };
         let body = resp.bytes_stream().map_err(std::io::Error::other);
@@ -893,7 +938,10 @@ impl Swarm {
                     parent: parent.id.clone(),
                 }
             }
-            Err(PieceError::Duplicate { .. }) => PieceOutcome::Duplicate(piece),
+            Err(PieceError::Duplicate { .. }) => PieceOutcome::Duplicate {
+                piece,
+                parent: parent.id.clone(),
+            },
             Err(e @ (PieceError::Mismatch { .. } | PieceError::Length { .. })) => {
                 PieceOutcome::Bad {
                     piece,
@@ -906,12 +954,30 @@ impl Swarm {
     }
 }
 
+/// Reads a refusal's short body to its end, so the connection goes back to
+/// the pool instead of being closed (a new mTLS handshake per refusal cost
+/// more CPU than the refusal); a body that is long or slow is dropped.
+async fn keep_connection(mut r: reqwest::Response) {
+    const MAX_REFUSAL_BODY: usize = 4096;
+    let drain = async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = r.chunk().await {
+            read += chunk.len();
+            if read > MAX_REFUSAL_BODY {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use customs_protocol::piece_manifest::{
         AdmissionRef, GatewayKey, MIN_PIECE_LEN, PieceManifest,
     };
+    use customs_store::inflight::ByteStream;
     use futures_util::StreamExt;
 
     /// A swarm whose scheduler and gateway are unreachable: it learns of
@@ -1013,8 +1079,16 @@ mod tests {
         let data: Vec<u8> = (0..2 * MIN_PIECE_LEN as usize).map(|i| i as u8).collect();
         let (s, m) = swarm(dir.path(), &data);
         let blob = m.manifest().blob.clone();
-        let a = s.begin(&image(), &blob, m.clone()).await.unwrap();
-        let b = s.begin(&image(), &blob, m.clone()).await.unwrap();
+        let a = s
+            .begin(&image(), &blob, m.clone())
+            .await
+            .unwrap()
+            .ordered_stream();
+        let b = s
+            .begin(&image(), &blob, m.clone())
+            .await
+            .unwrap()
+            .ordered_stream();
         let (ra, rb) = tokio::time::timeout(Duration::from_secs(20), async {
             tokio::join!(drain(a), drain(b))
         })
@@ -1032,7 +1106,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let again = s.begin(&image(), &blob, m).await.unwrap();
+        let again = s.begin(&image(), &blob, m).await.unwrap().ordered_stream();
         assert!(drain(again).await.is_err());
     }
 }

@@ -345,6 +345,59 @@ impl PieceFile {
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+
+    /// Bytes from the start of the blob that are verified: the pieces
+    /// before the first missing one.
+    pub fn verified_prefix(&self) -> u64 {
+        let m = self.manifest.manifest();
+        let pieces = self.have.borrow().iter().take_while(|h| **h).count() as u64;
+        pieces.saturating_mul(m.piece_length).min(m.size)
+    }
+}
+
+/// The store follows a piece file's verified prefix and links the complete
+/// file into place: every piece matched the gateway-signed manifest, which
+/// names the blob's digest and size, so all pieces matching is the whole
+/// blob matching (the gateway checked the whole-blob sha256 before signing).
+impl customs_store::inflight::AssembledBlob for PieceFile {
+    fn file(&self) -> Arc<std::fs::File> {
+        self.file.clone()
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn size(&self) -> u64 {
+        self.manifest.manifest().size
+    }
+
+    fn wait_verified(
+        &self,
+        beyond: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, std::io::Error>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let size = self.manifest.manifest().size;
+            let mut rx = self.have.subscribe();
+            loop {
+                let now = self.verified_prefix();
+                if now > beyond || now >= size {
+                    return Ok(now);
+                }
+                if let Some(reason) = self.stopped() {
+                    return Err(std::io::Error::other(format!(
+                        "piece download stopped: {reason}"
+                    )));
+                }
+                // Marked and stopped both notify; a dropped sender cannot
+                // happen while `self` lives.
+                if rx.changed().await.is_err() {
+                    return Err(std::io::Error::other("piece download stopped"));
+                }
+            }
+        })
+    }
 }
 
 fn rescan(f: &std::fs::File, m: &VerifiedPieceManifest) -> std::io::Result<Vec<bool>> {

@@ -81,6 +81,40 @@ pub struct PieceProvider {
     /// asks another parent; the seed lets [`SEED_UPLOAD_QUEUE`] wait, and
     /// answers 503 beyond that too ("try another parent, or again").
     pub queue: UploadQueue,
+    /// Piece geometry of stored blobs, so a piece request costs no index
+    /// read or manifest parse.
+    pub geometry: GeometryCache,
+}
+
+/// Stored blobs' piece manifests, parsed once. Only the geometry (size,
+/// piece length) is used, and it is fixed by the blob's digest; the served
+/// bytes come from the verified stored blob whose size must match.
+#[derive(Clone, Default)]
+pub struct GeometryCache(Arc<Mutex<HashMap<Digest, Arc<PieceManifest>>>>);
+
+/// Blobs whose geometry is kept; the cache starts over beyond that.
+const GEOMETRY_CACHE: usize = 4096;
+
+impl GeometryCache {
+    fn get(&self, store: &BlobStore, blob: &Digest) -> Option<Arc<PieceManifest>> {
+        if let Some(m) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(blob) {
+            return Some(m.clone());
+        }
+        let signed: SignedPieceManifest = store
+            .index()
+            .get(Table::PieceManifests, &blob.to_string())
+            .ok()
+            .flatten()?;
+        // The stored manifest was verified (peer) or signed (gateway) before
+        // it was stored; only its geometry is read here.
+        let m: Arc<PieceManifest> = Arc::new(serde_json::from_slice(&signed.payload).ok()?);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= GEOMETRY_CACHE {
+            map.clear();
+        }
+        map.insert(blob.clone(), m.clone());
+        Some(m)
+    }
 }
 
 /// Requests waiting for an upload slot, how many may, and what each
@@ -170,16 +204,15 @@ pub enum NoSlot {
 impl PieceProvider {
     /// A verified piece as a stream, and its length, or `None`.
     pub async fn piece(&self, blob: &Digest, index: u32) -> Option<(ByteStream, u64)> {
-        let signed: Option<SignedPieceManifest> = self
-            .store
-            .index()
-            .get(Table::PieceManifests, &blob.to_string())
-            .ok()
-            .flatten();
-        // The stored manifest was verified (peer) or signed (gateway) before
-        // it was stored; only its geometry is read here.
-        let manifest: Option<PieceManifest> =
-            signed.and_then(|s| serde_json::from_slice(&s.payload).ok());
+        // A partial download first: it is in memory, and a blob is stored
+        // only once its download is complete.
+        if let Some(pf) = self.swarm.as_ref().and_then(|s| s.partial(blob))
+            && let Some(stream) = pf.piece_stream(index)
+            && let Some((start, end)) = pf.manifest().manifest().piece_range(index)
+        {
+            return Some((stream, end - start));
+        }
+        let manifest = self.geometry.get(&self.store, blob);
         if let Some(m) = &manifest
             && let Some((start, end)) = m.piece_range(index)
             && let Ok(Some(reader)) = self.store.open_blob(blob).await
@@ -195,9 +228,7 @@ impl PieceProvider {
             }));
             return Some((s, end - start));
         }
-        let pf = self.swarm.as_ref()?.partial(blob)?;
-        let (start, end) = pf.manifest().manifest().piece_range(index)?;
-        Some((pf.piece_stream(index)?, end - start))
+        None
     }
 
     /// An upload slot for `who` (a client certificate): at once if one is

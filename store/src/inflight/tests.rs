@@ -151,7 +151,7 @@ async fn size_overrun_and_source_errors_fail_cleanly() {
     assert!(collect(r).await.is_err());
     let mut r = s
         .fetch_or_join(&reg("r.example"), &d, 1000, 0, async {
-            Err(FetchFailure::new(
+            Err::<ByteStream, _>(FetchFailure::new(
                 FetchFailureKind::NotFound,
                 "no such blob",
             ))
@@ -214,7 +214,7 @@ async fn an_idle_source_fails_its_readers_within_the_timeout() {
     r.started().await.unwrap();
     let joined = s
         .fetch_or_join(&reg("hostile.example"), &d, data.len() as u64, 0, async {
-            Err(FetchFailure::new(
+            Err::<ByteStream, _>(FetchFailure::new(
                 FetchFailureKind::Io,
                 "never opened: joined",
             ))
@@ -276,7 +276,7 @@ async fn a_slow_open_is_allowed_its_own_bound_but_not_a_silent_stream() {
     let mut r = s2
         .fetch_or_join(&reg("gw.example"), &d, data.len() as u64, 0, async {
             tokio::time::sleep(Duration::from_millis(600)).await;
-            Err(FetchFailure::new(FetchFailureKind::Io, "late"))
+            Err::<ByteStream, _>(FetchFailure::new(FetchFailureKind::Io, "late"))
         })
         .unwrap();
     let e = r.started().await.unwrap_err();
@@ -328,7 +328,7 @@ async fn the_same_digest_from_two_registries_is_two_fetches() {
     }
     let again = s
         .fetch_or_join(&reg("hostile.example"), &d, size, 0, async {
-            Err(FetchFailure::new(
+            Err::<ByteStream, _>(FetchFailure::new(
                 FetchFailureKind::Io,
                 "must not be opened",
             ))
@@ -403,7 +403,7 @@ async fn a_cold_range_fails_when_the_blob_does_not_match() {
         .map(|end| {
             let r = s
                 .fetch_or_join(&reg("r.example"), &d, size, 0, async {
-                    Err(FetchFailure::new(
+                    Err::<ByteStream, _>(FetchFailure::new(
                         FetchFailureKind::Io,
                         "joined, never opened",
                     ))
@@ -424,4 +424,181 @@ async fn a_cold_range_fails_when_the_blob_does_not_match() {
     }
     drop(first);
     assert!(s.meta(&d).unwrap().is_none());
+}
+
+/// An assembled blob a test fills by hand: a file, how much of it counts
+/// as verified, and whether it stopped.
+struct Assembly {
+    file: Arc<std::fs::File>,
+    path: std::path::PathBuf,
+    size: u64,
+    verified: watch::Sender<(u64, bool)>,
+}
+
+impl Assembly {
+    fn new(dir: &std::path::Path, data: &[u8]) -> Arc<Self> {
+        let path = dir.join("assembly.pieces");
+        std::fs::write(&path, data).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).open(&path).unwrap();
+        Arc::new(Assembly {
+            file: Arc::new(file),
+            path,
+            size: data.len() as u64,
+            verified: watch::Sender::new((0, false)),
+        })
+    }
+    fn verify_to(&self, n: u64) {
+        self.verified.send_modify(|v| v.0 = n);
+    }
+    fn stop(&self) {
+        self.verified.send_modify(|v| v.1 = true);
+    }
+}
+
+impl AssembledBlob for Assembly {
+    fn file(&self) -> Arc<std::fs::File> {
+        self.file.clone()
+    }
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn wait_verified(
+        &self,
+        beyond: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, std::io::Error>> + Send + '_>>
+    {
+        let mut rx = self.verified.subscribe();
+        Box::pin(async move {
+            loop {
+                let (n, stopped) = *rx.borrow_and_update();
+                if n > beyond || n >= self.size {
+                    return Ok(n);
+                }
+                if stopped {
+                    return Err(std::io::Error::other("assembly stopped"));
+                }
+                rx.changed().await.map_err(std::io::Error::other)?;
+            }
+        })
+    }
+}
+
+fn assembled(a: &Arc<Assembly>) -> Result<SourceBody, FetchFailure> {
+    Ok(SourceBody::Assembled(a.clone()))
+}
+
+#[tokio::test]
+async fn an_assembled_blob_is_read_only_as_far_as_verified_then_linked_not_copied() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir.path().join("store"));
+    let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
+    let d = Digest::of(&data);
+    let a = Assembly::new(dir.path(), &data);
+    let size = data.len() as u64;
+    let r = s
+        .fetch_or_join(
+            &reg("r.example"),
+            &d,
+            size,
+            0,
+            std::future::ready(assembled(&a)),
+        )
+        .unwrap();
+    let mut stream = r.into_stream();
+    // Nothing is verified yet: no byte may come out.
+    let early = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+    assert!(early.is_err(), "a reader got bytes nobody verified");
+    // A verified prefix comes out whole (no holdback: it is verified).
+    a.verify_to(300_000);
+    let mut got = Vec::new();
+    while (got.len() as u64) < 300_000 {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    assert_eq!(got.len(), 300_000, "read past the verified prefix");
+    let more = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+    assert!(
+        more.is_err(),
+        "a reader got bytes beyond the verified prefix"
+    );
+    a.verify_to(size);
+    while let Some(c) = stream.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(got, data);
+    let meta = s
+        .wait_stored(&d, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the complete assembly was not stored");
+    assert_eq!(meta.size, size);
+    // The store's blob is the assembled file itself: one write per byte.
+    let stored = std::fs::metadata(s.blob_path(&d)).unwrap();
+    let assembled = std::fs::metadata(&a.path).unwrap();
+    assert_eq!(
+        stored.ino(),
+        assembled.ino(),
+        "the blob was copied, not linked"
+    );
+    // The source may drop its own name; the stored blob stays readable.
+    std::fs::remove_file(&a.path).unwrap();
+    let r = s
+        .fetch_or_join(&reg("r.example"), &d, size, 0, async {
+            Err::<ByteStream, _>(FetchFailure::new(
+                FetchFailureKind::Io,
+                "stored: not opened",
+            ))
+        })
+        .unwrap();
+    assert_eq!(collect(r).await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_stopped_or_missized_assembly_fails_its_readers_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir.path().join("store"));
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+    let d = Digest::of(&data);
+    let size = data.len() as u64;
+    // Stops half way: readers fail after the verified half.
+    let a = Assembly::new(dir.path(), &data);
+    a.verify_to(size / 2);
+    let r = s
+        .fetch_or_join(
+            &reg("r.example"),
+            &d,
+            size,
+            0,
+            std::future::ready(assembled(&a)),
+        )
+        .unwrap();
+    let reading = tokio::spawn(collect(r));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.stop();
+    let e = reading.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("stopped"), "{e}");
+    assert!(s.meta(&d).unwrap().is_none());
+    // A manifest whose size is not the descriptor's is refused outright.
+    let b = Assembly::new(dir.path(), &data[..1000]);
+    b.verify_to(1000);
+    let mut r = s
+        .fetch_or_join(
+            &reg("r.example"),
+            &d,
+            size,
+            0,
+            std::future::ready(assembled(&b)),
+        )
+        .unwrap();
+    let e = r.started().await.unwrap_err();
+    assert_eq!(e.kind, FetchFailureKind::SizeMismatch, "{e}");
+    assert!(
+        s.wait_stored(&d, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

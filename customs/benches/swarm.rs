@@ -19,56 +19,6 @@ use std::time::Instant;
 use support::proxy::Proxy;
 use support::*;
 
-/// Pulls manifest and blobs of `repo:tag` from `endpoint` like a runtime
-/// would, discarding the bytes; returns seconds.
-async fn pull(
-    http: reqwest::Client,
-    endpoint: SocketAddr,
-    ns: String,
-    repo: &str,
-    tag: &str,
-) -> f64 {
-    let t = Instant::now();
-    let r = http
-        .get(format!(
-            "http://{endpoint}/v2/{repo}/manifests/{tag}?ns={ns}"
-        ))
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let m: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        status.is_success(),
-        "manifest from {endpoint}: {status} {m}"
-    );
-    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
-    digests.extend(
-        m["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["digest"].as_str().unwrap().to_owned()),
-    );
-    // Config and layers at once, as containerd fetches an image's children.
-    let fetches = digests.into_iter().map(|d| {
-        let http = http.clone();
-        let ns = ns.clone();
-        async move {
-            let mut r = http
-                .get(format!("http://{endpoint}/v2/{repo}/blobs/{d}?ns={ns}"))
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{endpoint} {d}: {}", r.status());
-            while r.chunk().await.unwrap().is_some() {}
-        }
-    });
-    futures_util::future::join_all(fetches).await;
-    t.elapsed().as_secs_f64()
-}
-
 struct RunResult {
     p50: f64,
     max: f64,
@@ -135,7 +85,15 @@ fn run(
         let http = reqwest::Client::new();
         let tasks: Vec<_> = endpoints
             .into_iter()
-            .map(|e| tokio::spawn(pull(http.clone(), e, ns.clone(), "bench/app", "v1")))
+            .map(|e| {
+                tokio::spawn(pull_discarding(
+                    http.clone(),
+                    e,
+                    ns.clone(),
+                    "bench/app",
+                    "v1",
+                ))
+            })
             .collect();
         let mut out = Vec::new();
         for t in tasks {

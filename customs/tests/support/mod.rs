@@ -190,6 +190,11 @@ impl Registry {
         self.proc = None;
     }
 
+    /// The registry process, for CPU figures.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -736,4 +741,56 @@ impl Standalone {
             peer_addrs,
         }
     }
+}
+
+/// Pulls manifest and blobs (config and layers at once) of `repo:tag`
+/// from `endpoint` like a runtime would, discarding the bytes; returns
+/// seconds. Benchmarks use it where skopeo's own disk writes would blur
+/// the figure.
+pub async fn pull_discarding(
+    http: reqwest::Client,
+    endpoint: SocketAddr,
+    ns: String,
+    repo: &str,
+    tag: &str,
+) -> f64 {
+    let t = Instant::now();
+    let r = http
+        .get(format!(
+            "http://{endpoint}/v2/{repo}/manifests/{tag}?ns={ns}"
+        ))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let m: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        status.is_success(),
+        "manifest from {endpoint}: {status} {m}"
+    );
+    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
+    digests.extend(
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned()),
+    );
+    // Config and layers at once, as containerd fetches an image's children.
+    let fetches = digests.into_iter().map(|d| {
+        let http = http.clone();
+        let ns = ns.clone();
+        async move {
+            let mut r = http
+                .get(format!("http://{endpoint}/v2/{repo}/blobs/{d}?ns={ns}"))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{endpoint} {d}: {}", r.status());
+            while r.chunk().await.unwrap().is_some() {}
+        }
+    });
+    futures_util::future::join_all(fetches).await;
+    t.elapsed().as_secs_f64()
 }

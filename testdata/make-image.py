@@ -19,13 +19,21 @@ def put_blob(out, data):
             f.write(data)
     return "sha256:" + d
 
+def random_bytes(size, rng):
+    # randbytes counts bits in a C int: layers of 256 MiB and more come in
+    # 128 MiB parts (smaller ones keep their bytes for a given seed).
+    part = 1 << 27
+    if size < 1 << 28:
+        return rng.randbytes(size)
+    return b"".join(rng.randbytes(min(part, size - i)) for i in range(0, size, part))
+
 def layer(size, rng):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         info = tarfile.TarInfo(name="data-%016x.bin" % rng.getrandbits(64))
         info.size = size
         info.mtime = 0
-        t.addfile(info, io.BytesIO(rng.randbytes(size)))
+        t.addfile(info, io.BytesIO(random_bytes(size, rng)))
     return buf.getvalue()
 
 def image(out, sizes, arch, rng):

@@ -13,6 +13,11 @@
 //! - `rollout`: a cold rollout to 8 peers, 64 MiB, upstream capped at
 //!   16 MB/s, every node's upload at 8 MiB/s: the slowest node against
 //!   max(S/R, S/B).
+//! - `big`: a 2 GiB blob through one peer; prints the peer's peak RSS
+//!   (target under 64 MiB).
+//!
+//! First it prints this machine's cost of writing fresh bytes to a file,
+//! the floor under "one write per byte" on every node.
 //!
 //! CPU is the sum over every Customs process (`customs up` with its
 //! gateway and scheduler, and its peers), clients excluded, sampled after
@@ -246,11 +251,88 @@ fn rollout(dir: &Path, scale: u64) {
     );
 }
 
+/// CPU seconds this thread has used (user + system), from
+/// `/proc/thread-self/stat`.
+fn thread_cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let f: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split(' ').collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// The machine's cost of one write per byte: CPU-s per GiB to write fresh
+/// bytes to a new file (page-cache fill, no fsync), measured here and now.
+/// On a VM that hands freed memory back to its host this alone can cost
+/// seconds per GiB, and every node pays it once per blob it stores.
+fn write_floor(dir: &Path) -> f64 {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("floor");
+    let total = 256 * MIB;
+    let buf = vec![0x5au8; 256 * 1024];
+    let before = thread_cpu();
+    let mut f = std::fs::File::create(&path).unwrap();
+    for _ in 0..total / buf.len() as u64 {
+        f.write_all(&buf).unwrap();
+    }
+    drop(f);
+    let cpu = thread_cpu() - before;
+    std::fs::remove_file(&path).unwrap();
+    cpu / (total as f64 / GIB)
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// The peers of a `customs up`: its child processes.
+fn peer_pids(root: u32) -> Vec<u32> {
+    support::procfs::tree_cpu(root)
+        .into_keys()
+        .filter(|p| *p != root)
+        .collect()
+}
+
+/// A 2 GiB blob through one peer (its peak RSS must stay under 64 MiB:
+/// blobs are streamed, never held).
+fn big(dir: &Path, scale: u64) {
+    let size = 2048 * MIB * scale / 512;
+    let registry = Registry::start(&dir.join("registry"));
+    image(dir, &registry, "bench/huge", &[size], 14);
+    let ns = registry.addr.to_string().replace(':', "%3A");
+    let fleet = Fleet::up(&dir.join("big"), &registry.url(), 1, &[]);
+    let root = fleet.gateway.proc.child.id();
+    let cpu = Cpu::start(root);
+    let t = pull_all(vec![fleet.peers[0]], &ns, "bench/huge")[0];
+    let (gw, peers) = cpu.stop();
+    let rss = peer_pids(root).into_iter().map(peak_rss).max().unwrap_or(0);
+    let mib = |b: u64| b as f64 / MIB as f64;
+    row(
+        &format!("{} MiB blob through one peer", size / MIB),
+        t,
+        t,
+        gw + peers,
+        size as f64 / GIB,
+        &format!(
+            "peer peak RSS {:.1} MiB (target < 64): {}; gateway (with scheduler) {:.1} MiB",
+            mib(rss),
+            verdict(rss < 64 * MIB),
+            mib(peak_rss(root))
+        ),
+    );
+}
+
 fn main() {
-    let cases =
-        std::env::var("CUSTOMS_BENCH_CASES").unwrap_or_else(|_| "cold,fanout,rollout".to_owned());
+    let cases = std::env::var("CUSTOMS_BENCH_CASES")
+        .unwrap_or_else(|_| "cold,fanout,rollout,big".to_owned());
     let scale = env_u64("CUSTOMS_BENCH_SCALE_MIB", 512).max(8);
     let tmp = tempfile::tempdir().unwrap();
+    let floor_before = write_floor(&tmp.path().join("floor"));
     println!(
         "{:<44} {:>9} {:>7} {:>17}",
         "case", "wall", "vs base", "CPU (all Customs)"
@@ -261,7 +343,14 @@ fn main() {
             "cold" | "second" => cold_and_second(&dir, scale),
             "fanout" => fanout(&dir, scale),
             "rollout" => rollout(&dir, scale),
-            other => panic!("unknown case {other}: cold, fanout, rollout"),
+            "big" => big(&dir, scale),
+            other => panic!("unknown case {other}: cold, fanout, rollout, big"),
         }
     }
+    // Measured before and after: how much fresh memory costs varies with
+    // what the machine freed recently.
+    println!(
+        "this machine: one write per byte (fresh page cache, no fsync) cost {floor_before:.2} CPU-s/GiB before the cases, {:.2} after; one sha256 pass costs about 0.5 with SHA-NI",
+        write_floor(&tmp.path().join("floor"))
+    );
 }

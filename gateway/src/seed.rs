@@ -235,11 +235,7 @@ impl Seed {
     /// to the gateway.
     async fn register(&self, signed: &SignedPieceManifest) {
         let req = pb::RegisterTaskRequest {
-            manifest: Some(pb::SignedPieceManifest {
-                payload: signed.payload.clone(),
-                signature: signed.signature.clone(),
-                key_id: signed.key_id.clone(),
-            }),
+            manifest: Some(signed.into()),
         };
         if let Err(e) = self.scheduler.clone().register_task(req).await {
             tracing::warn!(key_id = %signed.key_id, error = %e, "scheduler registration failed; peers fall back to the gateway");

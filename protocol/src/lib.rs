@@ -29,6 +29,29 @@ pub mod scheduler_proto {
     tonic::include_proto!("customs.scheduler.v1");
 }
 
+/// The one conversion between the wire form of a signed piece manifest
+/// and the protocol type (the bytes are carried as they are; checking them
+/// is [`piece_manifest::TrustedGatewayKeys::verify`]'s job).
+impl From<scheduler_proto::SignedPieceManifest> for piece_manifest::SignedPieceManifest {
+    fn from(m: scheduler_proto::SignedPieceManifest) -> Self {
+        piece_manifest::SignedPieceManifest {
+            payload: m.payload,
+            signature: m.signature,
+            key_id: m.key_id,
+        }
+    }
+}
+
+impl From<&piece_manifest::SignedPieceManifest> for scheduler_proto::SignedPieceManifest {
+    fn from(m: &piece_manifest::SignedPieceManifest) -> Self {
+        scheduler_proto::SignedPieceManifest {
+            payload: m.payload.clone(),
+            signature: m.signature.clone(),
+            key_id: m.key_id.clone(),
+        }
+    }
+}
+
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use image_ref::{ImageRef, ImageRefError};
 pub use manifest::{MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestRefs};

@@ -209,20 +209,8 @@ fn parse_digest(s: &str) -> Result<Digest, Status> {
 }
 
 fn to_signed(m: Option<pb::SignedPieceManifest>) -> Result<SignedPieceManifest, Status> {
-    let m = m.ok_or_else(|| Status::invalid_argument("missing piece manifest"))?;
-    Ok(SignedPieceManifest {
-        payload: m.payload,
-        signature: m.signature,
-        key_id: m.key_id,
-    })
-}
-
-fn to_pb(m: &SignedPieceManifest) -> pb::SignedPieceManifest {
-    pb::SignedPieceManifest {
-        payload: m.payload.clone(),
-        signature: m.signature.clone(),
-        key_id: m.key_id.clone(),
-    }
+    m.map(SignedPieceManifest::from)
+        .ok_or_else(|| Status::invalid_argument("missing piece manifest"))
 }
 
 #[tonic::async_trait]
@@ -301,7 +289,7 @@ impl Scheduler for SchedulerService {
             .task_for(&blob, &id, r.seed_hints_wanted as usize, Instant::now())
             .ok_or_else(|| Status::not_found(format!("no admitted task for {blob}")))?;
         Ok(Response::new(pb::GetTaskResponse {
-            manifest: (!r.omit_manifest).then(|| to_pb(m.signed())),
+            manifest: (!r.omit_manifest).then(|| m.signed().into()),
             parents,
             seed_hints,
         }))

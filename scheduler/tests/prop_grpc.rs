@@ -277,12 +277,7 @@ fn gateway() -> &'static TestGateway {
 /// protocol API: the blob the payload claims, then the signature and the
 /// manifest's consistency. Returns the error text a caller would see.
 fn register(req: &pb::RegisterTaskRequest) -> Result<u32, String> {
-    let m = req.manifest.clone().ok_or("missing piece manifest")?;
-    let signed = SignedPieceManifest {
-        payload: m.payload,
-        signature: m.signature,
-        key_id: m.key_id,
-    };
+    let signed: SignedPieceManifest = req.manifest.clone().ok_or("missing piece manifest")?.into();
     let claimed: serde_json::Value =
         serde_json::from_slice(&signed.payload).map_err(|e| format!("piece manifest: {e}"))?;
     let blob: Digest = claimed["blob"]
@@ -313,12 +308,7 @@ fn signed_manifest(size: u64, blob: &Digest) -> pb::SignedPieceManifest {
         },
         key_id: String::new(),
     };
-    let s = gateway().key.sign(m).unwrap();
-    pb::SignedPieceManifest {
-        payload: s.payload,
-        signature: s.signature,
-        key_id: s.key_id,
-    }
+    (&gateway().key.sign(m).unwrap()).into()
 }
 
 proptest! {

@@ -120,14 +120,6 @@ fn failure(kind: FetchFailureKind, m: impl Into<String>) -> FetchFailure {
     FetchFailure::new(kind, m)
 }
 
-fn from_pb(m: Option<pb::SignedPieceManifest>) -> Option<SignedPieceManifest> {
-    m.map(|m| SignedPieceManifest {
-        payload: m.payload,
-        signature: m.signature,
-        key_id: m.key_id,
-    })
-}
-
 #[derive(Clone)]
 struct ParentView {
     id: String,
@@ -371,7 +363,7 @@ impl Swarm {
             })
             .await?
             .into_inner();
-        Ok((from_pb(r.manifest), r.parents, r.seed_hints))
+        Ok((r.manifest.map(Into::into), r.parents, r.seed_hints))
     }
 
     /// Asks the gateway for the task: it fetches and verifies a cold blob,

@@ -20,6 +20,7 @@
 use super::deadline::FetchDeadlines;
 use super::health::{Health, NO_PROGRESS, Verdict};
 use super::piece_file::{PieceError, PieceFile};
+use super::planner::{Ended, ParentView, Planner, Rng};
 use customs_protocol::piece_manifest::{
     SignedPieceManifest, TrustedGatewayKeys, VerifiedPieceManifest,
 };
@@ -28,7 +29,7 @@ use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName};
 use customs_store::{BlobStore, FetchFailure, FetchFailureKind, Table};
 use futures_util::TryStreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,21 +56,12 @@ pub struct SwarmConfig {
     pub gateway_url: String,
 }
 
-/// Pieces fetched at once per blob.
-const CONCURRENCY: usize = 8;
-/// Seed (gateway) fetches at once per blob: peers are preferred.
-const SEED_CONCURRENCY: usize = 2;
 /// How often parents are refreshed and held pieces re-reported (a finished
 /// seed piece refreshes at once). Each refresh is a scheduler round trip;
 /// at N = 16 on 2 cores (CPU-saturated, ±0.2 S/B run to run) 50 ms measured
 /// p50 1.50–1.68·S/B and 100 ms 1.34–1.76 (`cargo bench -p customs --bench
 /// swarm`), with less CPU per GiB.
 const REFRESH: Duration = Duration::from_millis(100);
-/// How long a parent that refused for lack of slots is skipped (about one
-/// and a half 256 KiB pieces at 8 MB/s). Every refusal is a request over
-/// mTLS on a CPU shared with the workloads: at N = 16 on 2 cores 10 ms
-/// measured 27.5 peer CPU-s per GiB delivered, 50 ms 22.5 (same bench).
-const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a complete download waits for the store to keep it (fsync and
 /// link) before its piece file goes regardless.
 const STORE_WAIT: Duration = Duration::from_secs(60);
@@ -120,25 +112,6 @@ fn failure(kind: FetchFailureKind, m: impl Into<String>) -> FetchFailure {
     FetchFailure::new(kind, m)
 }
 
-#[derive(Clone)]
-struct ParentView {
-    id: String,
-    addr: String,
-    seed: bool,
-    idle: f64,
-    pieces: Vec<u8>,
-}
-
-impl ParentView {
-    fn has(&self, i: u32) -> bool {
-        self.seed
-            || self
-                .pieces
-                .get((i / 8) as usize)
-                .is_some_and(|b| b & (1 << (i % 8)) != 0)
-    }
-}
-
 fn views(parents: Vec<pb::Parent>) -> Vec<ParentView> {
     parents
         .into_iter()
@@ -158,39 +131,6 @@ fn views(parents: Vec<pb::Parent>) -> Vec<ParentView> {
             })
         })
         .collect()
-}
-
-/// A small, dependency-free PRNG for parent and piece choice (xorshift);
-/// choices only need to spread load, not resist prediction.
-struct Rng(u64);
-impl Rng {
-    fn new() -> Self {
-        let mut seed = [0u8; 8];
-        let _ = getrandom::fill(&mut seed);
-        Rng(u64::from_le_bytes(seed) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-impl PieceOutcome {
-    /// The parent the piece was asked of.
-    fn parent(&self) -> &str {
-        match self {
-            PieceOutcome::Done { parent, .. }
-            | PieceOutcome::Duplicate { parent, .. }
-            | PieceOutcome::Busy { parent, .. }
-            | PieceOutcome::Bad { parent, .. }
-            | PieceOutcome::Failed { parent, .. } => parent,
-        }
-    }
 }
 
 enum PieceOutcome {
@@ -580,9 +520,7 @@ impl Swarm {
     ) -> Result<(), String> {
         let n = pf.manifest().manifest().piece_count();
         let piece_len = pf.manifest().manifest().piece_length;
-        let mut rng = Rng::new();
-        let mut parents: Vec<ParentView> = Vec::new();
-        let mut hints: Vec<u32> = Vec::new();
+        let mut plan = Planner::new(n, Rng::new());
         // Whether the scheduler answered the last refresh: without it, no
         // hints arrive and the seed is used for any missing piece.
         let mut scheduler_up = true;
@@ -592,15 +530,6 @@ impl Swarm {
             self.no_progress
                 .unwrap_or_else(|| NO_PROGRESS.max(FetchDeadlines::for_piece(piece_len).total)),
         );
-        // Parents that just refused for lack of slots, until when, and how
-        // many times in a row they refused.
-        let mut busy: HashMap<String, tokio::time::Instant> = HashMap::new();
-        let mut refusals: HashMap<String, u32> = HashMap::new();
-        // Peer parents with a request of ours in flight: a peer gives one
-        // requester one upload at a time and queues none, so a second
-        // request could only be refused (a round trip of CPU on both ends).
-        let mut asking: HashMap<String, usize> = HashMap::new();
-        let mut in_progress: HashMap<u32, bool> = HashMap::new(); // piece -> from seed
         let mut tasks: JoinSet<PieceOutcome> = JoinSet::new();
         let mut last_refresh: Option<tokio::time::Instant> = None;
         let mut reported: usize = 0;
@@ -616,23 +545,16 @@ impl Swarm {
                     self.report(blob, held.clone()).await;
                     reported = held.len();
                 }
-                // Hints are leased to this peer by the scheduler: keep the
-                // unused ones (a dropped hint would leave its piece unsent
-                // until the lease ran out) and ask only for what free seed
-                // slots can take.
-                hints.retain(|i| !pf.has(*i) && !in_progress.contains_key(i));
-                let seeds_busy = in_progress.values().filter(|s| **s).count();
-                let wanted = SEED_CONCURRENCY.saturating_sub(seeds_busy + hints.len()) as u32;
+                // Hints are leased to this peer by the scheduler: the unused
+                // ones are kept, and only what free seed slots can take is
+                // asked for.
+                let wanted = plan.hints_wanted(|i| pf.has(i));
                 // The manifest is already verified and held: parents and
                 // hints only.
                 match self.get_task(blob, wanted, true).await {
                     Ok((_, ps, h)) => {
-                        parents = views(ps);
-                        for i in h {
-                            if !hints.contains(&i) {
-                                hints.push(i);
-                            }
-                        }
+                        plan.set_parents(views(ps));
+                        plan.add_hints(h);
                         scheduler_up = true;
                     }
                     Err(e) => {
@@ -642,37 +564,21 @@ impl Swarm {
                             let _ = self.task_from_gateway(image, blob).await;
                         }
                         tracing::debug!(%blob, error = %e, "scheduler unavailable; using known parents");
-                        hints.clear();
+                        plan.clear_hints();
                         scheduler_up = false;
                     }
                 }
                 last_refresh = Some(tokio::time::Instant::now());
             }
             let now = tokio::time::Instant::now();
-            busy.retain(|_, until| *until > now);
-            let mut unavailable = health.unusable(now);
-            unavailable.extend(busy.keys().cloned());
-            unavailable.extend(asking.keys().cloned());
-            while tasks.len() < CONCURRENCY {
-                let seeds_busy = in_progress.values().filter(|s| **s).count();
-                let Some((piece, parent)) = self.choose(
-                    pf,
-                    n,
-                    &parents,
-                    if scheduler_up { Some(&hints) } else { None },
-                    &unavailable,
-                    health.excluded(),
-                    &in_progress,
-                    seeds_busy,
-                    &mut rng,
-                ) else {
-                    break;
-                };
-                in_progress.insert(piece, parent.seed);
-                if !parent.seed {
-                    *asking.entry(parent.id.clone()).or_insert(0) += 1;
-                    unavailable.insert(parent.id.clone());
-                }
+            let unusable = health.unusable(now);
+            while let Some((piece, parent)) = plan.next(
+                now,
+                |i| pf.has(i),
+                &unusable,
+                health.excluded(),
+                scheduler_up,
+            ) {
                 let me = self.clone();
                 let pf2 = pf.clone();
                 let blob2 = blob.clone();
@@ -680,26 +586,21 @@ impl Swarm {
             }
             let next = tokio::select! {
                 r = tasks.join_next(), if !tasks.is_empty() => r,
-                _ = tokio::time::sleep(if busy.is_empty() { REFRESH } else { BUSY_BACKOFF }) => None,
+                _ = tokio::time::sleep(plan.wake_in(now, REFRESH)) => None,
                 _ = stop.cancelled() => return Err("download cancelled".to_owned()),
             };
             let Some(Ok(outcome)) = next else { continue };
-            let from = outcome.parent();
-            if let Some(n) = asking.get_mut(from) {
-                *n -= 1;
-                if *n == 0 {
-                    asking.remove(from);
-                }
-            }
+            let now = tokio::time::Instant::now();
             match outcome {
                 PieceOutcome::Done { piece: i, parent } => {
-                    health.success(&parent, tokio::time::Instant::now());
-                    refusals.remove(&parent);
+                    health.success(&parent, now);
+                    let from_seed = plan.parents().iter().any(|p| p.id == parent && p.seed);
+                    plan.ended(i, &parent, Ended::Done, now);
                     tracing::debug!(%blob, piece = i, at = started.elapsed().as_secs_f64(), "piece verified");
                     // A finished seed piece frees a seed slot: ask for the
                     // next hint now rather than at the next refresh, so the
                     // seed's link never idles.
-                    if in_progress.remove(&i) == Some(true) {
+                    if from_seed {
                         last_refresh = None;
                     }
                     // Tell the scheduler at once: the sooner others know, the
@@ -708,38 +609,26 @@ impl Swarm {
                     let blob = blob.clone();
                     tokio::spawn(async move { me.report(&blob, vec![i]).await });
                 }
-                PieceOutcome::Duplicate { piece, .. } => {
+                PieceOutcome::Duplicate { piece, parent } => {
                     // Only one loop writes this file, and it never asks for
                     // a piece twice at once; a duplicate is dropped, never
                     // held against its sender.
-                    in_progress.remove(&piece);
+                    plan.ended(piece, &parent, Ended::Dropped, now);
                     tracing::debug!(%blob, piece, "duplicate piece dropped");
                 }
                 PieceOutcome::Busy { piece, parent } => {
-                    // A hinted piece the seed was too busy for stays this
-                    // peer's to fetch: the scheduler leases it to us and
-                    // hints it to nobody else until the lease runs out, so
-                    // dropping it would leave it unsent for the whole lease.
-                    if in_progress.remove(&piece) == Some(true) && !hints.contains(&piece) {
-                        hints.push(piece);
-                    }
-                    // A parent that keeps refusing is asked less often:
-                    // 1, 2, 4, then 8 backoffs, until it serves us again.
-                    let n = refusals.entry(parent.clone()).or_insert(0);
-                    let wait = BUSY_BACKOFF * (1 << (*n).min(3));
-                    *n += 1;
-                    busy.insert(parent, tokio::time::Instant::now() + wait);
+                    plan.ended(piece, &parent, Ended::Busy, now);
                 }
                 PieceOutcome::Bad {
                     piece,
                     parent,
                     detail,
                 } => {
-                    in_progress.remove(&piece);
+                    plan.ended(piece, &parent, Ended::Dropped, now);
                     self.bad_pieces
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(%blob, piece, %parent, %detail, "bad piece: reporting and re-fetching elsewhere");
-                    health.failure(&parent, false, &detail, tokio::time::Instant::now());
+                    health.failure(&parent, false, &detail, now);
                     health.exclude(&parent);
                     let _ = self
                         .scheduler
@@ -760,12 +649,9 @@ impl Swarm {
                 } => {
                     // A peer that cannot deliver is not asked again in this
                     // download; the seed is paused after repeated failures.
-                    // A hinted piece keeps its hint (see `Busy`).
-                    if in_progress.remove(&piece) == Some(true) && !hints.contains(&piece) {
-                        hints.push(piece);
-                    }
-                    let seed = parents.iter().any(|p| p.id == parent && p.seed);
-                    match health.failure(&parent, seed, &detail, tokio::time::Instant::now()) {
+                    plan.ended(piece, &parent, Ended::Failed, now);
+                    let seed = plan.parents().iter().any(|p| p.id == parent && p.seed);
+                    match health.failure(&parent, seed, &detail, now) {
                         Verdict::Paused(pause) => {
                             tracing::warn!(%blob, piece, %parent, %detail, pause_s = pause.as_secs(), "seed keeps failing; pausing it")
                         }
@@ -779,90 +665,6 @@ impl Swarm {
         self.report(blob, pf.held()).await;
         tracing::info!(%blob, pieces = n, secs = started.elapsed().as_secs_f64(), "all pieces verified");
         Ok(())
-    }
-
-    /// Picks the next piece and its parent: rarest first among pieces some
-    /// usable peer holds (parent weighted by idle capacity); otherwise a
-    /// hinted (else random) missing piece from a seed, within the seed
-    /// concurrency.
-    #[allow(clippy::too_many_arguments)]
-    fn choose(
-        &self,
-        pf: &PieceFile,
-        n: u32,
-        parents: &[ParentView],
-        hints: Option<&[u32]>,
-        unavailable: &HashSet<String>,
-        dead: &HashSet<String>,
-        in_progress: &HashMap<u32, bool>,
-        seeds_busy: usize,
-        rng: &mut Rng,
-    ) -> Option<(u32, ParentView)> {
-        let peers: Vec<&ParentView> = parents
-            .iter()
-            .filter(|p| !p.seed && !unavailable.contains(&p.id))
-            .collect();
-        let missing: Vec<u32> = (0..n)
-            .filter(|i| !pf.has(*i) && !in_progress.contains_key(i))
-            .collect();
-        if missing.is_empty() {
-            return None;
-        }
-        // The seed's link is the scarcest: a hinted first copy goes before
-        // any piece other peers could serve, so the seed never idles while
-        // a hint waits behind peer transfers.
-        if seeds_busy < SEED_CONCURRENCY
-            && let Some(h) = hints
-            && let Some(piece) = h.iter().copied().find(|i| missing.contains(i))
-            && let Some(seed) = parents
-                .iter()
-                .find(|p| p.seed && !unavailable.contains(&p.id))
-        {
-            return Some((piece, seed.clone()));
-        }
-        let offset = (rng.next() % missing.len() as u64) as usize;
-        let mut best: Option<(usize, u32)> = None;
-        for k in 0..missing.len() {
-            let i = missing[(k + offset) % missing.len()];
-            let holders = peers.iter().filter(|p| p.has(i)).count();
-            if holders > 0 && best.is_none_or(|(h, _)| holders < h) {
-                best = Some((holders, i));
-            }
-        }
-        if let Some((_, i)) = best {
-            let cands: Vec<&&ParentView> = peers.iter().filter(|p| p.has(i)).collect();
-            let total: f64 = cands.iter().map(|p| p.idle).sum();
-            let mut x = rng.unit() * total;
-            for c in &cands {
-                x -= c.idle;
-                if x <= 0.0 {
-                    return Some((i, (**c).clone()));
-                }
-            }
-            return cands.last().map(|c| (i, (**c).clone()));
-        }
-        if seeds_busy >= SEED_CONCURRENCY {
-            return None;
-        }
-        // Pieces only excluded parents (dead or hostile, not merely busy)
-        // claim are orphans:
-        // no hint will name them, so they come from the seed directly.
-        let orphan = missing.iter().copied().find(|i| {
-            let mut holders = parents.iter().filter(|p| !p.seed && p.has(*i)).peekable();
-            holders.peek().is_some() && holders.all(|p| dead.contains(&p.id))
-        });
-        let seed = parents
-            .iter()
-            .find(|p| p.seed && !unavailable.contains(&p.id))?;
-        // The scheduler's hints spread first copies across peers, so the seed
-        // sends each piece about once; only when the scheduler is unreachable
-        // does any missing piece come from the seed.
-        let piece = match (orphan, hints) {
-            (Some(o), _) => o,
-            (None, Some(h)) => h.iter().copied().find(|h| missing.contains(h))?,
-            (None, None) => missing[offset],
-        };
-        Some((piece, seed.clone()))
     }
 
     async fn fetch_piece(

@@ -12,5 +12,6 @@ pub mod engine;
 pub mod health;
 pub mod piece_file;
 pub mod piece_server;
+pub mod planner;
 
 pub use engine::{Swarm, SwarmConfig};

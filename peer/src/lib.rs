@@ -1,10 +1,12 @@
 //! The Customs peer: the node daemon containerd pulls through.
 //!
 //! It speaks the same OCI pull API as the gateway and keeps a local
-//! content-addressed store. In this version it fetches whole blobs from the
-//! gateway (which enforces admission and verifies upstream content) and
-//! re-verifies every blob's sha256 itself before storing or serving it whole;
-//! the swarm replaces the blob path with verified pieces from other peers.
+//! content-addressed store. Without a scheduler it fetches whole blobs from
+//! the gateway (which enforces admission and verifies upstream content) and
+//! re-verifies every blob's sha256 itself before storing or serving it;
+//! with one, blobs arrive as pieces from other peers, each checked against
+//! the gateway-signed piece manifest, and the piece file becomes the stored
+//! blob.
 //!
 //! Layout:
 //! - [`admission`]: the node as a policy enforcement point (every manifest
@@ -23,7 +25,8 @@ pub mod metrics;
 pub mod preheat;
 pub mod revision;
 pub mod server;
-pub mod swarm;
+/// The swarm, from its own crate (the gateway's seed uses it too).
+pub use customs_swarm as swarm;
 
 pub use config::PeerConfig;
 pub use server::{Peer, PeerError};

@@ -6,6 +6,11 @@
 //! - [`piece_server`]: the mTLS upload endpoint with the upload rate limit.
 //! - [`deadline`]: deadlines on every piece transfer, at both ends.
 //! - [`health`]: which parents a download still tries, and when it fails.
+//! - [`planner`]: which piece next, and from whom (pure, paused-clock tests).
+//!
+//! One crate for both ends: peers download and serve, the gateway's seed
+//! serves with the same piece server.
+#![forbid(unsafe_code)]
 
 pub mod deadline;
 pub mod engine;

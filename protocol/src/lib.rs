@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod name;
 pub mod oci_error;
 pub mod peer_id;
+pub mod piece_bitmap;
 pub mod piece_manifest;
 pub mod quote;
 
@@ -57,3 +58,4 @@ pub use image_ref::{ImageRef, ImageRefError};
 pub use manifest::{MAX_MANIFEST_BYTES, ManifestError, ManifestKind, ManifestRefs};
 pub use name::{ImageName, NameError, Reference, RegistryHost, Repository, Tag};
 pub use oci_error::OciErrorCode;
+pub use piece_bitmap::PieceBitmap;

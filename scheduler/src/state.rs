@@ -16,10 +16,10 @@ pub use tally::{
     MAX_TALLY_ENTRIES,
 };
 
-use customs_protocol::Digest;
 use customs_protocol::peer_id::PeerId;
 use customs_protocol::piece_manifest::VerifiedPieceManifest;
 use customs_protocol::scheduler_proto::{Parent, PeerInfo};
+use customs_protocol::{Digest, PieceBitmap};
 use ledger::{Inserted, Ledger};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -100,7 +100,7 @@ impl PeerEntry {
 
 struct Task {
     manifest: VerifiedPieceManifest,
-    holders: HashMap<PeerId, Vec<u8>>,
+    holders: HashMap<PeerId, PieceBitmap>,
     /// Where the next seed hint search starts.
     seed_cursor: u32,
     /// Pieces hinted recently, and when: not hinted again within the lease,
@@ -129,14 +129,6 @@ impl Default for SchedulerState {
             tally: Tally::default(),
         }
     }
-}
-
-fn set_bit(bits: &mut Vec<u8>, i: u32) {
-    let byte = (i / 8) as usize;
-    if bits.len() <= byte {
-        bits.resize(byte + 1, 0);
-    }
-    bits[byte] |= 1 << (i % 8);
 }
 
 /// What a bad-piece report did.
@@ -293,7 +285,7 @@ impl SchedulerState {
         }
         let bits = task.holders.entry(peer.clone()).or_default();
         for &p in pieces.iter().filter(|p| **p < n) {
-            set_bit(bits, p);
+            bits.set(p);
         }
         Ok(())
     }
@@ -465,7 +457,7 @@ impl SchedulerState {
                     id,
                     Parent {
                         peer: Some(e.info.clone()),
-                        pieces: bits.clone(),
+                        pieces: bits.as_bytes().to_vec(),
                     },
                 ))
             })
@@ -507,12 +499,7 @@ impl SchedulerState {
             return Vec::new();
         };
         let n = task.manifest.manifest().piece_count();
-        let held = |i: u32| {
-            task.holders.values().any(|bits| {
-                bits.get((i / 8) as usize)
-                    .is_some_and(|b| b & (1 << (i % 8)) != 0)
-            })
-        };
+        let held = |i: u32| task.holders.values().any(|bits| bits.has(i));
         let wanted = wanted.min(SEED_HINTS);
         let mut hints = Vec::new();
         let mut k = 0;

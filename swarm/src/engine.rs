@@ -127,7 +127,7 @@ fn views(parents: Vec<pb::Parent>) -> Vec<ParentView> {
                 addr: info.upload_addr,
                 seed: info.seed,
                 idle: cap / (1.0 + f64::from(info.active_uploads)),
-                pieces: p.pieces,
+                pieces: customs_protocol::PieceBitmap::from_wire(p.pieces),
             })
         })
         .collect()

@@ -12,6 +12,7 @@
 //! The I/O driver ([`super::engine`]) feeds it the scheduler's answers and
 //! each transfer's outcome.
 
+use customs_protocol::PieceBitmap;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -39,18 +40,14 @@ pub struct ParentView {
     pub seed: bool,
     /// Upload capacity per active upload (bytes/s), the choice weight.
     pub idle: f64,
-    /// Bitmap of held pieces (bit `i % 8` of byte `i / 8`).
-    pub pieces: Vec<u8>,
+    /// The pieces it holds.
+    pub pieces: PieceBitmap,
 }
 
 impl ParentView {
     /// True when the parent holds piece `i`.
     pub fn has(&self, i: u32) -> bool {
-        self.seed
-            || self
-                .pieces
-                .get((i / 8) as usize)
-                .is_some_and(|b| b & (1 << (i % 8)) != 0)
+        self.seed || self.pieces.has(i)
     }
 }
 
@@ -324,9 +321,9 @@ mod tests {
     use super::*;
 
     fn peer(id: &str, pieces: &[u32], idle: f64) -> ParentView {
-        let mut bits = vec![0u8; 4];
+        let mut bits = PieceBitmap::new();
         for i in pieces {
-            bits[(*i / 8) as usize] |= 1 << (i % 8);
+            bits.set(*i);
         }
         ParentView {
             id: id.into(),
@@ -343,7 +340,7 @@ mod tests {
             addr: "gw:1".into(),
             seed: true,
             idle: 1e9,
-            pieces: Vec::new(),
+            pieces: PieceBitmap::new(),
         }
     }
 

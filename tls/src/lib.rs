@@ -33,7 +33,7 @@ mod verifier;
 pub use https::{PeerCertificate, serve_http, serve_mtls, serve_tls, serve_tls_with};
 pub use listener::{
     Capped, HTTP_HEADER_READ_TIMEOUT, ListenerLimits, MAX_CONNECTIONS, RefusedConnections,
-    TLS_HANDSHAKE_TIMEOUT, tls_incoming,
+    TLS_HANDSHAKE_TIMEOUT, WRITE_STALL_TIMEOUT, tls_incoming,
 };
 pub use secret_file::{
     SecretFileError, check_private, private_dir, read_private, read_token, write_private,

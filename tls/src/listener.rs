@@ -6,6 +6,7 @@
 //! limit, which stops every listener of the process, not only the attacked
 //! one.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +38,16 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// 30 s is hyper's default and keeps pooled connections useful.
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a write to a client may stay blocked (the client reads
+/// nothing, so its receive window stays shut) before the connection is
+/// closed. A client that stops reading a response (a `/v2` blob, a piece,
+/// a gRPC stream) otherwise holds its connection slot, its task and the
+/// blob's pin for as long as it likes. Any progress resets it; an honest
+/// client pulling at any useful rate reads far more often than once a
+/// minute. Writes paced by the upload limiter are not blocked writes (the
+/// limiter sleeps before writing), so pacing never trips it.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Pause after a failed `accept` (e.g. out of descriptors): retrying at
 /// once would spin on the same error.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -51,6 +62,8 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     /// See [`HTTP_HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Duration,
+    /// See [`WRITE_STALL_TIMEOUT`].
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -59,6 +72,7 @@ impl Default for ListenerLimits {
             handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             header_read_timeout: HTTP_HEADER_READ_TIMEOUT,
+            write_stall_timeout: WRITE_STALL_TIMEOUT,
         }
     }
 }
@@ -129,17 +143,49 @@ impl Refusal {
 
 /// A connection holding one of its listener's slots; the slot is freed when
 /// the connection is dropped, wherever that happens (tonic keeps the
-/// connection in its own task).
+/// connection in its own task). A write that stays blocked for the
+/// listener's write stall timeout fails with `TimedOut`, so the server
+/// drops the connection (see [`WRITE_STALL_TIMEOUT`]).
 #[derive(Debug)]
 pub struct Capped<S> {
     io: S,
     _slot: OwnedSemaphorePermit,
+    stall_limit: Duration,
+    /// Armed while a write is blocked; fires at the stall limit.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Capped<S> {
     /// The underlying connection.
     pub fn get_ref(&self) -> &S {
         &self.io
+    }
+
+    /// Passes a write's result through, timing how long it stays blocked:
+    /// progress disarms the timer; a write blocked past the limit fails.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let limit = self.stall_limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing for {} s (write stall timeout)",
+                    limit.as_secs_f32()
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -159,11 +205,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.io).poll_write(cx, buf);
+        me.watch_write(cx, r)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.io).poll_flush(cx);
+        me.watch_write(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -175,7 +225,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.io).poll_write_vectored(cx, bufs);
+        me.watch_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -234,6 +286,8 @@ pub(crate) async fn accept_loop<F, Fut>(
             Capped {
                 io: tcp,
                 _slot: slot,
+                stall_limit: limits.write_stall_timeout,
+                stalled: None,
             },
             remote,
         ));

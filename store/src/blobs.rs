@@ -256,7 +256,12 @@ impl BlobStore {
     /// place under a temp name and renamed over the blob's path, so the
     /// bytes are neither hashed nor written a second time. The source may
     /// unlink its own name afterwards. Across file systems (a link is
-    /// impossible) the file is copied instead.
+    /// impossible) the open file is copied instead.
+    ///
+    /// The link is made by path, so it is checked to be the very file that
+    /// was verified (same device and inode as the open descriptor): if the
+    /// source's name now points elsewhere (it dropped the name and a new,
+    /// unverified download took it), nothing is kept.
     pub(crate) async fn adopt_file(
         &self,
         d: &Digest,
@@ -267,19 +272,29 @@ impl BlobStore {
         let tmp = self.unique_tmp_path(d, "link");
         let from = path.to_path_buf();
         let link = tmp.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let placed = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            use std::os::unix::fs::MetadataExt;
             file.sync_all()?;
             match std::fs::hard_link(&from, &link) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
-                    std::fs::copy(&from, &link)?;
-                    std::fs::File::open(&link)?.sync_all()
+                Ok(()) => {
+                    let (ours, linked) = (file.metadata()?, std::fs::metadata(&link)?);
+                    if (ours.dev(), ours.ino()) != (linked.dev(), linked.ino()) {
+                        return Err(StoreError::NotAdopted(from));
+                    }
+                    Ok(())
                 }
-                Err(e) => Err(e),
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                    copy_open_file(&file, &link, size)
+                }
+                Err(e) => Err(e.into()),
             }
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         if let Err(e) = tokio::fs::rename(&tmp, self.blob_path(d)).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e.into());
@@ -407,6 +422,24 @@ impl BlobStore {
             }
         }
     }
+}
+
+/// Copies `size` bytes of an open file to a new file at `to` and makes it
+/// durable (positional reads: the source may be read by others meanwhile).
+fn copy_open_file(file: &std::fs::File, to: &Path, size: u64) -> Result<(), StoreError> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut out = std::fs::File::create(to)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        out.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    out.sync_all()?;
+    Ok(())
 }
 
 /// A duration in whole milliseconds, saturating.

@@ -33,4 +33,9 @@ pub enum StoreError {
     /// A background task panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// An assembled blob's name no longer points at the file that was
+    /// verified (its source dropped it, and another file took the name):
+    /// nothing was kept.
+    #[error("{0}: no longer the verified file; not stored")]
+    NotAdopted(std::path::PathBuf),
 }

@@ -410,8 +410,10 @@ impl Swarm {
                     if !matches!(me.store.wait_stored(&blob2, STORE_WAIT).await, Ok(Some(_))) {
                         tracing::warn!(blob = %blob2, "complete blob not stored in time; its piece file is dropped");
                     }
-                    me.forget(&blob2, &driver_pf);
+                    // Our name goes before the entry: a download that
+                    // starts after it opens a new file, never this name.
                     driver_pf.remove();
+                    me.forget(&blob2, &driver_pf);
                 }
                 Err(reason) => {
                     tracing::warn!(blob = %blob2, %reason, "swarm download failed");

@@ -100,7 +100,14 @@ impl PieceFile {
         tokio::fs::create_dir_all(dir).await?;
         let m = manifest.manifest();
         let path = dir.join(format!("{}.pieces", m.blob.hex()));
-        let existed = path.exists();
+        let mut existed = path.exists();
+        // A piece file that is also linked elsewhere is a stored blob (the
+        // store adopted it and the node stopped before dropping this name):
+        // never write through it. Start afresh under a new inode.
+        if existed && std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(&path)?) > 1 {
+            std::fs::remove_file(&path)?;
+            existed = false;
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -554,6 +561,41 @@ mod tests {
             v.extend_from_slice(&c.unwrap());
         }
         v
+    }
+
+    #[tokio::test]
+    async fn a_piece_file_the_store_also_links_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = MIN_PIECE_LEN as usize;
+        let data: Vec<u8> = (0..(2 * len)).map(|i| (i % 251) as u8).collect();
+        let m = manifest(&data);
+        let pf = PieceFile::open(dir.path(), m.clone()).await.unwrap();
+        pf.write_piece(0, body(&data[..len])).await.unwrap();
+        pf.write_piece(1, body(&data[len..])).await.unwrap();
+        // The store linked the complete file; the node stopped before the
+        // swarm dropped its own name.
+        let stored = dir.path().join("stored-blob");
+        std::fs::hard_link(&pf.path, &stored).unwrap();
+        drop(pf);
+        // A new download of the blob starts from a new file, so nothing it
+        // writes (a bad piece's bytes before their check) reaches the blob.
+        let again = PieceFile::open(dir.path(), m).await.unwrap();
+        assert!(
+            again.held().is_empty(),
+            "resumed into the stored blob's inode"
+        );
+        assert!(
+            matches!(
+                again.write_piece(0, body(&vec![0u8; len])).await,
+                Err(PieceError::Mismatch { .. })
+            ),
+            "a bad piece was accepted"
+        );
+        assert_eq!(
+            std::fs::read(&stored).unwrap(),
+            data,
+            "the stored blob changed"
+        );
     }
 
     #[tokio::test]

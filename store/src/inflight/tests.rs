@@ -602,3 +602,40 @@ async fn a_stopped_or_missized_assembly_fails_its_readers_and_stores_nothing() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn a_name_that_no_longer_points_at_the_verified_file_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir.path().join("store"));
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 11) as u8).collect();
+    let d = Digest::of(&data);
+    let size = data.len() as u64;
+    let a = Assembly::new(dir.path(), &data);
+    let r = s
+        .fetch_or_join(
+            &reg("r.example"),
+            &d,
+            size,
+            0,
+            std::future::ready(assembled(&a)),
+        )
+        .unwrap();
+    let reading = tokio::spawn(collect(r));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The source's name is dropped and a new, unverified file takes it
+    // (another download starting afresh) before the store links it.
+    std::fs::remove_file(&a.path).unwrap();
+    std::fs::write(&a.path, vec![0u8; data.len()]).unwrap();
+    a.verify_to(size);
+    // Readers read the verified file they were following...
+    assert_eq!(reading.await.unwrap().unwrap(), data);
+    // ...but the unverified file behind the name is never kept.
+    assert!(
+        s.wait_stored(&d, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_none(),
+        "a file that was never verified was stored"
+    );
+    assert!(!s.blob_path(&d).exists());
+}

@@ -171,6 +171,7 @@ impl Swarm {
         store: Arc<BlobStore>,
         limiter: Arc<customs_mirror::rate::RateLimiter>,
     ) -> Arc<Self> {
+        super::piece_file::sweep_adopted(&cfg.pieces_dir);
         Arc::new(Swarm {
             cfg,
             scheduler,
@@ -533,6 +534,8 @@ impl Swarm {
                 .unwrap_or_else(|| NO_PROGRESS.max(FetchDeadlines::for_piece(piece_len).total)),
         );
         let mut tasks: JoinSet<PieceOutcome> = JoinSet::new();
+        // Which piece and parent each transfer task is for.
+        let mut transfers: HashMap<tokio::task::Id, (u32, String)> = HashMap::new();
         let mut last_refresh: Option<tokio::time::Instant> = None;
         let mut reported: usize = 0;
         while !pf.complete() {
@@ -584,15 +587,33 @@ impl Swarm {
                 let me = self.clone();
                 let pf2 = pf.clone();
                 let blob2 = blob.clone();
-                tasks.spawn(async move { me.fetch_piece(&blob2, &pf2, piece, parent).await });
+                let asked = (piece, parent.id.clone());
+                let task =
+                    tasks.spawn(async move { me.fetch_piece(&blob2, &pf2, piece, parent).await });
+                transfers.insert(task.id(), asked);
             }
             let next = tokio::select! {
-                r = tasks.join_next(), if !tasks.is_empty() => r,
+                r = tasks.join_next_with_id(), if !tasks.is_empty() => r,
                 _ = tokio::time::sleep(plan.wake_in(now, REFRESH)) => None,
                 _ = stop.cancelled() => return Err("download cancelled".to_owned()),
             };
-            let Some(Ok(outcome)) = next else { continue };
             let now = tokio::time::Instant::now();
+            let outcome = match next {
+                None => continue,
+                Some(Ok((id, outcome))) => {
+                    transfers.remove(&id);
+                    outcome
+                }
+                Some(Err(e)) => {
+                    // A transfer task that panicked still frees its piece
+                    // and its parent, or both would stay taken for good.
+                    if let Some((piece, parent)) = transfers.remove(&e.id()) {
+                        tracing::error!(%blob, piece, %parent, error = %e, "piece transfer task failed");
+                        plan.ended(piece, &parent, Ended::Failed, now);
+                    }
+                    continue;
+                }
+            };
             match outcome {
                 PieceOutcome::Done { piece: i, parent } => {
                     health.success(&parent, now);

@@ -407,6 +407,30 @@ impl customs_store::inflight::AssembledBlob for PieceFile {
     }
 }
 
+/// Drops piece-file names that are also linked elsewhere: blobs the store
+/// adopted before the node stopped, before the swarm dropped its own name.
+/// Left alone, such a name would keep the blob's disk space after the store
+/// evicts it. Returns how many were dropped.
+pub fn sweep_adopted(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut dropped = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        let linked = path.extension().is_some_and(|x| x == "pieces")
+            && std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.is_file() && std::os::unix::fs::MetadataExt::nlink(&m) > 1);
+        if linked && std::fs::remove_file(&path).is_ok() {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        tracing::info!(dropped, dir = %dir.display(), "dropped piece files the store had already kept");
+    }
+    dropped
+}
+
 fn rescan(f: &std::fs::File, m: &VerifiedPieceManifest) -> std::io::Result<Vec<bool>> {
     let m = m.manifest();
     let mut have = Vec::with_capacity(m.pieces.len());
@@ -596,6 +620,15 @@ mod tests {
             data,
             "the stored blob changed"
         );
+        // At start, a name the store also links is dropped; a partial
+        // download's own file is kept for its resume.
+        drop(again);
+        std::fs::write(dir.path().join("other.pieces"), b"partial").unwrap();
+        std::fs::hard_link(&stored, dir.path().join("adopted.pieces")).unwrap();
+        assert_eq!(sweep_adopted(dir.path()), 1);
+        assert!(!dir.path().join("adopted.pieces").exists());
+        assert!(dir.path().join("other.pieces").exists());
+        assert_eq!(std::fs::read(&stored).unwrap(), data);
     }
 
     #[tokio::test]

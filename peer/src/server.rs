@@ -5,6 +5,7 @@ use crate::admission::{NodeAdmission, Refusals};
 use crate::config::{PeerConfig, PeerConfigError};
 use crate::gateway_source::GatewaySource;
 use crate::revision::RevisionTracker;
+use crate::swarm::piece_file::PieceFile;
 use crate::swarm::piece_server::{self, PieceProvider};
 use crate::swarm::{Swarm, SwarmConfig};
 use customs_mirror::http::{RegistryResolver, router};
@@ -72,15 +73,12 @@ impl Source for PeerSource {
         image: &ImageName,
         digest: &Digest,
     ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
-        let swarm = self.swarm.clone();
-        let whole = self.gateway.blob(image, digest);
-        let image = image.clone();
-        let digest = digest.clone();
+        let opened = self.open_blob(image, digest);
         async move {
-            match swarm {
-                Some(s) => Ok(s.download(&image, &digest).await?.ordered_stream()),
-                None => whole.await,
-            }
+            Ok(match opened.await? {
+                Opened::Pieces(pf) => pf.ordered_stream(),
+                Opened::Whole(s) => s,
+            })
         }
     }
 
@@ -92,23 +90,46 @@ impl Source for PeerSource {
         image: &ImageName,
         digest: &Digest,
     ) -> impl std::future::Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
+        let opened = self.open_blob(image, digest);
+        async move {
+            Ok(match opened.await? {
+                Opened::Pieces(pf) => SourceBody::Assembled(pf as Arc<dyn AssembledBlob>),
+                Opened::Whole(s) => SourceBody::Stream(s),
+            })
+        }
+    }
+
+    async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, FetchFailure> {
+        self.gateway.blob_size(image, digest).await
+    }
+}
+
+/// A blob as the peer's source opened it.
+enum Opened {
+    /// The swarm's piece file (verified piece by piece).
+    Pieces(Arc<PieceFile>),
+    /// The gateway's whole-blob stream (the store hashes it).
+    Whole(ByteStream),
+}
+
+impl PeerSource {
+    /// Opens a blob from the swarm when there is one, else whole from the
+    /// gateway. Detached from the request, so it owns what it needs.
+    fn open_blob(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<Opened, FetchFailure>> + Send + 'static {
         let swarm = self.swarm.clone();
         let whole = self.gateway.blob(image, digest);
         let image = image.clone();
         let digest = digest.clone();
         async move {
             match swarm {
-                Some(s) => {
-                    let pf: Arc<dyn AssembledBlob> = s.download(&image, &digest).await?;
-                    Ok(SourceBody::Assembled(pf))
-                }
-                None => whole.await.map(SourceBody::Stream),
+                Some(s) => Ok(Opened::Pieces(s.download(&image, &digest).await?)),
+                None => Ok(Opened::Whole(whole.await?)),
             }
         }
-    }
-
-    async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, FetchFailure> {
-        self.gateway.blob_size(image, digest).await
     }
 }
 

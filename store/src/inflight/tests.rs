@@ -486,8 +486,11 @@ impl AssembledBlob for Assembly {
     }
 }
 
-fn assembled(a: &Arc<Assembly>) -> Result<SourceBody, FetchFailure> {
-    Ok(SourceBody::Assembled(a.clone()))
+/// A reader of `d` whose fetch follows the assembly `a`.
+fn follow(s: &Arc<BlobStore>, d: &Digest, size: u64, a: &Arc<Assembly>) -> TailReader {
+    let body: Result<SourceBody, FetchFailure> = Ok(SourceBody::Assembled(a.clone()));
+    s.fetch_or_join(&reg("r.example"), d, size, 0, std::future::ready(body))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -499,15 +502,7 @@ async fn an_assembled_blob_is_read_only_as_far_as_verified_then_linked_not_copie
     let d = Digest::of(&data);
     let a = Assembly::new(dir.path(), &data);
     let size = data.len() as u64;
-    let r = s
-        .fetch_or_join(
-            &reg("r.example"),
-            &d,
-            size,
-            0,
-            std::future::ready(assembled(&a)),
-        )
-        .unwrap();
+    let r = follow(&s, &d, size, &a);
     let mut stream = r.into_stream();
     // Nothing is verified yet: no byte may come out.
     let early = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
@@ -566,15 +561,7 @@ async fn a_stopped_or_missized_assembly_fails_its_readers_and_stores_nothing() {
     // Stops half way: readers fail after the verified half.
     let a = Assembly::new(dir.path(), &data);
     a.verify_to(size / 2);
-    let r = s
-        .fetch_or_join(
-            &reg("r.example"),
-            &d,
-            size,
-            0,
-            std::future::ready(assembled(&a)),
-        )
-        .unwrap();
+    let r = follow(&s, &d, size, &a);
     let reading = tokio::spawn(collect(r));
     tokio::time::sleep(Duration::from_millis(50)).await;
     a.stop();
@@ -584,15 +571,7 @@ async fn a_stopped_or_missized_assembly_fails_its_readers_and_stores_nothing() {
     // A manifest whose size is not the descriptor's is refused outright.
     let b = Assembly::new(dir.path(), &data[..1000]);
     b.verify_to(1000);
-    let mut r = s
-        .fetch_or_join(
-            &reg("r.example"),
-            &d,
-            size,
-            0,
-            std::future::ready(assembled(&b)),
-        )
-        .unwrap();
+    let mut r = follow(&s, &d, size, &b);
     let e = r.started().await.unwrap_err();
     assert_eq!(e.kind, FetchFailureKind::SizeMismatch, "{e}");
     assert!(
@@ -611,15 +590,7 @@ async fn a_name_that_no_longer_points_at_the_verified_file_is_not_stored() {
     let d = Digest::of(&data);
     let size = data.len() as u64;
     let a = Assembly::new(dir.path(), &data);
-    let r = s
-        .fetch_or_join(
-            &reg("r.example"),
-            &d,
-            size,
-            0,
-            std::future::ready(assembled(&a)),
-        )
-        .unwrap();
+    let r = follow(&s, &d, size, &a);
     let reading = tokio::spawn(collect(r));
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The source's name is dropped and a new, unverified file takes it

@@ -1,25 +1,28 @@
-//! The gateway as seed peer: it turns admitted, whole-blob-verified blobs
-//! into swarm tasks.
+//! The gateway as seed peer: it turns admitted blobs into swarm tasks.
 //!
 //! For a blob a peer asks about, the gateway checks the repository binding
-//! (the same check as an OCI blob request), makes sure the blob is stored
-//! (fetching and verifying it once if cold), hashes its pieces, signs the
-//! piece manifest with the gateway key and registers it with the scheduler.
-//! A piece manifest is therefore never signed for bytes whose whole-blob
-//! sha256 did not match.
+//! (the same check as an OCI blob request). A stored blob's signed piece
+//! manifest is handed out (built once). A cold blob is fetched once from
+//! upstream ([`pipeline`]): while it arrives the gateway hashes its pieces,
+//! signs each growing prefix of piece hashes as a *provisional* statement,
+//! registers it with the scheduler and serves those pieces, so the swarm
+//! fans out while the fetch runs; once the whole-blob sha256 matched it
+//! signs the final piece manifest. A final manifest is therefore never
+//! signed for bytes whose whole-blob sha256 did not match, and a fetch that
+//! fails is withdrawn: peers discard its pieces.
+
+mod pipeline;
 
 use crate::server::GatewayMirror;
 use customs_mirror::MirrorError;
-use customs_protocol::piece_manifest::{
-    self, AdmissionRef, GatewayKey, PieceManifest, SignedPieceManifest,
-};
+use customs_protocol::piece_manifest::{FetchId, GatewayKey, PieceManifest, SignedPieceManifest};
 use customs_protocol::scheduler_proto as pb;
 use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
-use customs_protocol::{Digest, ImageName, Sha256Hasher};
-use customs_store::{StoreError, Table};
-use futures_util::StreamExt;
-use std::collections::HashMap;
-use std::sync::Arc;
+use customs_protocol::{Digest, ImageName, RegistryHost};
+use customs_store::{FetchFailure, FetchFailureKind, StoreError, Table};
+use pipeline::{FetchOutcome, SeedFetch};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -29,12 +32,20 @@ pub struct Seed {
     scheduler: SchedulerClient<Channel>,
     upload_addr: String,
     upload_capacity: u64,
-    locks: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Upstream fetches in progress, by (registry, blob): a bad or stalled
+    /// registry's fetch is never another registry's.
+    fetches: Mutex<HashMap<(RegistryHost, Digest), Arc<SeedFetch>>>,
+    /// Recently failed fetches and why, so a peer asking about its fetch
+    /// learns it failed instead of joining a new one.
+    failed: Mutex<VecDeque<(FetchId, String)>>,
 }
 
 /// How long a verified blob may take to be kept (fsync, rename, index)
 /// before its task is refused.
 const STORE_WAIT: Duration = Duration::from_secs(30);
+/// Failed fetches remembered (each a few dozen bytes).
+const FAILED_KEPT: usize = 1024;
 
 /// The peer id the gateway announces itself under (its certificate must
 /// name `gateway.node.customs.internal`).
@@ -53,7 +64,9 @@ impl Seed {
             scheduler,
             upload_addr,
             upload_capacity,
-            locks: std::sync::Mutex::default(),
+            locks: Mutex::default(),
+            fetches: Mutex::default(),
+            failed: Mutex::default(),
         }
     }
 
@@ -125,17 +138,24 @@ impl Seed {
         }
     }
 
-    /// The signed piece manifest for a blob of `image`, building and
-    /// registering it on first use. The blob must be bound to a manifest of
-    /// `image` that is admitted now (the same check an OCI blob request
-    /// passes). The manifest describes the stored blob's real size and
-    /// bytes, never a descriptor's claim; a stored piece manifest is reused
-    /// only when it was signed by the current key for that same size.
+    /// The signed statement for a blob of `image`: its final piece manifest
+    /// when the blob is stored (built and registered on first use), else a
+    /// provisional statement of the upstream fetch this starts or joins,
+    /// returned as soon as the upstream answered. The blob must be bound to
+    /// a manifest of `image` that is admitted now (the same check an OCI
+    /// blob request passes). A final manifest describes the stored blob's
+    /// real size and bytes, never a descriptor's claim; a stored one is
+    /// reused only when it was signed by the current key for that size.
+    ///
+    /// With `fetch`, the caller holds that fetch's provisional statement:
+    /// the answer is that fetch's newer statement or the final manifest it
+    /// ended in, or an error when it failed; no new fetch is started.
     pub async fn ensure_task(
-        &self,
-        mirror: &GatewayMirror,
+        self: &Arc<Self>,
+        mirror: &Arc<GatewayMirror>,
         image: &ImageName,
         digest: &Digest,
+        fetch: Option<&FetchId>,
     ) -> Result<SignedPieceManifest, MirrorError> {
         let declared = mirror.blob_size(image, digest).await?;
         let admitted_by = mirror
@@ -146,78 +166,145 @@ impl Seed {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(digest.clone()).or_default().clone()
         };
-        let _guard = lock.lock().await;
+        let guard = lock.lock().await;
+        let key = (image.registry.clone(), digest.clone());
+        let live = self
+            .fetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let running = match live {
+            Some(f) if fetch.is_none_or(|id| *id == f.id) => Some(f),
+            _ => None,
+        };
+        let running = match running {
+            Some(f) => f,
+            None => {
+                if let Some(signed) = self
+                    .stored_final(mirror, digest, declared, &admitted_by, image)
+                    .await?
+                {
+                    drop(guard);
+                    self.register(&signed).await;
+                    return Ok(signed);
+                }
+                if let Some(id) = fetch {
+                    let why = self.failure_of(id).unwrap_or_else(|| {
+                        "that fetch is over and its blob was not kept".to_owned()
+                    });
+                    return Err(MirrorError::Source(FetchFailure::new(
+                        FetchFailureKind::Unavailable,
+                        format!("fetch {id} of {digest} failed: {why}"),
+                    )));
+                }
+                let f =
+                    SeedFetch::start(self.clone(), mirror, image, digest, declared, admitted_by)
+                        .await?;
+                self.fetches
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, f.clone());
+                f
+            }
+        };
+        drop(guard);
+        match running.latest().await {
+            FetchOutcome::Statement(s) => Ok(s),
+            FetchOutcome::Failed(f) => Err(MirrorError::for_blob(f)),
+        }
+    }
+
+    /// The stored blob's final manifest (built and kept on first use), or
+    /// `None` when the blob is not stored.
+    async fn stored_final(
+        &self,
+        mirror: &GatewayMirror,
+        digest: &Digest,
+        declared: u64,
+        admitted_by: &Digest,
+        image: &ImageName,
+    ) -> Result<Option<SignedPieceManifest>, MirrorError> {
         let store = mirror.store();
+        let Some(meta) = store.meta(digest)? else {
+            return Ok(None);
+        };
+        if meta.size != declared {
+            return Err(MirrorError::ManifestInvalid(format!(
+                "{image}: the descriptor for {digest} declares {declared} bytes, the blob has {}; no piece manifest is signed for it",
+                meta.size
+            )));
+        }
         let existing: Option<SignedPieceManifest> = store
             .index()
             .get(Table::PieceManifests, &digest.to_string())
             .map_err(StoreError::from)?;
-        let stored_size = store.meta(digest)?.map(|m| m.size);
-        let signed = match existing.filter(|s| self.reusable(s, stored_size)) {
-            Some(s) => s,
-            None => {
-                // Fetch (once, single-flight) and verify the whole blob; the
-                // stream ends only after the digest check passed, and the
-                // piece hashes are computed from the same bytes on the way.
-                let body = mirror.blob(image, digest, None).await?;
-                let piece_length = piece_manifest::piece_length_for(body.size);
-                let mut hasher = PieceHasher::new(piece_length);
-                let mut s = body.body;
-                let mut read = 0u64;
-                while let Some(chunk) = s.next().await {
-                    let chunk = chunk.map_err(|e| {
-                        MirrorError::Source(customs_store::FetchFailure::new(
-                            customs_store::FetchFailureKind::Unavailable,
-                            e.to_string(),
-                        ))
-                    })?;
-                    read += chunk.len() as u64;
-                    hasher.update(&chunk);
-                }
-                let pieces = hasher.finish();
-                // Pieces are served from the stored blob: wait until it is kept.
-                let real = store.wait_stored(digest, STORE_WAIT).await?.map(|m| m.size);
-                let Some(real) = real else {
-                    return Err(MirrorError::BlobUnknown(format!(
-                        "{digest} was verified but could not be stored"
-                    )));
-                };
-                if real != declared || read != real {
-                    return Err(MirrorError::ManifestInvalid(format!(
-                        "{image}: the descriptor for {digest} declares {declared} bytes, the blob has {real} (read {read}); no piece manifest is signed for it"
-                    )));
-                }
-                let manifest = PieceManifest {
-                    blob: digest.clone(),
-                    size: real,
-                    piece_length,
-                    pieces,
-                    admission: AdmissionRef {
-                        image: image.to_string(),
-                        manifest_digest: admitted_by,
-                        policy_revision: mirror.admission_revision(),
-                    },
-                    key_id: String::new(),
-                };
-                let signed = self.key.sign(manifest).map_err(|e| {
-                    MirrorError::Source(customs_store::FetchFailure::new(
-                        customs_store::FetchFailureKind::Io,
-                        e.to_string(),
-                    ))
-                })?;
-                let key = digest.to_string();
-                let rec = signed.clone();
-                store
-                    .blocking_index(move |idx| idx.put(Table::PieceManifests, &key, &rec))
-                    .await?;
-                tracing::info!(%image, blob = %digest, size = real, piece_length, "piece manifest signed");
-                signed
-            }
+        if let Some(s) = existing.filter(|s| self.reusable(s, Some(meta.size))) {
+            return Ok(Some(s));
+        }
+        // Stored, but no manifest of the current key: hash the stored blob
+        // (no upstream fetch).
+        let reader = mirror.blob_reader(image, digest).await?;
+        let pieces = pipeline::hash_pieces(reader.into_stream(), declared).await?;
+        let manifest = PieceManifest {
+            blob: digest.clone(),
+            size: declared,
+            piece_length: customs_protocol::piece_manifest::piece_length_for(declared),
+            pieces,
+            admission: pipeline::admission(image, admitted_by, mirror),
+            key_id: String::new(),
         };
-        // Registration is idempotent: a restarted scheduler learns the task
-        // again the next time a peer asks.
-        self.register(&signed).await;
+        self.keep_final(mirror, manifest).await.map(Some)
+    }
+
+    /// Signs a final manifest and keeps it in the index.
+    async fn keep_final(
+        &self,
+        mirror: &GatewayMirror,
+        manifest: PieceManifest,
+    ) -> Result<SignedPieceManifest, MirrorError> {
+        let (blob, size, piece_length) =
+            (manifest.blob.clone(), manifest.size, manifest.piece_length);
+        let signed = self.key.sign(manifest).map_err(|e| {
+            MirrorError::Source(FetchFailure::new(FetchFailureKind::Io, e.to_string()))
+        })?;
+        let key = blob.to_string();
+        let rec = signed.clone();
+        mirror
+            .store()
+            .blocking_index(move |idx| idx.put(Table::PieceManifests, &key, &rec))
+            .await?;
+        tracing::info!(%blob, size, piece_length, "piece manifest signed");
         Ok(signed)
+    }
+
+    fn failure_of(&self, id: &FetchId) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(f, _)| f == id)
+            .map(|(_, why)| why.clone())
+    }
+
+    /// Records a failed fetch and drops it from the live ones.
+    fn fetch_failed(&self, registry: &RegistryHost, blob: &Digest, id: &FetchId, why: String) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.len() >= FAILED_KEPT {
+            failed.pop_front();
+        }
+        failed.push_back((id.clone(), why));
+        drop(failed);
+        self.fetch_ended(registry, blob, id);
+    }
+
+    /// Drops a fetch from the live ones (if it is still that fetch).
+    fn fetch_ended(&self, registry: &RegistryHost, blob: &Digest, id: &FetchId) {
+        let mut map = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (registry.clone(), blob.clone());
+        if map.get(&key).is_some_and(|f| f.id == *id) {
+            map.remove(&key);
+        }
     }
 
     /// A stored piece manifest may be handed out again only when the
@@ -243,60 +330,35 @@ impl Seed {
     }
 }
 
-/// Splits a byte stream into pieces and hashes each one.
-struct PieceHasher {
-    piece_length: u64,
-    current: Sha256Hasher,
-    done: Vec<Digest>,
-}
-
-impl PieceHasher {
-    fn new(piece_length: u64) -> Self {
-        PieceHasher {
-            piece_length,
-            current: Sha256Hasher::new(),
-            done: Vec::new(),
+impl Seed {
+    /// Tells the scheduler a fetch failed (best effort: its statements
+    /// expire anyway).
+    async fn withdraw(&self, blob: &Digest, id: &FetchId) {
+        let req = pb::WithdrawTaskRequest {
+            blob_digest: blob.to_string(),
+            fetch_id: id.to_string(),
+        };
+        if let Err(e) = self.scheduler.clone().withdraw_task(req).await {
+            tracing::warn!(%blob, fetch = %id, error = %e, "withdrawing a failed fetch's task failed; its statements expire");
         }
-    }
-
-    fn update(&mut self, mut chunk: &[u8]) {
-        while !chunk.is_empty() {
-            let room = (self.piece_length - self.current.len()) as usize;
-            let (now, rest) = chunk.split_at(room.min(chunk.len()));
-            self.current.update(now);
-            if self.current.len() == self.piece_length {
-                self.done.push(std::mem::take(&mut self.current).finish());
-            }
-            chunk = rest;
-        }
-    }
-
-    fn finish(mut self) -> Vec<Digest> {
-        if !self.current.is_empty() || self.done.is_empty() {
-            self.done.push(self.current.finish());
-        }
-        self.done
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_cover_the_blob_whatever_the_chunking() {
-        let len = piece_manifest::MIN_PIECE_LEN as usize;
-        let data: Vec<u8> = (0..(2 * len + 7)).map(|i| i as u8).collect();
-        for chunk in [1000, len, 3 * len] {
-            let mut h = PieceHasher::new(len as u64);
-            for c in data.chunks(chunk) {
-                h.update(c);
-            }
-            let pieces = h.finish();
-            assert_eq!(pieces.len(), 3);
-            assert_eq!(pieces[0], Digest::of(&data[..len]));
-            assert_eq!(pieces[2], Digest::of(&data[2 * len..]));
-        }
-        assert_eq!(PieceHasher::new(1 << 20).finish(), vec![Digest::of(b"")]);
+impl customs_swarm::piece_server::PartialPieces for Seed {
+    /// Pieces of a fetch in progress that the gateway hashed and signed.
+    fn partial_piece(
+        &self,
+        blob: &Digest,
+        index: u32,
+    ) -> Option<(customs_store::inflight::ByteStream, u64)> {
+        let fetches: Vec<Arc<SeedFetch>> = self
+            .fetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((_, b), _)| b == blob)
+            .map(|(_, f)| f.clone())
+            .collect();
+        fetches.iter().find_map(|f| f.piece(index))
     }
 }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use customs_mirror::http::{RegistryResolver, oci_error, router};
 use customs_mirror::rate::RateLimiter;
 use customs_mirror::{Mirror, MirrorConfig, UnboundBlobs};
-use customs_protocol::piece_manifest::GatewayKey;
+use customs_protocol::piece_manifest::{FetchId, GatewayKey};
 use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName, RegistryHost};
 use customs_store::audit::{AuditError, AuditLog};
@@ -459,7 +459,7 @@ impl Gateway {
                 tracing::info!(addr = %upload.local_addr()?, key_id = seed.key_id(), "gateway serving peers over mTLS");
                 let provider = PieceProvider {
                     store: self.mirror.store().clone(),
-                    swarm: None,
+                    partials: Some(seed.clone() as Arc<dyn piece_server::PartialPieces>),
                     limiter: self.limiter.clone(),
                     slots: Arc::new(tokio::sync::Semaphore::new(piece_server::SEED_UPLOAD_SLOTS)),
                     queue: piece_server::UploadQueue::new(piece_server::SEED_UPLOAD_QUEUE),
@@ -547,6 +547,13 @@ async fn get_task(
     State(st): State<Arc<TaskState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    // A peer holding a provisional statement names its fetch.
+    let fetch: Option<FetchId> = match q.get("fetch").map(|f| f.parse()).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            return (axum::http::StatusCode::BAD_REQUEST, format!("fetch: {e}\n")).into_response();
+        }
+    };
     let result = async {
         let registry = st.resolver.resolve(q.get("ns").map(String::as_str))?;
         let repository = q
@@ -564,7 +571,9 @@ async fn get_task(
             registry,
             repository,
         };
-        st.seed.ensure_task(&st.mirror, &image, &digest).await
+        st.seed
+            .ensure_task(&st.mirror, &image, &digest, fetch.as_ref())
+            .await
     }
     .await;
     match result {

@@ -10,7 +10,7 @@ use crate::registry_client::{RegistryClient, Timeouts};
 use customs_mirror::{FetchedManifest, Source};
 use customs_protocol::manifest::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX};
 use customs_protocol::{Digest, ImageName, Reference, RegistryHost};
-use customs_store::inflight::ByteStream;
+use customs_store::inflight::{ByteStream, SourceBody};
 use customs_store::{FetchFailure, FetchFailureKind};
 use futures_util::TryStreamExt;
 use reqwest::StatusCode;
@@ -212,6 +212,45 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    /// Opens a blob; with `expect`, one whose Content-Length (when sent)
+    /// is not that size is refused unread.
+    fn open_blob(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        expect: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
+        let up = self.get(&image.registry);
+        let image = image.clone();
+        let digest = digest.clone();
+        let fetched = self.fetched.clone();
+        async move {
+            let up = up?;
+            tracing::info!(%image, %digest, "fetching blob from upstream");
+            let path = format!("/v2/{}/blobs/{digest}", image.repository.as_str());
+            let resp = up.get(&image.repository, &path, "*/*").await?;
+            if resp.status() != StatusCode::OK {
+                return Err(up.failure(resp, "blob").await);
+            }
+            if let (Some(want), Some(got)) = (expect, resp.content_length())
+                && want != got
+            {
+                return Err(FetchFailure::new(
+                    FetchFailureKind::SizeMismatch,
+                    format!("upstream sends {got} bytes for {digest}; its descriptor says {want}"),
+                ));
+            }
+            // The store hashes the stream and decides; every read of it is
+            // bounded by the idle timeout.
+            let counted = up.idle_bounded_stream(resp).inspect_ok(move |b| {
+                fetched.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            });
+            Ok(Box::pin(counted) as ByteStream)
+        }
+    }
+}
+
 impl Source for Upstreams {
     async fn manifest(
         &self,
@@ -250,25 +289,20 @@ impl Source for Upstreams {
         image: &ImageName,
         digest: &Digest,
     ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
-        let up = self.get(&image.registry);
-        let image = image.clone();
-        let digest = digest.clone();
-        let fetched = self.fetched.clone();
-        async move {
-            let up = up?;
-            tracing::info!(%image, %digest, "fetching blob from upstream");
-            let path = format!("/v2/{}/blobs/{digest}", image.repository.as_str());
-            let resp = up.get(&image.repository, &path, "*/*").await?;
-            if resp.status() != StatusCode::OK {
-                return Err(up.failure(resp, "blob").await);
-            }
-            // The store hashes the stream and decides; every read of it is
-            // bounded by the idle timeout.
-            let counted = up.idle_bounded_stream(resp).inspect_ok(move |b| {
-                fetched.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            });
-            Ok(Box::pin(counted) as ByteStream)
-        }
+        self.open_blob(image, digest, None)
+    }
+
+    /// The upstream's blob with its Content-Length checked against the
+    /// descriptor's size before a byte is read: the gateway's seed signs
+    /// pieces of the blob while it still arrives, for a blob of that size.
+    fn blob_body(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        size: u64,
+    ) -> impl std::future::Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
+        let opened = self.open_blob(image, digest, Some(size));
+        async move { opened.await.map(SourceBody::Stream) }
     }
 
     async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, FetchFailure> {

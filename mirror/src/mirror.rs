@@ -6,7 +6,7 @@ use crate::range::ByteRange;
 use crate::source::{FetchedManifest, Source};
 use bytes::Bytes;
 use customs_protocol::{Digest, ImageName, ManifestRefs, Reference};
-use customs_store::inflight::ByteStream;
+use customs_store::inflight::{ByteStream, TailReader};
 use customs_store::{BlobStore, FetchFailureKind, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -753,6 +753,37 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         }
     }
 
+    /// A reader of a blob bound to an admitted manifest of `image` (the
+    /// same checks as [`Mirror::blob`]), from its start, once the source
+    /// answered: the gateway's seed hashes pieces from it and serves them
+    /// from its file while the fetch is still running.
+    pub async fn blob_reader(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<TailReader, MirrorError> {
+        let size = self.blob_size(image, digest).await?;
+        self.reader_at(image, digest, size, 0).await
+    }
+
+    async fn reader_at(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        size: u64,
+        start: u64,
+    ) -> Result<TailReader, MirrorError> {
+        let mut reader = self.store.fetch_or_join(
+            &image.registry,
+            digest,
+            size,
+            start,
+            self.source.blob_body(image, digest, size),
+        )?;
+        reader.started().await.map_err(MirrorError::for_blob)?;
+        Ok(reader)
+    }
+
     /// Serves a blob (or a range of it), fetching it once on a miss.
     pub async fn blob(
         &self,
@@ -763,14 +794,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         let size = self.blob_size(image, digest).await?;
         let range = crate::range::parse(range_header, size).map_err(MirrorError::Range)?;
         let start = range.map_or(0, |r| r.start);
-        let mut reader = self.store.fetch_or_join(
-            &image.registry,
-            digest,
-            size,
-            start,
-            self.source.blob_body(image, digest),
-        )?;
-        reader.started().await.map_err(MirrorError::for_blob)?;
+        let reader = self.reader_at(image, digest, size, start).await?;
         let end = range.map_or(size, |r| r.end);
         Ok(BlobBody {
             size,

@@ -40,11 +40,16 @@ pub trait Source: Send + Sync + 'static {
     /// Opens a blob for the store: by default the [`Source::blob`] stream,
     /// which the store hashes as it writes it. A source that assembles and
     /// verifies the blob itself (the swarm) hands over its file instead.
+    /// `size` is the descriptor's: a source that learns the blob's length
+    /// before its bytes (an upstream's Content-Length) refuses a blob of
+    /// another length at once.
     fn blob_body(
         &self,
         image: &ImageName,
         digest: &Digest,
+        size: u64,
     ) -> impl Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
+        let _ = size;
         let stream = self.blob(image, digest);
         async move { stream.await.map(SourceBody::Stream) }
     }

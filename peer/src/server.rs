@@ -89,6 +89,7 @@ impl Source for PeerSource {
         &self,
         image: &ImageName,
         digest: &Digest,
+        _size: u64,
     ) -> impl std::future::Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
         let opened = self.open_blob(image, digest);
         async move {
@@ -332,7 +333,7 @@ impl Peer {
                 tracing::info!(addr = %upload.local_addr()?, "peer serving pieces over mTLS");
                 let provider = PieceProvider {
                     store: self.mirror.store().clone(),
-                    swarm: Some(swarm.clone()),
+                    partials: Some(swarm.clone() as Arc<dyn piece_server::PartialPieces>),
                     limiter,
                     slots: Arc::new(tokio::sync::Semaphore::new(self.upload_slots)),
                     queue: crate::swarm::piece_server::UploadQueue::new(self.upload_queue),

@@ -49,6 +49,46 @@ pub enum PieceManifestError {
     /// A key file could not be used.
     #[error("gateway key: {0}")]
     Key(String),
+    /// A provisional statement past its validity.
+    #[error("provisional piece statement expired at {expires_at} (now {now})")]
+    Expired {
+        /// When it expired (Unix seconds).
+        expires_at: u64,
+        /// The time it was checked at.
+        now: u64,
+    },
+}
+
+mod provisional;
+pub use provisional::{
+    FetchId, PROVISIONAL_DOMAIN, PROVISIONAL_RESIGN_SECS, PROVISIONAL_TTL_SECS, ProvisionalPieces,
+    Statement, VerifiedProvisional, unix_now,
+};
+
+/// Where a blob's pieces lie: what a peer needs to place and read pieces,
+/// whichever statement (final or provisional) signs their hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PieceGeometry {
+    /// The blob's size.
+    pub size: u64,
+    /// Bytes per piece (the last may be shorter).
+    pub piece_length: u64,
+}
+
+impl PieceGeometry {
+    /// Number of pieces.
+    pub fn piece_count(&self) -> u32 {
+        piece_count(self.size, self.piece_length) as u32
+    }
+
+    /// Byte range `start..end` of piece `i`.
+    pub fn piece_range(&self, i: u32) -> Option<(u64, u64)> {
+        if i >= self.piece_count() {
+            return None;
+        }
+        let start = u64::from(i) * self.piece_length;
+        Some((start, (start + self.piece_length).min(self.size)))
+    }
 }
 
 /// The admission a task belongs to.
@@ -109,6 +149,14 @@ impl PieceManifest {
     /// Number of pieces.
     pub fn piece_count(&self) -> u32 {
         self.pieces.len() as u32
+    }
+
+    /// Where its pieces lie.
+    pub fn geometry(&self) -> PieceGeometry {
+        PieceGeometry {
+            size: self.size,
+            piece_length: self.piece_length,
+        }
     }
 
     fn check(&self) -> Result<(), PieceManifestError> {

@@ -6,7 +6,9 @@
 use crate::state::{AnnounceError, BadPieceSummary, PiecesError, ReportOutcome, SchedulerState};
 use customs_protocol::Digest;
 use customs_protocol::peer_id::PeerId;
-use customs_protocol::piece_manifest::{SignedPieceManifest, TrustedGatewayKeys};
+use customs_protocol::piece_manifest::{
+    FetchId, PROVISIONAL_DOMAIN, SignedPieceManifest, Statement, TrustedGatewayKeys, unix_now,
+};
 use customs_protocol::scheduler_proto as pb;
 use customs_protocol::scheduler_proto::scheduler_server::{Scheduler, SchedulerServer};
 use customs_store::audit::AuditLog;
@@ -226,16 +228,49 @@ impl Scheduler for SchedulerService {
         let signed = to_signed(req.into_inner().manifest)?;
         // The blob the manifest claims is checked against itself here; the
         // signature is what binds it.
-        let claimed: serde_json::Value = serde_json::from_slice(&signed.payload)
+        let json = signed
+            .payload
+            .strip_prefix(PROVISIONAL_DOMAIN)
+            .unwrap_or(&signed.payload);
+        let claimed: serde_json::Value = serde_json::from_slice(json)
             .map_err(|e| Status::invalid_argument(format!("piece manifest: {e}")))?;
         let blob = parse_digest(claimed["blob"].as_str().unwrap_or_default())?;
         let verified = self
             .keys
-            .verify(&signed, &blob)
+            .verify_statement(&signed, &blob, unix_now())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        tracing::info!(blob = %blob, pieces = verified.manifest().piece_count(), "task registered");
-        self.state().register(verified);
+        let (signed_pieces, fin) = (
+            verified.pieces().len(),
+            matches!(verified, Statement::Final(_)),
+        );
+        if self.state().register(verified) {
+            if fin {
+                tracing::info!(blob = %blob, pieces = signed_pieces, "task registered");
+            } else {
+                tracing::debug!(blob = %blob, signed_pieces, "provisional task registered");
+            }
+        }
         Ok(Response::new(pb::RegisterTaskResponse {}))
+    }
+
+    async fn withdraw_task(
+        &self,
+        req: Request<pb::WithdrawTaskRequest>,
+    ) -> Result<Response<pb::WithdrawTaskResponse>, Status> {
+        if !caller_has(&req, |c| has_role(c, Role::Gateway)) {
+            return Err(Status::permission_denied("only gateways withdraw tasks"));
+        }
+        let r = req.into_inner();
+        let blob = parse_digest(&r.blob_digest)?;
+        let fetch: FetchId = r.fetch_id.parse().map_err(
+            |e: customs_protocol::piece_manifest::PieceManifestError| {
+                Status::invalid_argument(e.to_string())
+            },
+        )?;
+        if self.state().withdraw(&blob, &fetch) {
+            tracing::warn!(%blob, %fetch, "provisional task withdrawn: the gateway's fetch failed");
+        }
+        Ok(Response::new(pb::WithdrawTaskResponse {}))
     }
 
     async fn list_peers(
@@ -288,8 +323,20 @@ impl Scheduler for SchedulerService {
             .state()
             .task_for(&blob, &id, r.seed_hints_wanted as usize, Instant::now())
             .ok_or_else(|| Status::not_found(format!("no admitted task for {blob}")))?;
+        // A peer holding a provisional statement gets the final manifest, or
+        // a newer provisional one, as soon as there is one.
+        let newer = r.holds_provisional
+            && match &m {
+                Statement::Final(_) => true,
+                Statement::Provisional(p) => {
+                    let c = p.content();
+                    (c.pieces.len(), c.signed_at)
+                        > (r.provisional_pieces as usize, r.provisional_signed_at)
+                        || c.signed_at > r.provisional_signed_at
+                }
+            };
         Ok(Response::new(pb::GetTaskResponse {
-            manifest: (!r.omit_manifest).then(|| m.signed().into()),
+            manifest: (!r.omit_manifest || newer).then(|| m.signed().into()),
             parents,
             seed_hints,
         }))

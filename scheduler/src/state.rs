@@ -17,7 +17,7 @@ pub use tally::{
 };
 
 use customs_protocol::peer_id::PeerId;
-use customs_protocol::piece_manifest::VerifiedPieceManifest;
+use customs_protocol::piece_manifest::{FetchId, Statement};
 use customs_protocol::scheduler_proto::{Parent, PeerInfo};
 use customs_protocol::{Digest, PieceBitmap};
 use ledger::{Inserted, Ledger};
@@ -99,7 +99,9 @@ impl PeerEntry {
 }
 
 struct Task {
-    manifest: VerifiedPieceManifest,
+    /// The final manifest, or a provisional statement while the gateway
+    /// is still fetching.
+    statement: Statement,
     holders: HashMap<PeerId, PieceBitmap>,
     /// Where the next seed hint search starts.
     seed_cursor: u32,
@@ -209,15 +211,62 @@ impl SchedulerState {
         peers
     }
 
-    /// Records a verified task (idempotent; a re-registration keeps holders).
-    pub fn register(&mut self, manifest: VerifiedPieceManifest) {
-        let blob = manifest.manifest().blob.clone();
-        self.tasks.entry(blob).or_insert_with(|| Task {
-            manifest,
-            holders: HashMap::new(),
-            seed_cursor: 0,
-            hinted: HashMap::new(),
-        });
+    /// Records a verified task (idempotent; a re-registration keeps
+    /// holders). A final manifest replaces a provisional statement; a
+    /// provisional statement never replaces a final one, and replaces a
+    /// provisional one only when newer: of the same fetch (holders kept) or,
+    /// signed later, of another (holders dropped: their pieces came from
+    /// another fetch). Returns whether the task changed.
+    pub fn register(&mut self, statement: Statement) -> bool {
+        let blob = statement.blob().clone();
+        let Some(task) = self.tasks.get_mut(&blob) else {
+            self.tasks.insert(
+                blob,
+                Task {
+                    statement,
+                    holders: HashMap::new(),
+                    seed_cursor: 0,
+                    hinted: HashMap::new(),
+                },
+            );
+            return true;
+        };
+        match (&task.statement, &statement) {
+            (Statement::Final(_), _) => false,
+            (Statement::Provisional(_), Statement::Final(_)) => {
+                task.statement = statement;
+                true
+            }
+            (Statement::Provisional(old), Statement::Provisional(new)) => {
+                let (o, n) = (old.content(), new.content());
+                if o.fetch == n.fetch {
+                    let newer = (n.pieces.len(), n.signed_at) > (o.pieces.len(), o.signed_at);
+                    if newer {
+                        task.statement = statement;
+                    }
+                    newer
+                } else if n.signed_at >= o.signed_at {
+                    task.statement = statement;
+                    task.holders.clear();
+                    task.hinted.clear();
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Drops a provisional task of `fetch` (the gateway's fetch failed);
+    /// a final task, or another fetch's, stays. Returns whether it went.
+    pub fn withdraw(&mut self, blob: &Digest, fetch: &FetchId) -> bool {
+        let gone = self.tasks.get(blob).is_some_and(
+            |t| matches!(&t.statement, Statement::Provisional(p) if p.content().fetch == *fetch),
+        );
+        if gone {
+            self.tasks.remove(blob);
+        }
+        gone
     }
 
     /// Records or refreshes a peer. `info.peer_id` must be `id` (the id the
@@ -273,7 +322,7 @@ impl SchedulerState {
         let Some(task) = self.tasks.get_mut(blob) else {
             return Err(PiecesError::UnknownTask(blob.clone()));
         };
-        let n = task.manifest.manifest().piece_count();
+        let n = task.statement.piece_count();
         if pieces.len() > n as usize {
             return Err(PiecesError::TooMany {
                 sent: pieces.len(),
@@ -323,7 +372,7 @@ impl SchedulerState {
         let Some(task) = self.tasks.get(blob) else {
             return ReportOutcome::Ignored(IgnoredReport::UnknownTask);
         };
-        if piece >= task.manifest.manifest().piece_count() {
+        if piece >= task.statement.piece_count() {
             return ReportOutcome::Ignored(IgnoredReport::PieceOutOfRange);
         }
         if !self
@@ -384,6 +433,12 @@ impl SchedulerState {
             t.hinted
                 .retain(|_, at| now.duration_since(*at) < HINT_LEASE);
         }
+        // A provisional task past its expiry: its gateway stopped signing.
+        let unix = customs_protocol::piece_manifest::unix_now();
+        self.tasks.retain(|_, t| match &t.statement {
+            Statement::Provisional(p) => p.content().expires_at > unix,
+            Statement::Final(_) => true,
+        });
     }
 
     fn forget_gone_peers(&mut self, now: Instant) {
@@ -422,7 +477,7 @@ impl SchedulerState {
         peer: &PeerId,
         wanted: usize,
         now: Instant,
-    ) -> Option<(VerifiedPieceManifest, Vec<Parent>, Vec<u32>)> {
+    ) -> Option<(Statement, Vec<Parent>, Vec<u32>)> {
         let hints = self.seed_hints(blob, wanted, now);
         let task = self.tasks.get(blob)?;
         let me = self.peers.get(peer).map(|e| &e.info);
@@ -482,7 +537,7 @@ impl SchedulerState {
                     )
                 }),
         );
-        let manifest = task.manifest.clone();
+        let manifest = task.statement.clone();
         for (id, _) in &out {
             let key = (blob.clone(), id.clone());
             if self.handouts.insert(peer, key, now + HANDOUT_TTL, now) == Inserted::Full {
@@ -493,12 +548,15 @@ impl SchedulerState {
         Some((manifest, out, hints))
     }
 
-    /// The next pieces no peer holds, round-robin over requests.
+    /// The next pieces no peer holds, round-robin over requests; while the
+    /// task is provisional, only pieces the gateway has signed (the seed
+    /// serves nothing else).
     fn seed_hints(&mut self, blob: &Digest, wanted: usize, now: Instant) -> Vec<u32> {
         let Some(task) = self.tasks.get_mut(blob) else {
             return Vec::new();
         };
-        let n = task.manifest.manifest().piece_count();
+        let n = task.statement.piece_count();
+        let signed = task.statement.pieces().len() as u32;
         let held = |i: u32| task.holders.values().any(|bits| bits.has(i));
         let wanted = wanted.min(SEED_HINTS);
         let mut hints = Vec::new();
@@ -509,7 +567,7 @@ impl SchedulerState {
                 .hinted
                 .get(&i)
                 .is_some_and(|t| now.duration_since(*t) < HINT_LEASE);
-            if !held(i) && !leased {
+            if i < signed && !held(i) && !leased {
                 hints.push(i);
             }
             k += 1;

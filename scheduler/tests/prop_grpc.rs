@@ -177,7 +177,7 @@ proptest! {
             Ok(())
         }
         rt(pb::AnnouncePeerRequest { peer: Some(info.clone()) })?;
-        rt(pb::GetTaskRequest { blob_digest: blob.clone(), peer_id: peer_id.clone(), seed_hints_wanted: wanted, omit_manifest: wanted % 2 == 1 })?;
+        rt(pb::GetTaskRequest { blob_digest: blob.clone(), peer_id: peer_id.clone(), seed_hints_wanted: wanted, omit_manifest: wanted % 2 == 1 , ..Default::default() })?;
         rt(pb::ReportPiecesRequest { peer_id: peer_id.clone(), blob_digest: blob.clone(), pieces })?;
         rt(pb::ReportBadPieceRequest { peer_id, parent_id, blob_digest: blob, piece, detail })?;
         rt(pb::RegisterTaskRequest { manifest: Some(pb::SignedPieceManifest { payload, signature, key_id: info.peer_id.clone() }) })?;
@@ -324,7 +324,7 @@ proptest! {
             1 => format!("{blob}{}", "f".repeat(100_000)),
             _ => format!("sha256:{}{blob}", "a".repeat(64)),
         };
-        let req = pb::GetTaskRequest { blob_digest: blob, peer_id: "p".into(), seed_hints_wanted: 1, omit_manifest: false };
+        let req = pb::GetTaskRequest { blob_digest: blob, peer_id: "p".into(), seed_hints_wanted: 1, omit_manifest: false, ..Default::default() };
         let req = pb::GetTaskRequest::decode(req.encode_to_vec().as_slice()).unwrap();
         match req.blob_digest.parse::<Digest>() {
             Ok(d) => prop_assert_eq!(d.to_string(), req.blob_digest),

@@ -33,9 +33,14 @@
 //! A source may instead hand over an [`AssembledBlob`]: a file it fills and
 //! verifies itself (the swarm's piece file, each piece checked against a
 //! gateway-signed piece manifest that binds the blob's digest). Readers then
-//! follow its verified prefix, with no holdback (every byte they get was
-//! verified), and the complete file is linked into the store as it is: one
-//! hash and one write per byte on the node instead of two of each.
+//! follow its verified prefix, and the complete file is linked into the
+//! store as it is: one hash and one write per byte on the node instead of
+//! two of each. While the pieces are checked against a *final* manifest
+//! (signed after the whole-blob digest matched) readers get all of that
+//! prefix; while they are checked only against a *provisional* statement
+//! (the gateway is still fetching) readers are held back exactly as for a
+//! cold stream: no response, ranged or not, completes before the final
+//! manifest, and nothing is stored before it.
 
 use crate::StoreError;
 use crate::blobs::{BlobStore, Pin};
@@ -96,13 +101,28 @@ pub trait AssembledBlob: Send + Sync + 'static {
     fn path(&self) -> &std::path::Path;
     /// The blob's size, as the signed manifest states it.
     fn size(&self) -> u64;
-    /// Waits until more than `beyond` bytes from the start are verified (or
-    /// all of them are) and returns how many are; fails when the assembly
-    /// stopped for good.
+    /// Waits until more than `beyond` bytes from the start are verified,
+    /// or the statement they are verified against became final, or the
+    /// whole blob is verified against a final one; returns the state then.
+    /// Fails when the assembly stopped for good.
     fn wait_verified(
         &self,
         beyond: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, std::io::Error>> + Send + '_>>;
+        was_final: bool,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<VerifiedPrefix, std::io::Error>> + Send + '_>,
+    >;
+}
+
+/// How much of an assembled blob is verified, and against what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedPrefix {
+    /// Bytes from the start whose pieces matched.
+    pub bytes: u64,
+    /// Whether they matched a final manifest (the whole-blob digest was
+    /// checked by its signer); `false` while only a provisional statement
+    /// covers them.
+    pub is_final: bool,
 }
 
 /// The class of a failed fetch, so the HTTP edge can pick the right OCI error.
@@ -160,6 +180,9 @@ enum State {
     Running,
     /// An [`AssembledBlob`]'s verified prefix: all of it is readable.
     Assembling,
+    /// An [`AssembledBlob`]'s prefix verified against a provisional
+    /// statement only: held back like [`State::Running`].
+    Provisional,
     Verified,
     Failed(FetchFailure),
 }
@@ -198,7 +221,9 @@ impl TailReader {
             match &self.rx.borrow_and_update().state {
                 State::Opening => {}
                 State::Failed(f) => return Err(f.clone()),
-                State::Running | State::Assembling | State::Verified => return Ok(()),
+                State::Running | State::Assembling | State::Provisional | State::Verified => {
+                    return Ok(());
+                }
             }
             if self.rx.changed().await.is_err() {
                 return Err(FetchFailure::new(
@@ -212,6 +237,13 @@ impl TailReader {
     /// The blob's size.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The file the reader preads (the store's temp file while a fetch
+    /// runs, then the stored blob: the same inode), once the source opened.
+    /// The gateway's seed serves pieces it has hashed from it.
+    pub fn file(&self) -> Option<Arc<std::fs::File>> {
+        self.file.get().cloned()
     }
 
     /// Turns the reader into a body stream from its offset to the end.
@@ -253,7 +285,7 @@ impl TailReader {
                     State::Failed(f) => (0, Some(f.clone())),
                     // `end` is at most the size: holding back before the end
                     // of the range also holds back before the end of the blob.
-                    State::Opening | State::Running => {
+                    State::Opening | State::Running | State::Provisional => {
                         (p.written.min(end.saturating_sub(HOLDBACK)), None)
                     }
                     State::Assembling => (p.written, None),
@@ -557,17 +589,24 @@ impl Fetch<'_> {
             ));
         }
         let _ = inf.file.set(blob.file());
-        inf.tx.send_modify(|p| p.state = State::Assembling);
-        let mut verified = 0;
-        while verified < size {
-            let now = tokio::time::timeout(idle, blob.wait_verified(verified))
+        inf.tx.send_modify(|p| p.state = State::Provisional);
+        let mut verified = VerifiedPrefix {
+            bytes: 0,
+            is_final: false,
+        };
+        while !(verified.is_final && verified.bytes >= size) {
+            let now = tokio::time::timeout(
+                idle,
+                blob.wait_verified(verified.bytes, verified.is_final),
+            )
                 .await
                 .map_err(|_| {
                     FetchFailure::new(
                         FetchFailureKind::Unavailable,
                         format!(
-                            "source verified nothing for {}s after {verified} of {size} bytes (source idle timeout)",
+                            "source verified nothing for {}s after {} of {size} bytes (source idle timeout)",
                             idle.as_secs_f32(),
+                            verified.bytes,
                         ),
                     )
                 })?
@@ -577,8 +616,18 @@ impl Fetch<'_> {
                         format!("source broke off: {e}"),
                     )
                 })?;
-            verified = now.min(size);
-            inf.tx.send_modify(|p| p.written = verified);
+            verified = VerifiedPrefix {
+                bytes: now.bytes.min(size),
+                is_final: now.is_final,
+            };
+            inf.tx.send_modify(|p| {
+                p.written = verified.bytes;
+                p.state = if verified.is_final {
+                    State::Assembling
+                } else {
+                    State::Provisional
+                };
+            });
         }
         inf.tx.send_modify(|p| p.state = State::Verified);
         if let Err(e) = store

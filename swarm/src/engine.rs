@@ -22,7 +22,7 @@ use super::health::{Health, NO_PROGRESS, Verdict};
 use super::piece_file::{PieceError, PieceFile};
 use super::planner::{Ended, ParentView, Planner, Rng};
 use customs_protocol::piece_manifest::{
-    SignedPieceManifest, TrustedGatewayKeys, VerifiedPieceManifest,
+    FetchId, SignedPieceManifest, Statement, TrustedGatewayKeys, unix_now,
 };
 use customs_protocol::scheduler_proto as pb;
 use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
@@ -287,12 +287,18 @@ impl Swarm {
         }
     }
 
+    /// Asks the scheduler for a task's parents and hints, and its statement
+    /// unless `omit_manifest` (then only when it is newer than the
+    /// provisional one held: `provisional` is its piece count and signing
+    /// time).
     async fn get_task(
         &self,
         blob: &Digest,
         seed_hints_wanted: u32,
         omit_manifest: bool,
+        provisional: Option<(u32, u64)>,
     ) -> Result<(Option<SignedPieceManifest>, Vec<pb::Parent>, Vec<u32>), tonic::Status> {
+        let (pieces, at) = provisional.unwrap_or_default();
         let r = self
             .scheduler
             .clone()
@@ -301,26 +307,38 @@ impl Swarm {
                 peer_id: self.cfg.peer_id.clone(),
                 seed_hints_wanted,
                 omit_manifest,
+                holds_provisional: provisional.is_some(),
+                provisional_pieces: pieces,
+                provisional_signed_at: at,
             })
             .await?
             .into_inner();
         Ok((r.manifest.map(Into::into), r.parents, r.seed_hints))
     }
 
-    /// Asks the gateway for the task: it fetches and verifies a cold blob,
-    /// signs its piece manifest and registers it, then answers.
+    /// Asks the gateway for the task: for a cold blob it starts its
+    /// upstream fetch and answers with a provisional statement as soon as
+    /// the upstream answered; for a stored one, with the final manifest.
+    /// With `fetch`, it answers only about that fetch (its newer statement,
+    /// or the final manifest it ended in) and fails if the fetch failed,
+    /// never starting another.
     async fn task_from_gateway(
         &self,
         image: &ImageName,
         blob: &Digest,
+        fetch: Option<&FetchId>,
     ) -> Result<SignedPieceManifest, FetchFailure> {
-        let url = format!(
+        let mut url = format!(
             "{}/customs/v1/tasks?ns={}&repo={}&digest={}",
             self.cfg.gateway_url,
             image.registry.as_str().replace(':', "%3A"),
             image.repository,
             blob
         );
+        if let Some(f) = fetch {
+            url.push_str("&fetch=");
+            url.push_str(f.as_str());
+        }
         let resp = self
             .gateway_http
             .get(url)
@@ -356,24 +374,58 @@ impl Swarm {
         if let Some(pf) = self.running(blob).await? {
             return Ok(pf);
         }
-        let signed = match self.get_task(blob, 0, false).await {
+        let signed = match self.get_task(blob, 0, false, None).await {
             Ok((Some(m), _, _)) => m,
-            Ok((None, _, _)) | Err(_) => self.task_from_gateway(image, blob).await?,
+            Ok((None, _, _)) | Err(_) => self.task_from_gateway(image, blob, None).await?,
         };
-        let manifest = self.keys.verify(&signed, blob).map_err(|e| {
-            failure(
-                FetchFailureKind::Denied,
-                format!("piece manifest rejected: {e}"),
-            )
-        })?;
-        // Kept so the completed blob can be served as pieces later.
+        let statement = self
+            .keys
+            .verify_statement(&signed, blob, unix_now())
+            .map_err(|e| {
+                failure(
+                    FetchFailureKind::Denied,
+                    format!("piece manifest rejected: {e}"),
+                )
+            })?;
+        if let Statement::Final(_) = &statement {
+            self.keep_final(blob, &signed)
+                .await
+                .map_err(|e| failure(FetchFailureKind::Io, e))?;
+        }
+        self.begin(image, blob, statement).await
+    }
+
+    /// Keeps a final manifest, so the completed blob can be served as
+    /// pieces later.
+    async fn keep_final(&self, blob: &Digest, signed: &SignedPieceManifest) -> Result<(), String> {
         let key = blob.to_string();
         let rec = signed.clone();
         self.store
             .blocking_index(move |idx| idx.put(Table::PieceManifests, &key, &rec))
             .await
-            .map_err(|e| failure(FetchFailureKind::Io, e.to_string()))?;
-        self.begin(image, blob, manifest).await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Takes on a statement for a running download (a newer provisional
+    /// one, or the final manifest). An error stops the download: the
+    /// statement did not verify, expired, or contradicts the pieces held.
+    async fn apply(
+        &self,
+        blob: &Digest,
+        pf: &PieceFile,
+        signed: &SignedPieceManifest,
+    ) -> Result<(), String> {
+        let statement = self
+            .keys
+            .verify_statement(signed, blob, unix_now())
+            .map_err(|e| format!("piece statement rejected: {e}"))?;
+        let was_final = pf.is_final();
+        pf.update(&statement).map_err(|e| e.to_string())?;
+        if !was_final && pf.is_final() {
+            tracing::info!(%blob, "final piece manifest received");
+            self.keep_final(blob, signed).await?;
+        }
+        Ok(())
     }
 
     /// Joins the running download of the manifest's blob, or opens its
@@ -382,7 +434,7 @@ impl Swarm {
         self: &Arc<Self>,
         image: &ImageName,
         blob: &Digest,
-        manifest: VerifiedPieceManifest,
+        manifest: Statement,
     ) -> Result<Arc<PieceFile>, FetchFailure> {
         // Another download may have started meanwhile: join it rather than
         // open the file a second time.
@@ -427,6 +479,13 @@ impl Swarm {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     if driver_pf.writing() == 0 {
+                        // Pieces checked against a provisional statement
+                        // only are discarded: the gateway's fetch may have
+                        // failed its digest check. Verified final pieces
+                        // stay, for a resume.
+                        if !driver_pf.is_final() {
+                            driver_pf.remove();
+                        }
                         me.forget(&blob2, &driver_pf);
                     } else {
                         tracing::error!(blob = %blob2, "piece writes did not finish; the blob stays unavailable on this node");
@@ -521,8 +580,11 @@ impl Swarm {
         pf: &Arc<PieceFile>,
         stop: &CancellationToken,
     ) -> Result<(), String> {
-        let n = pf.manifest().manifest().piece_count();
-        let piece_len = pf.manifest().manifest().piece_length;
+        let n = pf.geometry().piece_count();
+        let piece_len = pf.geometry().piece_length;
+        // A piece no statement signs yet counts as held for planning: it
+        // cannot be fetched until the gateway has read and signed it.
+        let settled = |i: u32| pf.has(i) || !pf.is_signed(i);
         let mut plan = Planner::new(n, Rng::new());
         // Whether the scheduler answered the last refresh: without it, no
         // hints arrive and the seed is used for any missing piece.
@@ -542,6 +604,12 @@ impl Swarm {
             if let Some(why) = health.stalled(tokio::time::Instant::now()) {
                 return Err(why);
             }
+            if pf.expired(unix_now()) {
+                return Err(
+                    "the gateway's provisional piece statement expired without a final manifest"
+                        .to_owned(),
+                );
+            }
             if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH) {
                 let held = pf.held();
                 // The full set goes out whenever it changed and after the scheduler
@@ -553,11 +621,14 @@ impl Swarm {
                 // Hints are leased to this peer by the scheduler: the unused
                 // ones are kept, and only what free seed slots can take is
                 // asked for.
-                let wanted = plan.hints_wanted(|i| pf.has(i));
-                // The manifest is already verified and held: parents and
-                // hints only.
-                match self.get_task(blob, wanted, true).await {
-                    Ok((_, ps, h)) => {
+                let wanted = plan.hints_wanted(settled);
+                // The final manifest is already verified and held: parents
+                // and hints only (and a provisional statement's successor).
+                match self.get_task(blob, wanted, true, pf.provisional()).await {
+                    Ok((m, ps, h)) => {
+                        if let Some(m) = m {
+                            self.apply(blob, pf, &m).await?;
+                        }
                         plan.set_parents(views(ps));
                         plan.add_hints(h);
                         scheduler_up = true;
@@ -565,8 +636,22 @@ impl Swarm {
                     Err(e) => {
                         if e.code() == tonic::Code::NotFound {
                             // A restarted scheduler lost the task: the gateway
-                            // registers it again.
-                            let _ = self.task_from_gateway(image, blob).await;
+                            // registers it again. A provisional task that is
+                            // gone was withdrawn: the gateway answers about
+                            // that fetch, and fails it if it failed.
+                            match self
+                                .task_from_gateway(image, blob, pf.fetch().as_ref())
+                                .await
+                            {
+                                Ok(m) => self.apply(blob, pf, &m).await?,
+                                Err(f) if pf.fetch().is_some() => {
+                                    return Err(format!(
+                                        "the gateway's fetch of this blob failed: {}",
+                                        f.message
+                                    ));
+                                }
+                                Err(_) => {}
+                            }
                         }
                         tracing::debug!(%blob, error = %e, "scheduler unavailable; using known parents");
                         plan.clear_hints();
@@ -577,13 +662,9 @@ impl Swarm {
             }
             let now = tokio::time::Instant::now();
             let unusable = health.unusable(now);
-            while let Some((piece, parent)) = plan.next(
-                now,
-                |i| pf.has(i),
-                &unusable,
-                health.excluded(),
-                scheduler_up,
-            ) {
+            while let Some((piece, parent)) =
+                plan.next(now, settled, &unusable, health.excluded(), scheduler_up)
+            {
                 let me = self.clone();
                 let pf2 = pf.clone();
                 let blob2 = blob.clone();
@@ -708,11 +789,7 @@ impl Swarm {
             parent: parent.id.clone(),
             detail,
         };
-        let len = pf
-            .manifest()
-            .manifest()
-            .piece_range(piece)
-            .map_or(0, |(a, b)| b - a);
+        let len = pf.geometry().piece_range(piece).map_or(0, |(a, b)| b - a);
         let deadlines = FetchDeadlines::for_piece(len);
         let send = self.http.get(&url).timeout(deadlines.total).send();
         let resp = match tokio::time::timeout(deadlines.first_byte, send).await {
@@ -755,10 +832,12 @@ impl Swarm {
                     parent: parent.id.clone(),
                 }
             }
-            Err(PieceError::Duplicate { .. }) => PieceOutcome::Duplicate {
-                piece,
-                parent: parent.id.clone(),
-            },
+            Err(PieceError::Duplicate { .. } | PieceError::Unsigned { .. }) => {
+                PieceOutcome::Duplicate {
+                    piece,
+                    parent: parent.id.clone(),
+                }
+            }
             Err(e @ (PieceError::Mismatch { .. } | PieceError::Length { .. })) => {
                 PieceOutcome::Bad {
                     piece,
@@ -799,7 +878,7 @@ mod tests {
 
     /// A swarm whose scheduler and gateway are unreachable: it learns of
     /// no parent at all.
-    fn swarm(dir: &std::path::Path, data: &[u8]) -> (Arc<Swarm>, VerifiedPieceManifest) {
+    fn swarm(dir: &std::path::Path, data: &[u8]) -> (Arc<Swarm>, Statement) {
         let key = GatewayKey::generate().unwrap();
         let blob = Digest::of(data);
         let signed = key
@@ -820,7 +899,7 @@ mod tests {
             })
             .unwrap();
         let keys = TrustedGatewayKeys::from_pems([key.public_pem().unwrap().as_str()]).unwrap();
-        let manifest = keys.verify(&signed, &blob).unwrap();
+        let manifest = Statement::Final(keys.verify(&signed, &blob).unwrap());
         let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
         let store = BlobStore::open(customs_store::StoreConfig {
             root: dir.join("store"),
@@ -868,7 +947,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..2 * MIN_PIECE_LEN as usize).map(|i| i as u8).collect();
         let (s, m) = swarm(dir.path(), &data);
-        let blob = m.manifest().blob.clone();
+        let blob = m.blob().clone();
         let opened = PieceFile::open(&dir.path().join("pieces"), m.clone())
             .await
             .unwrap();
@@ -895,7 +974,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..2 * MIN_PIECE_LEN as usize).map(|i| i as u8).collect();
         let (s, m) = swarm(dir.path(), &data);
-        let blob = m.manifest().blob.clone();
+        let blob = m.blob().clone();
         let a = s
             .begin(&image(), &blob, m.clone())
             .await

@@ -13,9 +13,11 @@
 //! that were already verified and handed on.
 
 use bytes::Bytes;
-use customs_protocol::piece_manifest::VerifiedPieceManifest;
+use customs_protocol::piece_manifest::{
+    FetchId, PieceGeometry, Statement, VerifiedPieceManifest, VerifiedProvisional,
+};
 use customs_protocol::{Digest, Sha256Hasher};
-use customs_store::inflight::ByteStream;
+use customs_store::inflight::{ByteStream, VerifiedPrefix};
 use futures_util::{Stream, StreamExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,13 @@ pub enum PieceError {
         /// What was wrong.
         detail: String,
     },
+    /// No statement held signs this piece's hash yet (the gateway is still
+    /// fetching it): nothing was read or written.
+    #[error("piece {index} is not signed yet")]
+    Unsigned {
+        /// Which piece.
+        index: u32,
+    },
     /// The sender broke off.
     #[error("piece transfer: {0}")]
     Transfer(String),
@@ -58,9 +67,63 @@ pub enum PieceError {
     Io(#[from] std::io::Error),
 }
 
+/// Why a new statement could not be taken on: the pieces held were signed
+/// for other bytes, so the download must discard them.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StatementConflict {
+    /// A provisional statement of another fetch than the one held.
+    #[error(
+        "the gateway's fetch of this blob changed (from {held} to {got}): the pieces of the first are discarded"
+    )]
+    OtherFetch {
+        /// The fetch the held pieces belong to.
+        held: FetchId,
+        /// The fetch the new statement names.
+        got: FetchId,
+    },
+    /// Piece geometry or an already signed piece hash differs.
+    #[error("the new statement contradicts the one held: {0}")]
+    Contradiction(String),
+}
+
+/// The statements a piece file's pieces are checked against.
+#[derive(Debug, Clone)]
+struct Signed {
+    /// sha256 of the first `hashes.len()` pieces, as signed.
+    hashes: Vec<Digest>,
+    /// The final manifest, once held.
+    finalized: Option<VerifiedPieceManifest>,
+    /// Until the final manifest: the provisional statement's fetch, when it
+    /// was signed and when it expires.
+    provisional: Option<(FetchId, u64, u64)>,
+}
+
+impl Signed {
+    fn from_statement(st: &Statement) -> Self {
+        match st {
+            Statement::Final(m) => Signed {
+                hashes: m.manifest().pieces.clone(),
+                finalized: Some(m.clone()),
+                provisional: None,
+            },
+            Statement::Provisional(p) => Signed {
+                hashes: p.content().pieces.clone(),
+                finalized: None,
+                provisional: Some(provisional_info(p)),
+            },
+        }
+    }
+}
+
+fn provisional_info(p: &VerifiedProvisional) -> (FetchId, u64, u64) {
+    let c = p.content();
+    (c.fetch.clone(), c.signed_at, c.expires_at)
+}
+
 /// See the module docs.
 pub struct PieceFile {
-    manifest: VerifiedPieceManifest,
+    blob: Digest,
+    geometry: PieceGeometry,
     file: Arc<std::fs::File>,
     path: PathBuf,
     have: watch::Sender<Vec<bool>>,
@@ -69,6 +132,8 @@ pub struct PieceFile {
     /// Why the download stopped for good, once it did: readers waiting for
     /// a piece get this error instead of waiting forever.
     stopped: Mutex<Option<String>>,
+    /// What the pieces are checked against (grows while provisional).
+    signed: Mutex<Signed>,
 }
 
 /// One writer's claim on one piece; released when the last clone drops
@@ -91,15 +156,18 @@ const READ_CHUNK: u64 = 256 * 1024;
 const WRITE_BATCH: usize = 256 * 1024;
 
 impl PieceFile {
-    /// Opens (resuming) or creates the piece file for a verified manifest.
-    /// Pieces already on disk count only after they hash correctly again.
-    pub async fn open(
-        dir: &Path,
-        manifest: VerifiedPieceManifest,
-    ) -> Result<Arc<Self>, PieceError> {
+    /// Opens (resuming) or creates the piece file for a verified statement
+    /// (a final manifest, or a provisional one while the gateway fetches).
+    /// Pieces already on disk count only after they hash correctly again
+    /// against a hash the statement signs.
+    pub async fn open(dir: &Path, statement: Statement) -> Result<Arc<Self>, PieceError> {
         tokio::fs::create_dir_all(dir).await?;
-        let m = manifest.manifest();
-        let path = dir.join(format!("{}.pieces", m.blob.hex()));
+        let blob = statement.blob().clone();
+        let geometry = PieceGeometry {
+            size: statement.size(),
+            piece_length: statement.piece_length(),
+        };
+        let path = dir.join(format!("{}.pieces", blob.hex()));
         let mut existed = path.exists();
         // A piece file that is also linked elsewhere is a stored blob (the
         // store adopted it and the node stopped before dropping this name):
@@ -114,33 +182,152 @@ impl PieceFile {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        file.set_len(m.size)?;
+        file.set_len(geometry.size)?;
         let file = Arc::new(file);
-        let n = m.piece_count() as usize;
+        let n = geometry.piece_count() as usize;
+        let signed = Signed::from_statement(&statement);
         let mut have = vec![false; n];
         if existed {
             let f = file.clone();
-            let mm = manifest.clone();
-            have = tokio::task::spawn_blocking(move || rescan(&f, &mm))
+            let hashes = signed.hashes.clone();
+            have = tokio::task::spawn_blocking(move || rescan(&f, geometry, &hashes))
                 .await
                 .map_err(std::io::Error::other)??;
             let resumed = have.iter().filter(|h| **h).count();
-            tracing::info!(blob = %m.blob, resumed, total = n, "resuming a partial download");
+            tracing::info!(%blob, resumed, total = n, "resuming a partial download");
         }
         let (tx, _) = watch::channel(have);
         Ok(Arc::new(PieceFile {
-            manifest,
+            blob,
+            geometry,
             file,
             path,
             have: tx,
             claims: Arc::new(Mutex::new(vec![false; n])),
             stopped: Mutex::new(None),
+            signed: Mutex::new(signed),
         }))
     }
 
-    /// The manifest.
-    pub fn manifest(&self) -> &VerifiedPieceManifest {
-        &self.manifest
+    fn signed(&self) -> std::sync::MutexGuard<'_, Signed> {
+        self.signed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The blob.
+    pub fn blob(&self) -> &Digest {
+        &self.blob
+    }
+
+    /// Where the pieces lie.
+    pub fn geometry(&self) -> PieceGeometry {
+        self.geometry
+    }
+
+    /// The final manifest, once held.
+    pub fn final_manifest(&self) -> Option<VerifiedPieceManifest> {
+        self.signed().finalized.clone()
+    }
+
+    /// True once the final manifest is held.
+    pub fn is_final(&self) -> bool {
+        self.signed().finalized.is_some()
+    }
+
+    /// Until the final manifest: how many pieces the held provisional
+    /// statement signs, and when it was signed.
+    pub fn provisional(&self) -> Option<(u32, u64)> {
+        let s = self.signed();
+        s.provisional
+            .as_ref()
+            .filter(|_| s.finalized.is_none())
+            .map(|(_, at, _)| (s.hashes.len() as u32, *at))
+    }
+
+    /// The provisional statement's fetch, until the final manifest.
+    pub fn fetch(&self) -> Option<FetchId> {
+        let s = self.signed();
+        s.provisional
+            .as_ref()
+            .filter(|_| s.finalized.is_none())
+            .map(|(f, _, _)| f.clone())
+    }
+
+    /// True when only a provisional statement is held and it expired at
+    /// `now` (Unix seconds): its pieces must be discarded.
+    pub fn expired(&self, now: u64) -> bool {
+        let s = self.signed();
+        s.finalized.is_none()
+            && s.provisional
+                .as_ref()
+                .is_some_and(|(_, _, exp)| now >= *exp)
+    }
+
+    /// True when piece `i`'s hash is signed (it may be fetched).
+    pub fn is_signed(&self, i: u32) -> bool {
+        (i as usize) < self.signed().hashes.len()
+    }
+
+    /// Takes on a newer statement for the blob: the final manifest (every
+    /// piece held must have the hash it signs), or a provisional statement
+    /// of the same fetch signing more pieces or valid for longer. Returns
+    /// whether anything changed. A conflict means the pieces held were
+    /// signed for other bytes: the download must stop and discard them.
+    pub fn update(&self, statement: &Statement) -> Result<bool, StatementConflict> {
+        if statement.blob() != &self.blob
+            || statement.size() != self.geometry.size
+            || statement.piece_length() != self.geometry.piece_length
+        {
+            return Err(StatementConflict::Contradiction(format!(
+                "another blob or piece geometry ({} bytes in pieces of {})",
+                statement.size(),
+                statement.piece_length()
+            )));
+        }
+        let mut s = self.signed();
+        if s.finalized.is_some() {
+            return Ok(false);
+        }
+        let agree =
+            |held: &[Digest], new: &[Digest]| held.iter().zip(new).position(|(a, b)| a != b);
+        match statement {
+            Statement::Final(m) => {
+                if let Some(i) = agree(&s.hashes, &m.manifest().pieces) {
+                    return Err(StatementConflict::Contradiction(format!(
+                        "the final manifest's piece {i} differs from the provisional one"
+                    )));
+                }
+                s.hashes = m.manifest().pieces.clone();
+                s.finalized = Some(m.clone());
+            }
+            Statement::Provisional(p) => {
+                let (fetch, at, exp) = provisional_info(p);
+                let pieces = &p.content().pieces;
+                if let Some((held, held_at, _)) = &s.provisional {
+                    if *held != fetch {
+                        return Err(StatementConflict::OtherFetch {
+                            held: held.clone(),
+                            got: fetch,
+                        });
+                    }
+                    if (pieces.len(), at) <= (s.hashes.len(), *held_at) {
+                        return Ok(false);
+                    }
+                }
+                if let Some(i) = agree(&s.hashes, pieces) {
+                    return Err(StatementConflict::Contradiction(format!(
+                        "piece {i} was signed with two hashes"
+                    )));
+                }
+                if pieces.len() > s.hashes.len() {
+                    s.hashes = pieces.clone();
+                }
+                s.provisional = Some((fetch, at, exp));
+            }
+        }
+        drop(s);
+        // Readers waiting for the final manifest (or new pieces) look again.
+        self.have.send_modify(|_| {});
+        Ok(true)
     }
 
     /// True when piece `i` is verified.
@@ -159,9 +346,9 @@ impl PieceFile {
             .collect()
     }
 
-    /// True when every piece is verified.
+    /// True when every piece is verified against the final manifest.
     pub fn complete(&self) -> bool {
-        self.have.borrow().iter().all(|h| *h)
+        self.is_final() && self.have.borrow().iter().all(|h| *h)
     }
 
     /// Pieces being written now (claimed by a writer or by a disk write
@@ -213,18 +400,27 @@ impl PieceFile {
     }
 
     /// Writes a piece from a stream while hashing it; marks it only when
-    /// its length and sha256 match the manifest. A piece already verified
-    /// or being written by another writer is refused with
-    /// [`PieceError::Duplicate`] before a byte is read or written.
+    /// its length and sha256 match the hash a held statement signs. A piece
+    /// already verified or being written by another writer is refused with
+    /// [`PieceError::Duplicate`], and one not signed yet with
+    /// [`PieceError::Unsigned`], before a byte is read or written.
     pub async fn write_piece<S>(&self, index: u32, mut body: S) -> Result<(), PieceError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
     {
-        let m = self.manifest.manifest();
-        let (start, end) = m.piece_range(index).ok_or_else(|| PieceError::Length {
-            index,
-            detail: "no such piece".into(),
-        })?;
+        let (start, end) = self
+            .geometry
+            .piece_range(index)
+            .ok_or_else(|| PieceError::Length {
+                index,
+                detail: "no such piece".into(),
+            })?;
+        let want = self
+            .signed()
+            .hashes
+            .get(index as usize)
+            .cloned()
+            .ok_or(PieceError::Unsigned { index })?;
         let claim = self.claim(index).ok_or(PieceError::Duplicate { index })?;
         let want_len = end - start;
         let mut hasher = Sha256Hasher::new();
@@ -271,13 +467,8 @@ impl PieceFile {
             });
         }
         let got = hasher.finish();
-        let want = &m.pieces[index as usize];
-        if got != *want {
-            return Err(PieceError::Mismatch {
-                index,
-                want: want.clone(),
-                got,
-            });
+        if got != want {
+            return Err(PieceError::Mismatch { index, want, got });
         }
         self.have.send_modify(|h| h[index as usize] = true);
         drop(claim);
@@ -289,14 +480,16 @@ impl PieceFile {
         if !self.has(index) {
             return None;
         }
-        let (start, end) = self.manifest.manifest().piece_range(index)?;
+        let (start, end) = self.geometry.piece_range(index)?;
         Some(read_range(self.file.clone(), start, end))
     }
 
     /// The whole blob in order, each piece released as soon as it and all
-    /// before it are verified.
+    /// before it are verified. The last piece is verified only against the
+    /// final manifest (no provisional statement signs it), so the stream
+    /// never completes before it.
     pub fn ordered_stream(self: Arc<Self>) -> ByteStream {
-        let size = self.manifest.manifest().size;
+        let size = self.geometry.size;
         let rx = self.have.subscribe();
         Box::pin(futures_util::stream::unfold(
             (self, rx, 0u64),
@@ -304,8 +497,8 @@ impl PieceFile {
                 if pos >= size {
                     return None;
                 }
-                let m = pf.manifest.manifest();
-                let piece = (pos / m.piece_length) as u32;
+                let g = pf.geometry;
+                let piece = (pos / g.piece_length) as u32;
                 loop {
                     if rx
                         .borrow_and_update()
@@ -330,7 +523,7 @@ impl PieceFile {
                         ));
                     }
                 }
-                let (_, end) = m.piece_range(piece)?;
+                let (_, end) = g.piece_range(piece)?;
                 let len = (end - pos).min(READ_CHUNK);
                 let f = pf.file.clone();
                 let res = tokio::task::spawn_blocking(move || {
@@ -348,24 +541,32 @@ impl PieceFile {
         ))
     }
 
-    /// Deletes the file (after the blob was committed to the store).
+    /// Deletes the file (after the blob was committed to the store, or when
+    /// its pieces are discarded).
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
 
-    /// Bytes from the start of the blob that are verified: the pieces
-    /// before the first missing one.
-    pub fn verified_prefix(&self) -> u64 {
-        let m = self.manifest.manifest();
+    /// Bytes from the start of the blob that are verified (the pieces
+    /// before the first missing one), and whether against the final
+    /// manifest.
+    pub fn verified_prefix(&self) -> VerifiedPrefix {
+        let g = self.geometry;
+        let is_final = self.is_final();
         let pieces = self.have.borrow().iter().take_while(|h| **h).count() as u64;
-        pieces.saturating_mul(m.piece_length).min(m.size)
+        VerifiedPrefix {
+            bytes: pieces.saturating_mul(g.piece_length).min(g.size),
+            is_final,
+        }
     }
 }
 
 /// The store follows a piece file's verified prefix and links the complete
-/// file into place: every piece matched the gateway-signed manifest, which
-/// names the blob's digest and size, so all pieces matching is the whole
-/// blob matching (the gateway checked the whole-blob sha256 before signing).
+/// file into place: every piece matched the gateway-signed final manifest,
+/// which names the blob's digest and size, so all pieces matching is the
+/// whole blob matching (the gateway checked the whole-blob sha256 before
+/// signing it). While only a provisional statement covers the pieces, the
+/// store holds readers back as for a cold stream and stores nothing.
 impl customs_store::inflight::AssembledBlob for PieceFile {
     fn file(&self) -> Arc<std::fs::File> {
         self.file.clone()
@@ -376,20 +577,22 @@ impl customs_store::inflight::AssembledBlob for PieceFile {
     }
 
     fn size(&self) -> u64 {
-        self.manifest.manifest().size
+        self.geometry.size
     }
 
     fn wait_verified(
         &self,
         beyond: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, std::io::Error>> + Send + '_>>
-    {
+        was_final: bool,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<VerifiedPrefix, std::io::Error>> + Send + '_>,
+    > {
         Box::pin(async move {
-            let size = self.manifest.manifest().size;
+            let size = self.geometry.size;
             let mut rx = self.have.subscribe();
             loop {
                 let now = self.verified_prefix();
-                if now > beyond || now >= size {
+                if now.bytes > beyond || (now.is_final && (!was_final || now.bytes >= size)) {
                     return Ok(now);
                 }
                 if let Some(reason) = self.stopped() {
@@ -397,8 +600,8 @@ impl customs_store::inflight::AssembledBlob for PieceFile {
                         "piece download stopped: {reason}"
                     )));
                 }
-                // Marked and stopped both notify; a dropped sender cannot
-                // happen while `self` lives.
+                // Marked, updated and stopped all notify; a dropped sender
+                // cannot happen while `self` lives.
                 if rx.changed().await.is_err() {
                     return Err(std::io::Error::other("piece download stopped"));
                 }
@@ -431,13 +634,11 @@ pub fn sweep_adopted(dir: &Path) -> usize {
     dropped
 }
 
-fn rescan(f: &std::fs::File, m: &VerifiedPieceManifest) -> std::io::Result<Vec<bool>> {
-    let m = m.manifest();
-    let mut have = Vec::with_capacity(m.pieces.len());
+fn rescan(f: &std::fs::File, g: PieceGeometry, hashes: &[Digest]) -> std::io::Result<Vec<bool>> {
+    let mut have = vec![false; g.piece_count() as usize];
     let mut buf = vec![0u8; READ_CHUNK as usize];
-    for i in 0..m.piece_count() {
-        let Some((start, end)) = m.piece_range(i) else {
-            have.push(false);
+    for (i, want) in hashes.iter().enumerate() {
+        let Some((start, end)) = g.piece_range(i as u32) else {
             continue;
         };
         let mut h = Sha256Hasher::new();
@@ -448,7 +649,7 @@ fn rescan(f: &std::fs::File, m: &VerifiedPieceManifest) -> std::io::Result<Vec<b
             h.update(&buf[..n]);
             pos += n as u64;
         }
-        have.push(h.finish() == m.pieces[i as usize]);
+        have[i] = h.finish() == *want;
     }
     Ok(have)
 }
@@ -485,8 +686,11 @@ mod tests {
         AdmissionRef, GatewayKey, MIN_PIECE_LEN, PieceManifest, TrustedGatewayKeys,
     };
 
-    fn manifest(data: &[u8]) -> VerifiedPieceManifest {
-        let key = GatewayKey::generate().unwrap();
+    fn manifest(data: &[u8]) -> Statement {
+        Statement::Final(final_manifest(&GatewayKey::generate().unwrap(), data))
+    }
+
+    fn final_manifest(key: &GatewayKey, data: &[u8]) -> VerifiedPieceManifest {
         let len = MIN_PIECE_LEN;
         let blob = Digest::of(data);
         let signed = key
@@ -507,6 +711,145 @@ mod tests {
             .unwrap()
             .verify(&signed, &blob)
             .unwrap()
+    }
+
+    /// A provisional statement for `data` signing its first `signed`
+    /// pieces with `hashes` (the true ones unless given), from `fetch`.
+    fn provisional(
+        key: &GatewayKey,
+        data: &[u8],
+        hashes: Vec<Digest>,
+        fetch: &FetchId,
+        at: u64,
+    ) -> Statement {
+        use customs_protocol::piece_manifest::{PROVISIONAL_TTL_SECS, ProvisionalPieces};
+        let blob = Digest::of(data);
+        let signed = key
+            .sign_provisional(ProvisionalPieces {
+                blob: blob.clone(),
+                size: data.len() as u64,
+                piece_length: MIN_PIECE_LEN,
+                pieces: hashes,
+                fetch: fetch.clone(),
+                signed_at: at,
+                expires_at: at + PROVISIONAL_TTL_SECS,
+                admission: AdmissionRef {
+                    image: "r/x".into(),
+                    manifest_digest: Digest::of(b"m"),
+                    policy_revision: "r".into(),
+                },
+                key_id: String::new(),
+            })
+            .unwrap();
+        TrustedGatewayKeys::from_pems([key.public_pem().unwrap().as_str()])
+            .unwrap()
+            .verify_statement(&signed, &blob, at)
+            .unwrap()
+    }
+
+    fn true_hashes(data: &[u8], n: usize) -> Vec<Digest> {
+        data.chunks(MIN_PIECE_LEN as usize)
+            .take(n)
+            .map(Digest::of)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn provisional_pieces_are_shared_but_only_the_final_manifest_completes_a_blob() {
+        use customs_protocol::piece_manifest::unix_now;
+        let dir = tempfile::tempdir().unwrap();
+        let len = MIN_PIECE_LEN as usize;
+        let data: Vec<u8> = (0..(3 * len + 10)).map(|i| (i % 247) as u8).collect();
+        let key = GatewayKey::generate().unwrap();
+        let fetch = FetchId::random().unwrap();
+        let t = unix_now();
+        let first = provisional(&key, &data, true_hashes(&data, 2), &fetch, t);
+        let pf = PieceFile::open(dir.path(), first).await.unwrap();
+        // A piece no statement signs yet is refused before a byte is read.
+        assert!(matches!(
+            pf.write_piece(2, body(&data[2 * len..3 * len])).await,
+            Err(PieceError::Unsigned { index: 2 })
+        ));
+        assert!(matches!(
+            pf.write_piece(1, body(&vec![1u8; len])).await,
+            Err(PieceError::Mismatch { .. })
+        ));
+        pf.write_piece(0, body(&data[..len])).await.unwrap();
+        pf.write_piece(1, body(&data[len..2 * len])).await.unwrap();
+        // Signed pieces are shared at once...
+        assert!(pf.piece_stream(1).is_some());
+        assert_eq!(
+            pf.verified_prefix(),
+            VerifiedPrefix {
+                bytes: 2 * len as u64,
+                is_final: false
+            }
+        );
+        // ...and the next statement of the same fetch lets more in.
+        assert!(
+            pf.update(&provisional(&key, &data, true_hashes(&data, 3), &fetch, t))
+                .unwrap()
+        );
+        pf.write_piece(2, body(&data[2 * len..3 * len]))
+            .await
+            .unwrap();
+        assert_eq!(pf.provisional(), Some((3, t)));
+        // The last piece is never provisional: nothing completes.
+        assert!(matches!(
+            pf.write_piece(3, body(&data[3 * len..])).await,
+            Err(PieceError::Unsigned { index: 3 })
+        ));
+        assert!(!pf.complete());
+        // Another fetch's statement conflicts: the download must discard.
+        let other = FetchId::random().unwrap();
+        assert!(matches!(
+            pf.update(&provisional(
+                &key,
+                &data,
+                true_hashes(&data, 3),
+                &other,
+                t + 1
+            )),
+            Err(StatementConflict::OtherFetch { .. })
+        ));
+        // The final manifest completes it.
+        assert!(!pf.expired(t + 1));
+        assert!(pf.expired(t + 61));
+        assert!(
+            pf.update(&Statement::Final(final_manifest(&key, &data)))
+                .unwrap()
+        );
+        assert!(!pf.expired(t + 61), "a final manifest never expires");
+        pf.write_piece(3, body(&data[3 * len..])).await.unwrap();
+        assert!(pf.complete());
+        assert!(pf.verified_prefix().is_final);
+    }
+
+    #[tokio::test]
+    async fn a_final_manifest_that_contradicts_a_held_piece_is_refused() {
+        use customs_protocol::piece_manifest::unix_now;
+        let dir = tempfile::tempdir().unwrap();
+        let len = MIN_PIECE_LEN as usize;
+        let data: Vec<u8> = (0..(2 * len + 1)).map(|i| (i % 241) as u8).collect();
+        let key = GatewayKey::generate().unwrap();
+        let fetch = FetchId::random().unwrap();
+        let t = unix_now();
+        // The provisional hash of piece 0 is of bytes the upstream sent;
+        // the final manifest (for other bytes) disagrees.
+        let mut lied = data.clone();
+        lied[0] ^= 1;
+        let pf = PieceFile::open(
+            dir.path(),
+            provisional(&key, &data, true_hashes(&lied, 1), &fetch, t),
+        )
+        .await
+        .unwrap();
+        pf.write_piece(0, body(&lied[..len])).await.unwrap();
+        assert!(matches!(
+            pf.update(&Statement::Final(final_manifest(&key, &data))),
+            Err(StatementConflict::Contradiction(_))
+        ));
+        assert!(!pf.is_final());
     }
 
     fn body(

@@ -67,9 +67,10 @@ pub const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct PieceProvider {
     /// Completed blobs (and their stored piece manifests).
     pub store: Arc<BlobStore>,
-    /// Partial downloads (a peer); `None` on the gateway, which only holds
-    /// whole verified blobs.
-    pub swarm: Option<Arc<Swarm>>,
+    /// Blobs not stored yet whose verified pieces may be served: a peer's
+    /// partial downloads, the gateway's fetches in progress (pieces it has
+    /// hashed and signed provisionally).
+    pub partials: Option<Arc<dyn PartialPieces>>,
     /// The node's upload limit.
     pub limiter: Arc<RateLimiter>,
     /// Pieces uploaded at once. Few concurrent uploads at full rate finish
@@ -84,6 +85,22 @@ pub struct PieceProvider {
     /// Piece geometry of stored blobs, so a piece request costs no index
     /// read or manifest parse.
     pub geometry: GeometryCache,
+}
+
+/// Verified pieces of blobs that are not stored yet.
+pub trait PartialPieces: Send + Sync + 'static {
+    /// Piece `index` of `blob` and its length, when it is held and its hash
+    /// is signed (finally or provisionally).
+    fn partial_piece(&self, blob: &Digest, index: u32) -> Option<(ByteStream, u64)>;
+}
+
+impl PartialPieces for Swarm {
+    fn partial_piece(&self, blob: &Digest, index: u32) -> Option<(ByteStream, u64)> {
+        let pf = self.partial(blob)?;
+        let stream = pf.piece_stream(index)?;
+        let (start, end) = pf.geometry().piece_range(index)?;
+        Some((stream, end - start))
+    }
 }
 
 /// Stored blobs' piece manifests, parsed once. Only the geometry (size,
@@ -206,11 +223,12 @@ impl PieceProvider {
     pub async fn piece(&self, blob: &Digest, index: u32) -> Option<(ByteStream, u64)> {
         // A partial download first: it is in memory, and a blob is stored
         // only once its download is complete.
-        if let Some(pf) = self.swarm.as_ref().and_then(|s| s.partial(blob))
-            && let Some(stream) = pf.piece_stream(index)
-            && let Some((start, end)) = pf.manifest().manifest().piece_range(index)
+        if let Some(found) = self
+            .partials
+            .as_ref()
+            .and_then(|p| p.partial_piece(blob, index))
         {
-            return Some((stream, end - start));
+            return Some(found);
         }
         let manifest = self.geometry.get(&self.store, blob);
         if let Some(m) = &manifest

@@ -45,6 +45,7 @@ async fn parents(c: &mut SchedulerClient<Channel>, me: &str, blob: &str) -> Vec<
         peer_id: me.into(),
         seed_hints_wanted: 0,
         omit_manifest: false,
+        ..Default::default()
     })
     .await
     .map(|r| {
@@ -141,6 +142,7 @@ fn a_hostile_peer_cannot_blocklist_an_honest_one_or_flood_the_audit_log() {
                     peer_id: "gateway".into(),
                     seed_hints_wanted: 0,
                     omit_manifest: omit,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -118,7 +118,9 @@ fn service(audit: Option<AuditLog>, interval: Duration) -> SchedulerService {
         .unwrap();
     let now = Instant::now();
     let mut s = svc.state();
-    s.register(keys.verify(&signed, &blob).unwrap());
+    s.register(customs_protocol::piece_manifest::Statement::Final(
+        keys.verify(&signed, &blob).unwrap(),
+    ));
     for p in ["a", "b", "evil"] {
         let info = pb::PeerInfo {
             peer_id: p.into(),

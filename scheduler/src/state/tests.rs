@@ -6,7 +6,7 @@ use customs_protocol::piece_manifest::{
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn task_of(content: &[u8]) -> (VerifiedPieceManifest, Digest) {
+fn task_of(content: &[u8]) -> (Statement, Digest) {
     let key = GatewayKey::generate().unwrap();
     let blob = Digest::of(content);
     let len = customs_protocol::piece_manifest::MIN_PIECE_LEN;
@@ -25,10 +25,13 @@ fn task_of(content: &[u8]) -> (VerifiedPieceManifest, Digest) {
         })
         .unwrap();
     let trusted = TrustedGatewayKeys::from_pems([key.public_pem().unwrap().as_str()]).unwrap();
-    (trusted.verify(&signed, &blob).unwrap(), blob)
+    (
+        Statement::Final(trusted.verify(&signed, &blob).unwrap()),
+        blob,
+    )
 }
 
-fn task() -> (VerifiedPieceManifest, Digest) {
+fn task() -> (Statement, Digest) {
     task_of(b"blob")
 }
 
@@ -606,4 +609,86 @@ fn seed_hints_spread_unheld_pieces_across_peers() {
         vec![2],
         "held pieces are never hinted; expired leases are"
     );
+}
+
+/// A provisional statement for `blob` (3 pieces) signing its first
+/// `signed` pieces, from fetch `fetch`, and the final manifest.
+fn provisional(
+    key: &GatewayKey,
+    blob: &Digest,
+    fetch: &customs_protocol::piece_manifest::FetchId,
+    signed: usize,
+    at: u64,
+) -> Statement {
+    use customs_protocol::piece_manifest::{PROVISIONAL_TTL_SECS, ProvisionalPieces};
+    let len = customs_protocol::piece_manifest::MIN_PIECE_LEN;
+    let s = key
+        .sign_provisional(ProvisionalPieces {
+            blob: blob.clone(),
+            size: 3 * len,
+            piece_length: len,
+            pieces: (0..signed)
+                .map(|i| Digest::of(format!("{i}").as_bytes()))
+                .collect(),
+            fetch: fetch.clone(),
+            signed_at: at,
+            expires_at: at + PROVISIONAL_TTL_SECS,
+            admission: AdmissionRef {
+                image: "r/x".into(),
+                manifest_digest: Digest::of(b"m"),
+                policy_revision: "r".into(),
+            },
+            key_id: String::new(),
+        })
+        .unwrap();
+    TrustedGatewayKeys::from_pems([key.public_pem().unwrap().as_str()])
+        .unwrap()
+        .verify_statement(&s, blob, at)
+        .unwrap()
+}
+
+#[test]
+fn a_provisional_task_hints_only_signed_pieces_and_yields_to_its_final_manifest() {
+    use customs_protocol::piece_manifest::{FetchId, unix_now};
+    let key = GatewayKey::generate().unwrap();
+    let blob = Digest::of(b"blob");
+    let now = Instant::now();
+    let t = unix_now();
+    let fetch = FetchId::random().unwrap();
+    let mut s = SchedulerState::default();
+    assert!(s.register(provisional(&key, &blob, &fetch, 1, t)));
+    announce(&mut s, "a", now);
+    announce(&mut s, "gw", now);
+    // Only piece 0 is signed: the seed is hinted for it and nothing else.
+    let (_, _, hints) = s.task_for(&blob, &id("a"), 3, now).unwrap();
+    assert_eq!(hints, vec![0]);
+    s.report_pieces(&id("a"), &blob, &[0]).unwrap();
+    // An older statement of the same fetch does not replace a newer one.
+    assert!(s.register(provisional(&key, &blob, &fetch, 2, t)));
+    assert!(!s.register(provisional(&key, &blob, &fetch, 1, t)));
+    let (st, _, hints) = s.task_for(&blob, &id("b"), 3, now + HINT_LEASE).unwrap();
+    assert_eq!(st.pieces().len(), 2);
+    assert_eq!(hints, vec![1]);
+    // Another fetch's statement drops the holders of the first one's pieces.
+    let other = FetchId::random().unwrap();
+    assert!(s.register(provisional(&key, &blob, &other, 1, t)));
+    let (_, parents, _) = s.task_for(&blob, &id("b"), 0, now).unwrap();
+    assert!(
+        parents
+            .iter()
+            .all(|p| p.peer.as_ref().unwrap().peer_id != "a")
+    );
+    // Withdrawing needs the fetch's id; then the task is gone.
+    assert!(!s.withdraw(&blob, &fetch));
+    assert!(s.withdraw(&blob, &other));
+    assert!(s.task_for(&blob, &id("b"), 0, now).is_none());
+    // The final manifest replaces a provisional one and is never replaced
+    // or withdrawn by one.
+    let (fin, fblob) = task();
+    assert!(s.register(provisional(&key, &fblob, &fetch, 1, t)));
+    assert!(s.register(fin));
+    assert!(!s.register(provisional(&key, &fblob, &fetch, 2, t + 1)));
+    assert!(!s.withdraw(&fblob, &fetch));
+    let (st, _, _) = s.task_for(&fblob, &id("a"), 0, now).unwrap();
+    assert!(matches!(st, Statement::Final(_)));
 }

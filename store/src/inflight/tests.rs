@@ -432,7 +432,8 @@ struct Assembly {
     file: Arc<std::fs::File>,
     path: std::path::PathBuf,
     size: u64,
-    verified: watch::Sender<(u64, bool)>,
+    /// Verified bytes, stopped, verified against a final manifest.
+    verified: watch::Sender<(u64, bool, bool)>,
 }
 
 impl Assembly {
@@ -444,10 +445,18 @@ impl Assembly {
             file: Arc::new(file),
             path,
             size: data.len() as u64,
-            verified: watch::Sender::new((0, false)),
+            verified: watch::Sender::new((0, false, false)),
         })
     }
+    /// `n` bytes verified against a final manifest.
     fn verify_to(&self, n: u64) {
+        self.verified.send_modify(|v| {
+            v.0 = n;
+            v.2 = true;
+        });
+    }
+    /// `n` bytes verified against a provisional statement only.
+    fn verify_provisionally(&self, n: u64) {
         self.verified.send_modify(|v| v.0 = n);
     }
     fn stop(&self) {
@@ -468,14 +477,19 @@ impl AssembledBlob for Assembly {
     fn wait_verified(
         &self,
         beyond: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, std::io::Error>> + Send + '_>>
-    {
+        was_final: bool,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<VerifiedPrefix, std::io::Error>> + Send + '_>,
+    > {
         let mut rx = self.verified.subscribe();
         Box::pin(async move {
             loop {
-                let (n, stopped) = *rx.borrow_and_update();
-                if n > beyond || n >= self.size {
-                    return Ok(n);
+                let (n, stopped, fin) = *rx.borrow_and_update();
+                if n > beyond || (fin && (!was_final || n >= self.size)) {
+                    return Ok(VerifiedPrefix {
+                        bytes: n,
+                        is_final: fin,
+                    });
                 }
                 if stopped {
                     return Err(std::io::Error::other("assembly stopped"));
@@ -609,4 +623,70 @@ async fn a_name_that_no_longer_points_at_the_verified_file_is_not_stored() {
         "a file that was never verified was stored"
     );
     assert!(!s.blob_path(&d).exists());
+}
+
+#[tokio::test]
+async fn a_provisionally_verified_assembly_completes_no_response_before_its_final_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir.path().join("store"));
+    let data: Vec<u8> = (0..400_000u32).map(|i| (i % 249) as u8).collect();
+    let d = Digest::of(&data);
+    let size = data.len() as u64;
+    let a = Assembly::new(dir.path(), &data);
+    // Every byte verified, but against a provisional statement only.
+    a.verify_provisionally(size);
+    let whole = follow(&s, &d, size, &a).into_stream();
+    let range_end = 100_000;
+    let ranged = s
+        .fetch_or_join(
+            &reg("r.example"),
+            &d,
+            size,
+            0,
+            std::future::pending::<Result<SourceBody, FetchFailure>>(),
+        )
+        .unwrap()
+        .into_stream_until(range_end);
+    let read_until_quiet = |mut st: ByteStream| async move {
+        let mut got = 0u64;
+        while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(300), st.next()).await {
+            got += c.unwrap().len() as u64;
+        }
+        (got, st)
+    };
+    let (got_whole, whole) = read_until_quiet(whole).await;
+    let (got_range, ranged) = read_until_quiet(ranged).await;
+    // Held back like a cold stream: neither the blob nor `bytes=0-N` completes.
+    assert_eq!(
+        got_whole,
+        size - HOLDBACK,
+        "the blob completed before its final manifest"
+    );
+    assert_eq!(
+        got_range,
+        range_end - HOLDBACK,
+        "a range completed before the final manifest"
+    );
+    assert!(
+        s.meta(&d).unwrap().is_none(),
+        "stored before the final manifest"
+    );
+    // The final manifest arrives: both complete, and the blob is kept.
+    a.verify_to(size);
+    assert_eq!(collect_stream(whole).await, HOLDBACK);
+    assert_eq!(collect_stream(ranged).await, HOLDBACK);
+    assert!(
+        s.wait_stored(&d, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn collect_stream(mut st: ByteStream) -> u64 {
+    let mut n = 0;
+    while let Some(c) = st.next().await {
+        n += c.unwrap().len() as u64;
+    }
+    n
 }

@@ -200,6 +200,7 @@ fn hostile_peers_are_caught_blocklisted_and_bypassed() {
                 peer_id: (*name).into(),
                 blob_digest: big_layer.clone(),
                 pieces: (0..4).collect(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -217,6 +218,7 @@ fn hostile_peers_are_caught_blocklisted_and_bypassed() {
                     peer_id: "peer-1".into(),
                     blob_digest: big_layer.clone(),
                     pieces: vec![0],
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();
@@ -438,5 +440,153 @@ fn standalone_components_survive_a_scheduler_restart() {
             .unwrap_or(0)
             > 0,
         "{status}"
+    );
+}
+
+/// Every file under `dir` whose name is `hex` or `hex.pieces`.
+fn files_named(dir: &Path, hex: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if e.file_name().to_string_lossy().starts_with(hex) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Bytes a peer received from anyone, and from other peers only.
+fn received(fleet: &Fleet, i: usize) -> (u64, u64) {
+    let s = fleet.peer_status(i);
+    let by = s["received_bytes_by_parent"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let all = by.values().filter_map(|v| v.as_u64()).sum();
+    let peers = by
+        .iter()
+        .filter(|(k, _)| k.as_str() != "gateway")
+        .filter_map(|(_, v)| v.as_u64())
+        .sum();
+    (all, peers)
+}
+
+/// The pipelined cold path, against a slow upstream that first serves a
+/// layer whose last byte is flipped (only the whole-blob digest shows it):
+/// peers fetch and share pieces the gateway signed provisionally, yet no
+/// node keeps or hands a client a byte of the bad fetch; once the upstream
+/// is fixed, pieces reach the peers while the upstream is still sending.
+#[test]
+fn a_cold_layer_fans_out_while_fetched_and_a_bad_fetch_is_discarded_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let layer_size = 12 * MIB;
+    make_image(&dir.join("layout"), "v1", &[layer_size], &[], 15);
+    push(&dir.join("layout"), "v1", registry.addr, "team/app");
+    let layer = layout_blobs(&dir.join("layout"))
+        .into_iter()
+        .find(|d| {
+            let p = dir.join("layout/blobs/sha256").join(&d["sha256:".len()..]);
+            std::fs::metadata(p).unwrap().len() == layer_size
+        })
+        .unwrap();
+    let hex = layer["sha256:".len()..].to_owned();
+    let proxy = support::proxy::Proxy::start(&registry.url());
+    proxy
+        .state
+        .rate
+        .store(4_000_000, std::sync::atomic::Ordering::Relaxed);
+    proxy
+        .state
+        .corrupt_blobs
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let fleet = Fleet::up(&dir.join("up"), &proxy.url(), 3, &[]);
+    let pull_all = |round: &str| {
+        (0..3)
+            .map(|i| {
+                let src = format!("{}/team/app:v1", fleet.peers[i]);
+                let out = dir.join(format!("{round}-{i}"));
+                std::thread::spawn(move || {
+                    let (ok, err, _) =
+                        skopeo_pull_within(&src, &out, std::time::Duration::from_secs(120));
+                    (ok, err, out)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+
+    for p in pull_all("bad") {
+        let (ok, err, _) = p.join().unwrap();
+        assert!(!ok, "a pull of a corrupted layer succeeded: {err}");
+    }
+    // Once the bad fetch has ended (the whole layer went out and no piece
+    // file is left), no node holds the layer in any form.
+    let start = std::time::Instant::now();
+    loop {
+        let sent = proxy
+            .state
+            .bytes_out
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let left = files_named(&dir.join("up"), &hex);
+        if sent >= layer_size && left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the bad fetch left {left:?} ({sent} bytes sent)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    proxy
+        .state
+        .corrupt_blobs
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let before = proxy
+        .state
+        .bytes_out
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let gets_before = proxy.blob_counts().get(&layer).copied().unwrap_or(0);
+    let pulls = pull_all("good");
+    // While the upstream is still sending the layer, peers already hold
+    // pieces of it.
+    let mut overlapped = false;
+    while !pulls.iter().all(|p| p.is_finished()) {
+        let upstream = proxy
+            .state
+            .bytes_out
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        let got: u64 = (0..3).map(|i| received(&fleet, i).0).sum();
+        if got > 0 && upstream + MIB < layer_size {
+            overlapped = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for p in pulls {
+        let (ok, err, out) = p.join().unwrap();
+        assert!(ok, "pull after the upstream was fixed failed: {err}");
+        assert!(layout_blobs(&out).contains(&layer));
+        assert_eq!(sha256_file(&out.join("blobs/sha256").join(&hex)), layer);
+    }
+    assert!(
+        overlapped,
+        "no peer got a piece before the upstream fetch ended"
+    );
+    let from_peers: u64 = (0..3).map(|i| received(&fleet, i).1).sum();
+    assert!(from_peers > 0, "no piece went peer to peer");
+    // One upstream fetch served all three peers.
+    assert_eq!(
+        proxy.blob_counts().get(&layer).copied().unwrap_or(0),
+        gets_before + 1
     );
 }

@@ -364,7 +364,7 @@ impl Preheater {
             .blob_digests(&spec.image, &manifest_digest, &report)
             .await?
         {
-            seed.ensure_task(&self.mirror, &spec.image, &digest, None)
+            seed.ensure_task(&self.mirror, &spec.image, &digest, None, true)
                 .await
                 .map_err(|e| format!("registering {digest}: {e}"))?;
         }

@@ -149,13 +149,16 @@ impl Seed {
     ///
     /// With `fetch`, the caller holds that fetch's provisional statement:
     /// the answer is that fetch's newer statement or the final manifest it
-    /// ended in, or an error when it failed; no new fetch is started.
+    /// ended in, or `BLOB_UNKNOWN` when it failed; no new fetch is started.
+    /// Without `provisional` (a caller that takes final manifests only) the
+    /// answer waits for the final manifest.
     pub async fn ensure_task(
         self: &Arc<Self>,
         mirror: &Arc<GatewayMirror>,
         image: &ImageName,
         digest: &Digest,
         fetch: Option<&FetchId>,
+        provisional: bool,
     ) -> Result<SignedPieceManifest, MirrorError> {
         let declared = mirror.blob_size(image, digest).await?;
         let admitted_by = mirror
@@ -175,7 +178,7 @@ impl Seed {
             .get(&key)
             .cloned();
         let running = match live {
-            Some(f) if fetch.is_none_or(|id| *id == f.id) => Some(f),
+            Some(f) if fetch.is_none_or(|id| *id == f.id) && !f.has_failed() => Some(f),
             _ => None,
         };
         let running = match running {
@@ -193,23 +196,22 @@ impl Seed {
                     let why = self.failure_of(id).unwrap_or_else(|| {
                         "that fetch is over and its blob was not kept".to_owned()
                     });
-                    return Err(MirrorError::Source(FetchFailure::new(
-                        FetchFailureKind::Unavailable,
-                        format!("fetch {id} of {digest} failed: {why}"),
+                    // 404: that fetch is unknown now; the peer discards its
+                    // pieces and asks afresh.
+                    return Err(MirrorError::BlobUnknown(format!(
+                        "fetch {id} of {digest} failed: {why}"
                     )));
                 }
-                let f =
-                    SeedFetch::start(self.clone(), mirror, image, digest, declared, admitted_by)
-                        .await?;
-                self.fetches
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, f.clone());
-                f
+                SeedFetch::start(self.clone(), mirror, image, digest, declared, admitted_by).await?
             }
         };
         drop(guard);
-        match running.latest().await {
+        let outcome = if provisional {
+            running.latest().await
+        } else {
+            running.final_outcome().await
+        };
+        match outcome {
             FetchOutcome::Statement(s) => Ok(s),
             FetchOutcome::Failed(f) => Err(MirrorError::for_blob(f)),
         }
@@ -345,20 +347,22 @@ impl Seed {
 }
 
 impl customs_swarm::piece_server::PartialPieces for Seed {
-    /// Pieces of a fetch in progress that the gateway hashed and signed.
+    /// Pieces of the requester's fetch, while it runs, that the gateway
+    /// hashed and signed (a stored blob is served by the caller).
     fn partial_piece(
         &self,
         blob: &Digest,
         index: u32,
+        fetch: Option<&FetchId>,
     ) -> Option<(customs_store::inflight::ByteStream, u64)> {
-        let fetches: Vec<Arc<SeedFetch>> = self
+        let fetch = fetch?;
+        let found = self
             .fetches
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|((_, b), _)| b == blob)
-            .map(|(_, f)| f.clone())
-            .collect();
-        fetches.iter().find_map(|f| f.piece(index))
+            .find(|((_, b), f)| b == blob && f.id == *fetch)
+            .map(|(_, f)| f.clone());
+        found?.piece(index)
     }
 }

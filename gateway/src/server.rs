@@ -540,14 +540,20 @@ struct TaskState {
     resolver: RegistryResolver,
 }
 
-/// `GET /customs/v1/tasks?ns=&repo=&digest=`: the signed piece manifest for
-/// a blob bound to an admitted manifest of that repository (peers only:
-/// this route exists on the mTLS endpoint alone).
+/// `GET /customs/v1/tasks?ns=&repo=&digest=[&provisional=1][&fetch=ID]`:
+/// the signed piece manifest for a blob bound to an admitted manifest of
+/// that repository (peers only: this route exists on the mTLS endpoint
+/// alone). With `provisional=1`, a cold blob is answered at once with a
+/// provisional statement of its upstream fetch; with `fetch`, only about
+/// that fetch (404 once it failed). See [`Seed::ensure_task`].
 async fn get_task(
     State(st): State<Arc<TaskState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    // A peer holding a provisional statement names its fetch.
+    // Peers that take provisional statements say so (older ones get the
+    // final manifest only); one holding a provisional statement names its
+    // fetch.
+    let provisional = q.get("provisional").is_some_and(|v| v == "1");
     let fetch: Option<FetchId> = match q.get("fetch").map(|f| f.parse()).transpose() {
         Ok(f) => f,
         Err(e) => {
@@ -572,7 +578,7 @@ async fn get_task(
             repository,
         };
         st.seed
-            .ensure_task(&st.mirror, &image, &digest, fetch.as_ref())
+            .ensure_task(&st.mirror, &image, &digest, fetch.as_ref(), provisional)
             .await
     }
     .await;

@@ -319,20 +319,32 @@ impl Scheduler for SchedulerService {
         let id = require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let blob = parse_digest(&r.blob_digest)?;
-        let (m, parents, seed_hints) = self
-            .state()
+        let mut state = self.state();
+        let provisional_task = state
+            .task_statement(&blob)
+            .is_some_and(|m| matches!(m, Statement::Provisional(_)));
+        if provisional_task && !r.accepts_provisional {
+            // A peer that cannot take provisional statements asks the
+            // gateway, which answers it with the final manifest.
+            return Err(Status::not_found(format!(
+                "{blob} is still being fetched; ask the gateway"
+            )));
+        }
+        let (m, parents, seed_hints) = state
             .task_for(&blob, &id, r.seed_hints_wanted as usize, Instant::now())
             .ok_or_else(|| Status::not_found(format!("no admitted task for {blob}")))?;
+        drop(state);
         // A peer holding a provisional statement gets the final manifest, or
-        // a newer provisional one, as soon as there is one.
+        // a newer provisional one (of its fetch, or of a newer fetch), as
+        // soon as there is one.
         let newer = r.holds_provisional
             && match &m {
                 Statement::Final(_) => true,
                 Statement::Provisional(p) => {
                     let c = p.content();
-                    (c.pieces.len(), c.signed_at)
-                        > (r.provisional_pieces as usize, r.provisional_signed_at)
-                        || c.signed_at > r.provisional_signed_at
+                    c.fetch.as_str() != r.provisional_fetch
+                        || (c.pieces.len(), c.signed_at)
+                            > (r.provisional_pieces as usize, r.provisional_signed_at)
                 }
             };
         Ok(Response::new(pb::GetTaskResponse {
@@ -349,7 +361,19 @@ impl Scheduler for SchedulerService {
         let id = require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let blob = parse_digest(&r.blob_digest)?;
-        match self.state().report_pieces(&id, &blob, &r.pieces) {
+        let fetch: Option<FetchId> = if r.fetch_id.is_empty() {
+            None
+        } else {
+            Some(r.fetch_id.parse().map_err(
+                |e: customs_protocol::piece_manifest::PieceManifestError| {
+                    Status::invalid_argument(e.to_string())
+                },
+            )?)
+        };
+        match self
+            .state()
+            .report_pieces(&id, &blob, &r.pieces, fetch.as_ref())
+        {
             Ok(()) => Ok(Response::new(pb::ReportPiecesResponse {})),
             Err(e @ PiecesError::UnknownTask(_)) => Err(Status::not_found(e.to_string())),
             Err(e @ PiecesError::UnknownPeer(_)) => Err(Status::failed_precondition(e.to_string())),

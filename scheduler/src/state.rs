@@ -73,6 +73,9 @@ pub const MAX_UPLOAD_ADDR_LEN: usize = 64;
 pub const HINT_LEASE: Duration = Duration::from_secs(10);
 /// Most seed hints handed out per request.
 pub const SEED_HINTS: usize = 2;
+/// Withdrawn fetches remembered, so a statement of one that arrives after
+/// its withdrawal (registrations are not ordered with it) is refused.
+pub const MAX_WITHDRAWN: usize = 4096;
 
 struct PeerEntry {
     info: PeerInfo,
@@ -102,6 +105,9 @@ struct Task {
     /// The final manifest, or a provisional statement while the gateway
     /// is still fetching.
     statement: Statement,
+    /// The fetch its provisional statements were of (kept once final): a
+    /// peer reporting pieces of another fetch holds a failed fetch's bytes.
+    fetch: Option<FetchId>,
     holders: HashMap<PeerId, PieceBitmap>,
     /// Where the next seed hint search starts.
     seed_cursor: u32,
@@ -119,6 +125,8 @@ pub struct SchedulerState {
     /// Parents blocklisted for one reporter: reporter -> parent, until.
     private_blocks: Ledger<PeerId>,
     tally: Tally,
+    /// Recently withdrawn fetches, oldest first (at most [`MAX_WITHDRAWN`]).
+    withdrawn: std::collections::VecDeque<FetchId>,
 }
 
 impl Default for SchedulerState {
@@ -129,6 +137,7 @@ impl Default for SchedulerState {
             handouts: Ledger::new(MAX_HANDOUTS_PER_PEER, MAX_HANDOUTS),
             private_blocks: Ledger::new(MAX_PRIVATE_BLOCKS_PER_REPORTER, MAX_PRIVATE_BLOCKS),
             tally: Tally::default(),
+            withdrawn: std::collections::VecDeque::new(),
         }
     }
 }
@@ -219,11 +228,19 @@ impl SchedulerState {
     /// another fetch). Returns whether the task changed.
     pub fn register(&mut self, statement: Statement) -> bool {
         let blob = statement.blob().clone();
+        let fetch = match &statement {
+            Statement::Provisional(p) => Some(p.content().fetch.clone()),
+            Statement::Final(_) => None,
+        };
+        if fetch.as_ref().is_some_and(|f| self.withdrawn.contains(f)) {
+            return false;
+        }
         let Some(task) = self.tasks.get_mut(&blob) else {
             self.tasks.insert(
                 blob,
                 Task {
                     statement,
+                    fetch,
                     holders: HashMap::new(),
                     seed_cursor: 0,
                     hinted: HashMap::new(),
@@ -245,8 +262,11 @@ impl SchedulerState {
                         task.statement = statement;
                     }
                     newer
-                } else if n.signed_at >= o.signed_at {
+                } else if n.signed_at > o.signed_at {
+                    // A newer fetch (the old one failed or stalled): the
+                    // holders hold the old fetch's bytes.
                     task.statement = statement;
+                    task.fetch = fetch;
                     task.holders.clear();
                     task.hinted.clear();
                     true
@@ -260,6 +280,12 @@ impl SchedulerState {
     /// Drops a provisional task of `fetch` (the gateway's fetch failed);
     /// a final task, or another fetch's, stays. Returns whether it went.
     pub fn withdraw(&mut self, blob: &Digest, fetch: &FetchId) -> bool {
+        if !self.withdrawn.contains(fetch) {
+            if self.withdrawn.len() >= MAX_WITHDRAWN {
+                self.withdrawn.pop_front();
+            }
+            self.withdrawn.push_back(fetch.clone());
+        }
         let gone = self.tasks.get(blob).is_some_and(
             |t| matches!(&t.statement, Statement::Provisional(p) if p.content().fetch == *fetch),
         );
@@ -318,10 +344,15 @@ impl SchedulerState {
         peer: &PeerId,
         blob: &Digest,
         pieces: &[u32],
+        fetch: Option<&FetchId>,
     ) -> Result<(), PiecesError> {
         let Some(task) = self.tasks.get_mut(blob) else {
             return Err(PiecesError::UnknownTask(blob.clone()));
         };
+        if fetch.is_some() && fetch != task.fetch.as_ref() {
+            // Pieces of another fetch than the task's: never offered.
+            return Ok(());
+        }
         let n = task.statement.piece_count();
         if pieces.len() > n as usize {
             return Err(PiecesError::TooMany {
@@ -467,6 +498,11 @@ impl SchedulerState {
         )
     }
 
+    /// The statement a task holds now (none when unknown).
+    pub fn task_statement(&self, blob: &Digest) -> Option<&Statement> {
+        self.tasks.get(blob).map(|t| &t.statement)
+    }
+
     /// The task's manifest and candidate parents for `peer`: peers that hold
     /// pieces, live, not blocklisted (globally or for this peer), same zone
     /// and rack first, then least loaded relative to capacity; seeds last.
@@ -478,6 +514,15 @@ impl SchedulerState {
         wanted: usize,
         now: Instant,
     ) -> Option<(Statement, Vec<Parent>, Vec<u32>)> {
+        let unix = customs_protocol::piece_manifest::unix_now();
+        if self.tasks.get(blob).is_some_and(|t| match &t.statement {
+            Statement::Provisional(p) => p.content().expires_at <= unix,
+            Statement::Final(_) => false,
+        }) {
+            // Expired between sweeps: as good as gone.
+            self.tasks.remove(blob);
+            return None;
+        }
         let hints = self.seed_hints(blob, wanted, now);
         let task = self.tasks.get(blob)?;
         let me = self.peers.get(peer).map(|e| &e.info);

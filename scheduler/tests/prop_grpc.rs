@@ -178,7 +178,7 @@ proptest! {
         }
         rt(pb::AnnouncePeerRequest { peer: Some(info.clone()) })?;
         rt(pb::GetTaskRequest { blob_digest: blob.clone(), peer_id: peer_id.clone(), seed_hints_wanted: wanted, omit_manifest: wanted % 2 == 1 , ..Default::default() })?;
-        rt(pb::ReportPiecesRequest { peer_id: peer_id.clone(), blob_digest: blob.clone(), pieces })?;
+        rt(pb::ReportPiecesRequest { peer_id: peer_id.clone(), blob_digest: blob.clone(), pieces, ..Default::default() })?;
         rt(pb::ReportBadPieceRequest { peer_id, parent_id, blob_digest: blob, piece, detail })?;
         rt(pb::RegisterTaskRequest { manifest: Some(pb::SignedPieceManifest { payload, signature, key_id: info.peer_id.clone() }) })?;
         rt(pb::ListPeersResponse { peers: vec![info] })?;
@@ -194,7 +194,7 @@ proptest! {
     ) {
         for m in [
             pb::AnnouncePeerRequest { peer: Some(info.clone()) }.encode_to_vec(),
-            pb::ReportPiecesRequest { peer_id: info.peer_id.clone(), blob_digest: blob, pieces }.encode_to_vec(),
+            pb::ReportPiecesRequest { peer_id: info.peer_id.clone(), blob_digest: blob, pieces, ..Default::default() }.encode_to_vec(),
         ] {
             let mut m = m;
             for &(at, op, byte) in &edits {

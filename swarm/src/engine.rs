@@ -198,6 +198,7 @@ impl Swarm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(blob)
+            .filter(|p| !p.stopping.is_cancelled())
             .map(|p| p.pf.clone())
     }
 
@@ -297,6 +298,7 @@ impl Swarm {
         seed_hints_wanted: u32,
         omit_manifest: bool,
         provisional: Option<(u32, u64)>,
+        fetch: Option<&FetchId>,
     ) -> Result<(Option<SignedPieceManifest>, Vec<pb::Parent>, Vec<u32>), tonic::Status> {
         let (pieces, at) = provisional.unwrap_or_default();
         let r = self
@@ -310,6 +312,8 @@ impl Swarm {
                 holds_provisional: provisional.is_some(),
                 provisional_pieces: pieces,
                 provisional_signed_at: at,
+                provisional_fetch: fetch.map(|f| f.to_string()).unwrap_or_default(),
+                accepts_provisional: true,
             })
             .await?
             .into_inner();
@@ -329,7 +333,7 @@ impl Swarm {
         fetch: Option<&FetchId>,
     ) -> Result<SignedPieceManifest, FetchFailure> {
         let mut url = format!(
-            "{}/customs/v1/tasks?ns={}&repo={}&digest={}",
+            "{}/customs/v1/tasks?ns={}&repo={}&digest={}&provisional=1",
             self.cfg.gateway_url,
             image.registry.as_str().replace(':', "%3A"),
             image.repository,
@@ -374,19 +378,32 @@ impl Swarm {
         if let Some(pf) = self.running(blob).await? {
             return Ok(pf);
         }
-        let signed = match self.get_task(blob, 0, false, None).await {
-            Ok((Some(m), _, _)) => m,
-            Ok((None, _, _)) | Err(_) => self.task_from_gateway(image, blob, None).await?,
+        // The scheduler's statement if it verifies (one that expired
+        // between its sweeps does not), else the gateway's.
+        let from_scheduler = match self.get_task(blob, 0, false, None, None).await {
+            Ok((Some(m), _, _)) => self
+                .keys
+                .verify_statement(&m, blob, unix_now())
+                .ok()
+                .map(|s| (m, s)),
+            Ok((None, _, _)) | Err(_) => None,
         };
-        let statement = self
-            .keys
-            .verify_statement(&signed, blob, unix_now())
-            .map_err(|e| {
-                failure(
-                    FetchFailureKind::Denied,
-                    format!("piece manifest rejected: {e}"),
-                )
-            })?;
+        let (signed, statement) = match from_scheduler {
+            Some(found) => found,
+            None => {
+                let signed = self.task_from_gateway(image, blob, None).await?;
+                let statement = self
+                    .keys
+                    .verify_statement(&signed, blob, unix_now())
+                    .map_err(|e| {
+                        failure(
+                            FetchFailureKind::Denied,
+                            format!("piece manifest rejected: {e}"),
+                        )
+                    })?;
+                (signed, statement)
+            }
+        };
         if let Statement::Final(_) = &statement {
             self.keep_final(blob, &signed)
                 .await
@@ -553,17 +570,18 @@ impl Swarm {
                 }
                 None => continue,
             };
-            self.report(&blob, pieces).await;
+            self.report(&blob, pieces, None).await;
         }
     }
 
     /// Tells the scheduler which pieces this peer holds; best effort (a
     /// lost report is repeated by the next full report).
-    async fn report(&self, blob: &Digest, pieces: Vec<u32>) {
+    async fn report(&self, blob: &Digest, pieces: Vec<u32>, fetch: Option<FetchId>) {
         let req = pb::ReportPiecesRequest {
             peer_id: self.cfg.peer_id.clone(),
             blob_digest: blob.to_string(),
             pieces,
+            fetch_id: fetch.map(String::from).unwrap_or_default(),
         };
         if let Err(e) = self.scheduler.clone().report_pieces(req).await {
             tracing::debug!(%blob, error = %e, "piece report failed");
@@ -615,7 +633,7 @@ impl Swarm {
                 // The full set goes out whenever it changed and after the scheduler
                 // was unreachable (a restarted scheduler has forgotten it).
                 if held.len() != reported || last_refresh.is_none() || !scheduler_up {
-                    self.report(blob, held.clone()).await;
+                    self.report(blob, held.clone(), pf.fetch()).await;
                     reported = held.len();
                 }
                 // Hints are leased to this peer by the scheduler: the unused
@@ -624,10 +642,20 @@ impl Swarm {
                 let wanted = plan.hints_wanted(settled);
                 // The final manifest is already verified and held: parents
                 // and hints only (and a provisional statement's successor).
-                match self.get_task(blob, wanted, true, pf.provisional()).await {
+                let fetch = pf.fetch();
+                match self
+                    .get_task(blob, wanted, true, pf.provisional(), fetch.as_ref())
+                    .await
+                {
                     Ok((m, ps, h)) => {
                         if let Some(m) = m {
+                            let before = pf.signed_count();
                             self.apply(blob, pf, &m).await?;
+                            if pf.signed_count() > before {
+                                // More pieces became fetchable: waiting for
+                                // the gateway to read them was not a stall.
+                                health.progressed(tokio::time::Instant::now());
+                            }
                         }
                         plan.set_parents(views(ps));
                         plan.add_hints(h);
@@ -644,7 +672,17 @@ impl Swarm {
                                 .await
                             {
                                 Ok(m) => self.apply(blob, pf, &m).await?,
-                                Err(f) if pf.fetch().is_some() => {
+                                // Only a definite answer fails the download
+                                // (the fetch failed, or the blob is no longer
+                                // admitted); a timeout or 503 is retried
+                                // until the statement expires.
+                                Err(f)
+                                    if pf.fetch().is_some()
+                                        && matches!(
+                                            f.kind,
+                                            FetchFailureKind::NotFound | FetchFailureKind::Denied
+                                        ) =>
+                                {
                                     return Err(format!(
                                         "the gateway's fetch of this blob failed: {}",
                                         f.message
@@ -711,7 +749,8 @@ impl Swarm {
                     // sooner this peer's upload capacity joins the swarm.
                     let me = self.clone();
                     let blob = blob.clone();
-                    tokio::spawn(async move { me.report(&blob, vec![i]).await });
+                    let fetch = pf.fetch();
+                    tokio::spawn(async move { me.report(&blob, vec![i], fetch).await });
                 }
                 PieceOutcome::Duplicate { piece, parent } => {
                     // Only one loop writes this file, and it never asks for
@@ -766,7 +805,7 @@ impl Swarm {
                 }
             }
         }
-        self.report(blob, pf.held()).await;
+        self.report(blob, pf.held(), pf.fetch()).await;
         tracing::info!(%blob, pieces = n, secs = started.elapsed().as_secs_f64(), "all pieces verified");
         Ok(())
     }
@@ -778,12 +817,18 @@ impl Swarm {
         piece: u32,
         parent: ParentView,
     ) -> PieceOutcome {
-        let url = format!(
+        let mut url = format!(
             "https://{}/pieces/{}/{piece}?from={}",
             parent.addr,
             blob.hex(),
             self.cfg.peer_id
         );
+        // Pieces checked against a provisional statement must be that
+        // fetch's: a parent holding another fetch's pieces refuses.
+        if let Some(f) = pf.fetch() {
+            url.push_str("&fetch=");
+            url.push_str(f.as_str());
+        }
         let fail = |detail: String| PieceOutcome::Failed {
             piece,
             parent: parent.id.clone(),

@@ -73,6 +73,11 @@ impl Health {
         self.last_progress = now;
     }
 
+    /// The gateway signed more pieces: the clock for a stall restarts.
+    pub fn progressed(&mut self, now: Instant) {
+        self.last_progress = now;
+    }
+
     /// A transfer from `parent` failed (or the parent sent a bad piece).
     pub fn failure(&mut self, parent: &str, seed: bool, detail: &str, now: Instant) -> Verdict {
         let r = self.parents.entry(parent.to_owned()).or_default();

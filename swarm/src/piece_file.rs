@@ -262,6 +262,11 @@ impl PieceFile {
                 .is_some_and(|(_, _, exp)| now >= *exp)
     }
 
+    /// How many piece hashes are signed (all, once final).
+    pub fn signed_count(&self) -> u32 {
+        self.signed().hashes.len() as u32
+    }
+
     /// True when piece `i`'s hash is signed (it may be fetched).
     pub fn is_signed(&self, i: u32) -> bool {
         (i as usize) < self.signed().hashes.len()

@@ -10,12 +10,12 @@ use super::deadline::{SERVE_IDLE, serve_deadline, watched};
 use super::piece_file::read_range;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use customs_mirror::rate::RateLimiter;
 use customs_protocol::Digest;
-use customs_protocol::piece_manifest::{PieceManifest, SignedPieceManifest};
+use customs_protocol::piece_manifest::{FetchId, PieceManifest, SignedPieceManifest};
 use customs_store::inflight::ByteStream;
 use customs_store::{BlobStore, Table};
 use customs_tls::PeerCertificate;
@@ -90,13 +90,30 @@ pub struct PieceProvider {
 /// Verified pieces of blobs that are not stored yet.
 pub trait PartialPieces: Send + Sync + 'static {
     /// Piece `index` of `blob` and its length, when it is held and its hash
-    /// is signed (finally or provisionally).
-    fn partial_piece(&self, blob: &Digest, index: u32) -> Option<(ByteStream, u64)>;
+    /// is signed. A requester that checks pieces against a provisional
+    /// statement names its `fetch`: a piece checked only against another
+    /// fetch's statement is never served to it (the bytes of a failed fetch
+    /// would fail its check and get an honest parent blocklisted), and
+    /// without a fetch only pieces checked against the final manifest are.
+    fn partial_piece(
+        &self,
+        blob: &Digest,
+        index: u32,
+        fetch: Option<&FetchId>,
+    ) -> Option<(ByteStream, u64)>;
 }
 
 impl PartialPieces for Swarm {
-    fn partial_piece(&self, blob: &Digest, index: u32) -> Option<(ByteStream, u64)> {
+    fn partial_piece(
+        &self,
+        blob: &Digest,
+        index: u32,
+        fetch: Option<&FetchId>,
+    ) -> Option<(ByteStream, u64)> {
         let pf = self.partial(blob)?;
+        if !pf.is_final() && (fetch.is_none() || pf.fetch().as_ref() != fetch) {
+            return None;
+        }
         let stream = pf.piece_stream(index)?;
         let (start, end) = pf.geometry().piece_range(index)?;
         Some((stream, end - start))
@@ -220,13 +237,18 @@ pub enum NoSlot {
 
 impl PieceProvider {
     /// A verified piece as a stream, and its length, or `None`.
-    pub async fn piece(&self, blob: &Digest, index: u32) -> Option<(ByteStream, u64)> {
+    pub async fn piece(
+        &self,
+        blob: &Digest,
+        index: u32,
+        fetch: Option<&FetchId>,
+    ) -> Option<(ByteStream, u64)> {
         // A partial download first: it is in memory, and a blob is stored
         // only once its download is complete.
         if let Some(found) = self
             .partials
             .as_ref()
-            .and_then(|p| p.partial_piece(blob, index))
+            .and_then(|p| p.partial_piece(blob, index, fetch))
         {
             return Some(found);
         }
@@ -300,13 +322,20 @@ async fn get_piece(
     State(p): State<PieceProvider>,
     cert: Option<axum::Extension<PeerCertificate>>,
     Path((blob, index)): Path<(String, u32)>,
+    // `from` (the requester's id, for logs) and the requester's
+    // provisional `fetch`, if any.
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let Ok(digest) = format!("sha256:{blob}").parse::<Digest>() else {
         return (StatusCode::BAD_REQUEST, "bad blob digest").into_response();
     };
+    let fetch = match q.get("fetch").map(|f| f.parse::<FetchId>()).transpose() {
+        Ok(f) => f,
+        Err(_) => return (StatusCode::BAD_REQUEST, "bad fetch id").into_response(),
+    };
     // A piece not held is answered at once, without queueing for a slot,
     // so the requester can count the failure and move on.
-    let Some((body, len)) = p.piece(&digest, index).await else {
+    let Some((body, len)) = p.piece(&digest, index, fetch.as_ref()).await else {
         return (StatusCode::NOT_FOUND, "piece not held").into_response();
     };
     let Ok(slot) = p.slot(cert.as_ref().map(|c| &c.0)).await else {

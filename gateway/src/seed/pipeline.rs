@@ -16,8 +16,9 @@ use super::{STORE_WAIT, Seed};
 use crate::server::GatewayMirror;
 use customs_mirror::MirrorError;
 use customs_protocol::piece_manifest::{
-    AdmissionRef, FetchId, PROVISIONAL_RESIGN_SECS, PROVISIONAL_TTL_SECS, PieceGeometry,
-    PieceManifest, ProvisionalPieces, SignedPieceManifest, piece_length_for, unix_now,
+    AdmissionRef, FetchId, PROVISIONAL_DOMAIN, PROVISIONAL_RESIGN_SECS, PROVISIONAL_TTL_SECS,
+    PieceGeometry, PieceManifest, ProvisionalPieces, SignedPieceManifest, piece_length_for,
+    unix_now,
 };
 use customs_protocol::{Digest, ImageName, Sha256Hasher};
 use customs_store::inflight::{ByteStream, TailReader};
@@ -32,6 +33,11 @@ use tokio::sync::watch;
 /// fast upstream completes many pieces per tick, and each statement is one
 /// signature and one scheduler call.
 const SIGN_EVERY: Duration = Duration::from_millis(25);
+
+/// A fetch that completes no new piece for this long stops being re-signed:
+/// its statements then expire (at most [`PROVISIONAL_TTL_SECS`] later) and
+/// peers let go of it, while the store's own timeouts end the fetch.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
 
 /// What a fetch has to say now.
 #[derive(Debug, Clone)]
@@ -56,8 +62,9 @@ pub(super) struct SeedFetch {
 
 impl SeedFetch {
     /// Starts the fetch of `digest` (`size` bytes, as the admitted
-    /// descriptor says) and returns once the upstream answered; statements
-    /// follow from a task of its own.
+    /// descriptor says), records it in `seed`'s live fetches and returns
+    /// once the upstream answered; statements follow from a task of its
+    /// own. The caller holds the blob's seed lock.
     pub(super) async fn start(
         seed: Arc<Seed>,
         mirror: &Arc<GatewayMirror>,
@@ -100,15 +107,54 @@ impl SeedFetch {
             // yet, but names the fetch and its geometry.
             run.sign_provisional(&[]).await;
         }
-        tokio::spawn(run.run(reader));
+        // Recorded before its task starts, so the task's end always finds
+        // (and removes) it.
+        let key = (image.registry.clone(), digest.clone());
+        run.seed
+            .fetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, fetch.clone());
+        let (seed, registry, blob) = (run.seed.clone(), image.registry.clone(), digest.clone());
+        let task = tokio::spawn(run.run(reader));
+        let watched = fetch.clone();
+        tokio::spawn(async move {
+            // A panicked task still fails its fetch: nobody waits forever.
+            if task.await.is_err() {
+                let f = FetchFailure::new(FetchFailureKind::Io, "the seed's fetch task failed");
+                seed.fetch_failed(&registry, &blob, &watched.id, f.message.clone());
+                watched.latest.send_replace(Some(FetchOutcome::Failed(f)));
+                seed.withdraw(&blob, &watched.id).await;
+            }
+        });
         Ok(fetch)
+    }
+
+    /// True once the fetch failed.
+    pub(super) fn has_failed(&self) -> bool {
+        matches!(*self.latest.borrow(), Some(FetchOutcome::Failed(_)))
+    }
+
+    /// The final manifest, or the failure (for callers that take no
+    /// provisional statement).
+    pub(super) async fn final_outcome(&self) -> FetchOutcome {
+        let mut rx = self.latest.subscribe();
+        let done = |v: &Option<FetchOutcome>| match v {
+            Some(FetchOutcome::Statement(s)) => !s.payload.starts_with(PROVISIONAL_DOMAIN),
+            Some(FetchOutcome::Failed(_)) => true,
+            None => false,
+        };
+        match rx.wait_for(done).await {
+            Ok(v) => v.clone().unwrap_or_else(gone),
+            Err(_) => gone(),
+        }
     }
 
     /// The newest statement, or the failure (waits for the first).
     pub(super) async fn latest(&self) -> FetchOutcome {
         let mut rx = self.latest.subscribe();
         match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or_else(|| gone()),
+            Ok(v) => v.clone().unwrap_or_else(gone),
             Err(_) => gone(),
         }
     }
@@ -180,6 +226,7 @@ impl Run {
         let mut read = 0u64;
         let mut announced = 0usize;
         let mut last_sign = tokio::time::Instant::now();
+        let mut last_piece = (0usize, tokio::time::Instant::now());
         let mut resign = tokio::time::interval(Duration::from_secs(PROVISIONAL_RESIGN_SECS));
         resign.tick().await;
         loop {
@@ -192,6 +239,9 @@ impl Run {
                         return Err(FetchFailure::new(FetchFailureKind::SizeMismatch, format!("more than the declared {} bytes", geometry.size)));
                     }
                     hasher.update(&chunk);
+                    if hasher.done().len() > last_piece.0 {
+                        last_piece = (hasher.done().len(), tokio::time::Instant::now());
+                    }
                     // Never the last piece: it comes with the final manifest.
                     let ready = hasher.done().len().min(n.saturating_sub(1) as usize);
                     if ready > announced && last_sign.elapsed() >= SIGN_EVERY {
@@ -200,7 +250,7 @@ impl Run {
                         last_sign = tokio::time::Instant::now();
                     }
                 }
-                _ = resign.tick(), if n > 1 => {
+                _ = resign.tick(), if n > 1 && last_piece.1.elapsed() < STALL_LIMIT => {
                     // A slow upstream: keep the statement from expiring.
                     let ready = hasher.done().len().min(n.saturating_sub(1) as usize);
                     self.sign_provisional(&hasher.done()[..ready]).await;

@@ -37,6 +37,11 @@ pub const PROVISIONAL_TTL_SECS: u64 = 60;
 /// How often the gateway signs a fresh statement for a fetch in progress
 /// even when no piece completed (a slow upstream): well inside the TTL.
 pub const PROVISIONAL_RESIGN_SECS: u64 = 20;
+/// Clock difference between the gateway and a verifier that is tolerated:
+/// a statement is accepted until `expires_at` plus this, and refused when
+/// signed more than this in the verifier's future. Nodes run NTP; a node
+/// whose clock is further off takes final manifests only.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 30;
 
 /// One upstream fetch of a blob by the gateway: random, so statements of
 /// two fetches of one blob (one failed, one retried) never combine.
@@ -133,6 +138,11 @@ impl ProvisionalPieces {
             )));
         }
         let n = piece_count(self.size, self.piece_length);
+        if n > u64::from(u32::MAX) {
+            return Err(PieceManifestError::Inconsistent(format!(
+                "{n} pieces: more than a piece index can count"
+            )));
+        }
         if self.pieces.len() as u64 >= n {
             return Err(PieceManifestError::Inconsistent(format!(
                 "a provisional statement signs {} of {n} pieces; the last is signed only in the final manifest",
@@ -294,7 +304,9 @@ impl TrustedGatewayKeys {
                 got: content.blob,
             });
         }
-        if now >= content.expires_at {
+        if now >= content.expires_at.saturating_add(MAX_CLOCK_SKEW_SECS)
+            || content.signed_at > now.saturating_add(MAX_CLOCK_SKEW_SECS)
+        {
             return Err(PieceManifestError::Expired {
                 expires_at: content.expires_at,
                 now,
@@ -387,10 +399,22 @@ mod tests {
         let now = unix_now();
         let blob = Digest::of(b"blob");
         let signed = key.sign_provisional(provisional(1, now)).unwrap();
+        // Valid until its expiry plus the tolerated clock skew, not after.
+        let end = now + PROVISIONAL_TTL_SECS + MAX_CLOCK_SKEW_SECS;
+        assert!(trusted.verify_statement(&signed, &blob, end - 1).is_ok());
         assert!(matches!(
-            trusted.verify_statement(&signed, &blob, now + PROVISIONAL_TTL_SECS),
+            trusted.verify_statement(&signed, &blob, end),
             Err(PieceManifestError::Expired { .. })
         ));
+        // Signed further in the verifier's future than the skew: refused.
+        let future = key
+            .sign_provisional(provisional(1, now + MAX_CLOCK_SKEW_SECS + 1))
+            .unwrap();
+        assert!(trusted.verify_statement(&future, &blob, now).is_err());
+        // A size whose piece count no piece index can hold.
+        let mut huge = provisional(1, now);
+        huge.size = u64::MAX;
+        assert!(key.sign_provisional(huge).is_err());
         // Every piece signed provisionally: refused when signing.
         assert!(key.sign_provisional(provisional(4, now)).is_err());
         let mut long = provisional(1, now);

@@ -129,7 +129,7 @@ fn service(audit: Option<AuditLog>, interval: Duration) -> SchedulerService {
         };
         s.announce(&id(p), info, now).unwrap();
     }
-    s.report_pieces(&id("evil"), &blob, &[0]).unwrap();
+    s.report_pieces(&id("evil"), &blob, &[0], None).unwrap();
     drop(s);
     svc
 }

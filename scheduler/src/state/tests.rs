@@ -74,7 +74,8 @@ fn swarm(names: &[&str], now: Instant) -> (SchedulerState, Digest) {
     for p in names.iter().chain(&["evil"]) {
         announce(&mut s, p, now);
     }
-    s.report_pieces(&id("evil"), &blob, &[0, 1, 2]).unwrap();
+    s.report_pieces(&id("evil"), &blob, &[0, 1, 2], None)
+        .unwrap();
     (s, blob)
 }
 
@@ -98,7 +99,7 @@ fn parents_by_locality_then_load_with_seed_last() {
         .unwrap();
     s.announce(&id("gw"), peer("gw", "", 0, true), now).unwrap();
     for p in ["far", "near-busy", "near-idle", "me"] {
-        s.report_pieces(&id(p), &blob, &[0, 99]).unwrap();
+        s.report_pieces(&id(p), &blob, &[0, 99], None).unwrap();
     }
     let (_, parents, _) = s.task_for(&blob, &id("me"), 0, now).unwrap();
     let ids: Vec<_> = parents
@@ -112,7 +113,7 @@ fn parents_by_locality_then_load_with_seed_last() {
             .is_none()
     );
     assert_eq!(
-        s.report_pieces(&id("me"), &Digest::of(b"unregistered"), &[0]),
+        s.report_pieces(&id("me"), &Digest::of(b"unregistered"), &[0], None),
         Err(PiecesError::UnknownTask(Digest::of(b"unregistered")))
     );
 }
@@ -123,7 +124,8 @@ fn a_report_counts_only_for_a_parent_handed_to_that_reporter_for_that_blob() {
     let (mut s, blob) = swarm(&["a", "b"], now);
     let (other_task, other_blob) = task_of(b"other");
     s.register(other_task);
-    s.report_pieces(&id("evil"), &other_blob, &[0]).unwrap();
+    s.report_pieces(&id("evil"), &other_blob, &[0], None)
+        .unwrap();
     // Never handed out: ignored, and evil is still offered to a.
     assert_eq!(
         bad(&mut s, "a", &blob, now),
@@ -317,7 +319,7 @@ fn one_reporter_keeps_a_bounded_private_blocklist() {
     for i in 0..n {
         let p = format!("p{i}");
         announce(&mut s, &p, now);
-        s.report_pieces(&id(&p), &blob, &[0]).unwrap();
+        s.report_pieces(&id(&p), &blob, &[0], None).unwrap();
     }
     let mut reported = 0;
     let mut t = now;
@@ -418,7 +420,7 @@ fn hand_outs_are_bounded_per_requester() {
 fn peers_not_heard_from_are_forgotten_with_their_pieces() {
     let now = Instant::now();
     let (mut s, blob) = swarm(&["a", "quiet"], now);
-    s.report_pieces(&id("quiet"), &blob, &[1]).unwrap();
+    s.report_pieces(&id("quiet"), &blob, &[1], None).unwrap();
     let later = now + PEER_FORGET_AFTER;
     for p in ["a", "evil"] {
         announce(&mut s, p, later);
@@ -427,7 +429,7 @@ fn peers_not_heard_from_are_forgotten_with_their_pieces() {
     assert_eq!(s.sizes().0, 2);
     assert_eq!(offered(&mut s, &blob, "a", later), ["evil"]);
     assert_eq!(
-        s.report_pieces(&id("quiet"), &blob, &[1]),
+        s.report_pieces(&id("quiet"), &blob, &[1], None),
         Err(PiecesError::UnknownPeer(id("quiet"))),
         "a forgotten peer announces again before it reports"
     );
@@ -525,14 +527,15 @@ fn piece_reports_are_bounded_by_the_task() {
     let now = Instant::now();
     let (mut s, blob) = swarm(&["a"], now);
     assert_eq!(
-        s.report_pieces(&id("a"), &blob, &[0, 1, 2, 0]),
+        s.report_pieces(&id("a"), &blob, &[0, 1, 2, 0], None),
         Err(PiecesError::TooMany { sent: 4, pieces: 3 })
     );
-    s.report_pieces(&id("a"), &blob, &[2, 2, u32::MAX]).unwrap();
+    s.report_pieces(&id("a"), &blob, &[2, 2, u32::MAX], None)
+        .unwrap();
     let (_, parents, _) = s.task_for(&blob, &id("evil"), 0, now).unwrap();
     assert_eq!(parents[0].pieces, vec![0b100], "bitmap sized by the task");
     assert_eq!(
-        s.report_pieces(&id("stranger"), &blob, &[0]),
+        s.report_pieces(&id("stranger"), &blob, &[0], None),
         Err(PiecesError::UnknownPeer(id("stranger")))
     );
 }
@@ -602,7 +605,7 @@ fn seed_hints_spread_unheld_pieces_across_peers() {
     assert!(none.is_empty());
     let (_, _, zero) = s.task_for(&blob, &id("c"), 0, now + HINT_LEASE).unwrap();
     assert!(zero.is_empty(), "no hints unless asked");
-    s.report_pieces(&id("a"), &blob, &[0, 1]).unwrap();
+    s.report_pieces(&id("a"), &blob, &[0, 1], None).unwrap();
     let (_, _, c) = s.task_for(&blob, &id("c"), 2, now + HINT_LEASE).unwrap();
     assert_eq!(
         c,
@@ -662,33 +665,52 @@ fn a_provisional_task_hints_only_signed_pieces_and_yields_to_its_final_manifest(
     // Only piece 0 is signed: the seed is hinted for it and nothing else.
     let (_, _, hints) = s.task_for(&blob, &id("a"), 3, now).unwrap();
     assert_eq!(hints, vec![0]);
-    s.report_pieces(&id("a"), &blob, &[0]).unwrap();
+    s.report_pieces(&id("a"), &blob, &[0], None).unwrap();
     // An older statement of the same fetch does not replace a newer one.
     assert!(s.register(provisional(&key, &blob, &fetch, 2, t)));
     assert!(!s.register(provisional(&key, &blob, &fetch, 1, t)));
     let (st, _, hints) = s.task_for(&blob, &id("b"), 3, now + HINT_LEASE).unwrap();
     assert_eq!(st.pieces().len(), 2);
     assert_eq!(hints, vec![1]);
-    // Another fetch's statement drops the holders of the first one's pieces.
+    // Another fetch's statement signed in the same second does not replace
+    // it; a later one does, and drops the holders of the first one's pieces.
     let other = FetchId::random().unwrap();
-    assert!(s.register(provisional(&key, &blob, &other, 1, t)));
+    assert!(!s.register(provisional(&key, &blob, &other, 1, t)));
+    assert!(s.register(provisional(&key, &blob, &other, 1, t + 1)));
     let (_, parents, _) = s.task_for(&blob, &id("b"), 0, now).unwrap();
     assert!(
         parents
             .iter()
             .all(|p| p.peer.as_ref().unwrap().peer_id != "a")
     );
-    // Withdrawing needs the fetch's id; then the task is gone.
+    // A report of the old fetch's pieces makes nobody a holder.
+    s.report_pieces(&id("a"), &blob, &[0], Some(&fetch))
+        .unwrap();
+    let offers_a = |s: &mut SchedulerState| {
+        let (_, parents, _) = s.task_for(&blob, &id("b"), 0, now).unwrap();
+        parents
+            .iter()
+            .any(|p| p.peer.as_ref().unwrap().peer_id == "a")
+    };
+    assert!(!offers_a(&mut s));
+    s.report_pieces(&id("a"), &blob, &[0], Some(&other))
+        .unwrap();
+    assert!(offers_a(&mut s));
+    // Withdrawing needs the fetch's id; then the task is gone, and a
+    // statement of the withdrawn fetch arriving late does not bring it back.
     assert!(!s.withdraw(&blob, &fetch));
     assert!(s.withdraw(&blob, &other));
+    assert!(s.task_for(&blob, &id("b"), 0, now).is_none());
+    assert!(!s.register(provisional(&key, &blob, &other, 2, t + 2)));
     assert!(s.task_for(&blob, &id("b"), 0, now).is_none());
     // The final manifest replaces a provisional one and is never replaced
     // or withdrawn by one.
     let (fin, fblob) = task();
-    assert!(s.register(provisional(&key, &fblob, &fetch, 1, t)));
+    let third = FetchId::random().unwrap();
+    assert!(s.register(provisional(&key, &fblob, &third, 1, t)));
     assert!(s.register(fin));
-    assert!(!s.register(provisional(&key, &fblob, &fetch, 2, t + 1)));
-    assert!(!s.withdraw(&fblob, &fetch));
+    assert!(!s.register(provisional(&key, &fblob, &third, 2, t + 1)));
+    assert!(!s.withdraw(&fblob, &third));
     let (st, _, _) = s.task_for(&fblob, &id("a"), 0, now).unwrap();
     assert!(matches!(st, Statement::Final(_)));
 }

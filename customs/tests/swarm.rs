@@ -489,16 +489,20 @@ fn a_cold_layer_fans_out_while_fetched_and_a_bad_fetch_is_discarded_everywhere()
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let registry = Registry::start(&dir.join("registry"));
-    let layer_size = 12 * MIB;
-    make_image(&dir.join("layout"), "v1", &[layer_size], &[], 15);
+    make_image(&dir.join("layout"), "v1", &[12 * MIB], &[], 15);
     push(&dir.join("layout"), "v1", registry.addr, "team/app");
+    // The layer: the largest blob of the image.
+    let size_of = |d: &String| {
+        std::fs::metadata(dir.join("layout/blobs/sha256").join(&d["sha256:".len()..]))
+            .unwrap()
+            .len()
+    };
     let layer = layout_blobs(&dir.join("layout"))
         .into_iter()
-        .find(|d| {
-            let p = dir.join("layout/blobs/sha256").join(&d["sha256:".len()..]);
-            std::fs::metadata(p).unwrap().len() == layer_size
-        })
+        .max_by_key(size_of)
         .unwrap();
+    let layer_size = size_of(&layer);
+    assert!(layer_size >= 11 * MIB, "{layer_size}");
     let hex = layer["sha256:".len()..].to_owned();
     let proxy = support::proxy::Proxy::start(&registry.url());
     proxy

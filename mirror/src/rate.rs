@@ -72,6 +72,19 @@ impl RateLimiter {
     /// Wraps a body stream so it is paced and counted.
     pub fn limit(self: &Arc<Self>, body: ByteStream) -> ByteStream {
         let guard = ActiveGuard::new(self.clone());
+        if self.rate == 0 {
+            // Unlimited: chunks pass whole (each slice would be one more
+            // body frame, TLS write and wake-up per 64 KiB), only counted.
+            return Box::pin(body.map(move |chunk| {
+                if let Ok(b) = &chunk {
+                    guard
+                        .limiter
+                        .served
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                chunk
+            }));
+        }
         Box::pin(
             body.flat_map(|chunk| {
                 let parts: Vec<Result<Bytes, std::io::Error>> = match chunk {
@@ -145,6 +158,23 @@ mod tests {
         let took = start.elapsed().as_secs_f64();
         assert!((1.9..2.2).contains(&took), "2 MB at 1 MB/s took {took}s");
         assert_eq!(l.served(), 2_000_000);
+        assert_eq!(l.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unlimited_limiter_passes_chunks_whole_and_counts_them() {
+        let l = RateLimiter::new(0);
+        let body: ByteStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Bytes::from(vec![1u8; 300_000])),
+            Err(std::io::Error::other("cut")),
+        ]));
+        let mut s = l.limit(body);
+        assert_eq!(l.active(), 1);
+        assert_eq!(s.next().await.unwrap().unwrap().len(), 300_000);
+        assert!(s.next().await.unwrap().is_err(), "errors pass through");
+        assert!(s.next().await.is_none());
+        drop(s);
+        assert_eq!(l.served(), 300_000);
         assert_eq!(l.active(), 0);
     }
 }

@@ -16,8 +16,10 @@
 //! - `big`: a 2 GiB blob through one peer; prints the peer's peak RSS
 //!   (target under 64 MiB).
 //!
-//! First it prints this machine's cost of writing fresh bytes to a file,
-//! the floor under "one write per byte" on every node.
+//! It also measures this machine's cost of writing fresh bytes to a file
+//! (the floor under "one write per byte" on every node) and of one sha256
+//! pass, and prints each CPU target restated for that sha256 cost beside
+//! the issue's own.
 //!
 //! CPU is the sum over every Customs process (`customs up` with its
 //! gateway and scheduler, and its peers), clients excluded, sampled after

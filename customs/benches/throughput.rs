@@ -117,18 +117,14 @@ fn image(dir: &Path, registry: &Registry, repo: &str, layers: &[u64], seed: u64)
     let _ = std::fs::remove_dir_all(&layout);
 }
 
-thread_local! {
-    /// One sha256 pass on this machine, CPU-s per GiB ([`hash_floor`]).
-    static HASH_COST: std::cell::Cell<f64> = const { std::cell::Cell::new(0.5) };
+/// A CPU target restated for this machine's sha256 cost `hash` (CPU-s per
+/// GiB, [`hash_floor`]): `target` assumed `passes` hashes of every byte at
+/// 0.5 CPU-s/GiB each.
+fn for_this_hash(hash: f64, target: f64, passes: f64) -> f64 {
+    target + passes * (hash - 0.5).max(0.0)
 }
 
-/// A CPU target restated for this machine's sha256 cost: `target` assumed
-/// `passes` hashes of every byte at 0.5 CPU-s/GiB each.
-fn for_this_hash(target: f64, passes: f64) -> f64 {
-    target + passes * (HASH_COST.with(|h| h.get()) - 0.5).max(0.0)
-}
-
-fn cold_and_second(dir: &Path, scale: u64) {
+fn cold_and_second(dir: &Path, scale: u64, hash: f64) {
     let size = 512 * MIB * scale / 512;
     let registry = Registry::start(&dir.join("registry"));
     let layer = size / 4;
@@ -166,10 +162,10 @@ fn cold_and_second(dir: &Path, scale: u64) {
             gw / gib,
             peers / gib,
             verdict(cold / direct <= 1.5 && (gw + peers) / gib <= 3.5),
-            for_this_hash(3.5, 3.0),
-            for_this_hash(2.0, 2.0),
-            for_this_hash(1.5, 1.0),
-            verdict(cold / direct <= 1.5 && (gw + peers) / gib <= for_this_hash(3.5, 3.0))
+            for_this_hash(hash, 3.5, 3.0),
+            for_this_hash(hash, 2.0, 2.0),
+            for_this_hash(hash, 1.5, 1.0),
+            verdict(cold / direct <= 1.5 && (gw + peers) / gib <= for_this_hash(hash, 3.5, 3.0))
         ),
     );
     row(
@@ -183,13 +179,13 @@ fn cold_and_second(dir: &Path, scale: u64) {
             gw2 / gib,
             peers2 / gib,
             verdict((gw2 + peers2) / gib <= 2.5),
-            for_this_hash(2.5, 1.0),
-            verdict((gw2 + peers2) / gib <= for_this_hash(2.5, 1.0))
+            for_this_hash(hash, 2.5, 1.0),
+            verdict((gw2 + peers2) / gib <= for_this_hash(hash, 2.5, 1.0))
         ),
     );
 }
 
-fn fanout(dir: &Path, scale: u64) {
+fn fanout(dir: &Path, scale: u64, hash: f64) {
     let size = 128 * MIB * scale / 512;
     let n = 8;
     let registry = Registry::start(&dir.join("registry"));
@@ -226,8 +222,8 @@ fn fanout(dir: &Path, scale: u64) {
             gw / delivered,
             peers / delivered,
             verdict((gw + peers) / delivered <= 2.5),
-            for_this_hash(2.5, 1.0),
-            verdict((gw + peers) / delivered <= for_this_hash(2.5, 1.0))
+            for_this_hash(hash, 2.5, 1.0),
+            verdict((gw + peers) / delivered <= for_this_hash(hash, 2.5, 1.0))
         ),
     );
 }
@@ -372,7 +368,6 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let floor_before = write_floor(&tmp.path().join("floor"));
     let hash = hash_floor();
-    HASH_COST.with(|h| h.set(hash));
     println!(
         "{:<44} {:>9} {:>7} {:>17}",
         "case", "wall", "vs base", "CPU (all Customs)"
@@ -380,8 +375,8 @@ fn main() {
     for case in cases.split(',') {
         let dir = tmp.path().join(case);
         match case {
-            "cold" | "second" => cold_and_second(&dir, scale),
-            "fanout" => fanout(&dir, scale),
+            "cold" | "second" => cold_and_second(&dir, scale, hash),
+            "fanout" => fanout(&dir, scale, hash),
             "rollout" => rollout(&dir, scale),
             "big" => big(&dir, scale),
             other => panic!("unknown case {other}: cold, fanout, rollout, big"),

@@ -51,7 +51,6 @@ use std::fmt;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 /// Bytes withheld from cold-stream readers until the digest matched: the
@@ -68,6 +67,11 @@ pub const SOURCE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const WRITE_BATCH: usize = 256 * 1024;
 /// How much a reader pulls from disk per step.
 const READ_CHUNK: u64 = 256 * 1024;
+/// Batches a fetch keeps in memory after writing them (2 MiB): a reader
+/// that keeps up with the source (the gateway's piece hasher, a client
+/// following a cold stream, a peer asking for a piece just signed) takes
+/// its bytes from here instead of reading them back from disk.
+const RECENT_BATCHES: usize = 8;
 
 /// A stream of body bytes from a source or to a client.
 pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
@@ -191,6 +195,34 @@ enum State {
 struct Progress {
     written: u64,
     state: State,
+    /// The last [`RECENT_BATCHES`] batches written, oldest first, each at
+    /// its offset: the same bytes as the file's, shared, not copied.
+    recent: std::collections::VecDeque<(u64, Bytes)>,
+}
+
+impl Progress {
+    fn new(written: u64, state: State) -> Self {
+        Progress {
+            written,
+            state,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Bytes `pos..` (up to `limit` and to the end of their batch) when a
+    /// recent batch holds `pos`.
+    fn recent_from(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        if pos >= limit {
+            return None;
+        }
+        let (at, b) = self
+            .recent
+            .iter()
+            .find(|(at, b)| *at <= pos && pos < at + b.len() as u64)?;
+        let from = (pos - at) as usize;
+        let to = ((limit - at) as usize).min(b.len());
+        Some(b.slice(from..to))
+    }
 }
 
 /// The file readers pread: known once the source opened (the store's temp
@@ -246,6 +278,11 @@ impl TailReader {
         self.file.get().cloned()
     }
 
+    /// The bytes this fetch wrote last, while they are still in memory.
+    pub fn recent(&self) -> RecentBytes {
+        RecentBytes(self.rx.clone())
+    }
+
     /// Turns the reader into a body stream from its offset to the end.
     pub fn into_stream(self) -> ByteStream {
         self.into_stream_until(u64::MAX)
@@ -278,9 +315,9 @@ impl TailReader {
             return Ok(None);
         }
         loop {
-            let (readable, failed) = {
+            let (readable, failed, in_memory) = {
                 let p = self.rx.borrow_and_update();
-                match &p.state {
+                let (readable, failed) = match &p.state {
                     State::Verified => (self.size, None),
                     State::Failed(f) => (0, Some(f.clone())),
                     // `end` is at most the size: holding back before the end
@@ -289,10 +326,19 @@ impl TailReader {
                         (p.written.min(end.saturating_sub(HOLDBACK)), None)
                     }
                     State::Assembling => (p.written, None),
-                }
+                };
+                let in_memory = match failed {
+                    None => p.recent_from(self.pos, readable.min(end)),
+                    Some(_) => None,
+                };
+                (readable, failed, in_memory)
             };
             if let Some(f) = failed {
                 return Err(std::io::Error::other(f));
+            }
+            if let Some(b) = in_memory {
+                self.pos += b.len() as u64;
+                return Ok(Some(b));
             }
             if self.pos < readable.min(end) {
                 let len = (readable.min(end) - self.pos).min(READ_CHUNK) as usize;
@@ -320,6 +366,30 @@ impl TailReader {
     }
 }
 
+/// The batches a fetch wrote last (at most [`RECENT_BATCHES`]), for a
+/// reader that serves a range just written (the gateway's seed serving a
+/// piece it signed a moment ago) without reading it back from disk.
+pub struct RecentBytes(watch::Receiver<Progress>);
+
+impl RecentBytes {
+    /// Bytes `start..end` as shared chunks, when they are all written and
+    /// still held; `None` sends the caller to the file.
+    pub fn range(&self, start: u64, end: u64) -> Option<Vec<Bytes>> {
+        let p = self.0.borrow();
+        if matches!(p.state, State::Failed(_)) || end > p.written {
+            return None;
+        }
+        let mut chunks = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            let b = p.recent_from(pos, end)?;
+            pos += b.len() as u64;
+            chunks.push(b);
+        }
+        Some(chunks)
+    }
+}
+
 /// A reader over an already stored blob.
 fn stored_reader(
     store: &BlobStore,
@@ -335,10 +405,7 @@ fn stored_reader(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let (_tx, rx) = watch::channel(Progress {
-        written: meta.size,
-        state: State::Verified,
-    });
+    let (_tx, rx) = watch::channel(Progress::new(meta.size, State::Verified));
     Ok(Some(TailReader {
         file: Arc::new(std::sync::OnceLock::from(Arc::new(file))),
         rx,
@@ -380,10 +447,7 @@ where
             _pin: store.pin(digest),
         });
     }
-    let (tx, rx) = watch::channel(Progress {
-        written: 0,
-        state: State::Opening,
-    });
+    let (tx, rx) = watch::channel(Progress::new(0, State::Opening));
     let file: ReadFile = Arc::default();
     let inf = Arc::new(Inflight {
         file: file.clone(),
@@ -412,7 +476,10 @@ where
             }
             Err(f) => {
                 tracing::warn!(registry = %task_registry, digest = %task_digest, error = %f, "blob fetch failed; nothing stored");
-                inf.tx.send_modify(|p| p.state = State::Failed(f.clone()));
+                inf.tx.send_modify(|p| {
+                    p.state = State::Failed(f.clone());
+                    p.recent.clear();
+                });
             }
         }
         task_store
@@ -490,10 +557,9 @@ impl Fetch<'_> {
             idle,
             ..
         } = *self;
-        let writer = std::fs::File::create(tmp).map_err(io_failure)?;
+        let writer = Arc::new(std::fs::File::create(tmp).map_err(io_failure)?);
         let reader = std::fs::File::open(tmp).map_err(io_failure)?;
         let _ = inf.file.set(Arc::new(reader));
-        let mut writer = tokio::fs::File::from_std(writer);
         inf.tx.send_modify(|p| p.state = State::Running);
         let mut hasher = Sha256Hasher::new();
         // Source chunks are small (often 8-16 KiB); batching them bounds the
@@ -533,14 +599,25 @@ impl Fetch<'_> {
                 None => ended = true,
             }
             if batch.len() >= WRITE_BATCH || (ended && !batch.is_empty()) {
-                // tokio's File hands writes to a blocking thread; flush waits
-                // for them, so `written` never runs ahead of what readers can
-                // pread.
-                writer.write_all(&batch).await.map_err(io_failure)?;
-                writer.flush().await.map_err(io_failure)?;
-                batch.clear();
+                // One positional write of the batch, awaited, so `written`
+                // never runs ahead of what readers can pread; the batch is
+                // then shared with readers that keep up, not copied.
+                let data = batch.split().freeze();
+                batch.reserve(WRITE_BATCH);
+                let at = hasher.len() - data.len() as u64;
+                let (f, d) = (writer.clone(), data.clone());
+                tokio::task::spawn_blocking(move || f.write_all_at(&d, at))
+                    .await
+                    .map_err(|e| io_failure(std::io::Error::other(e)))?
+                    .map_err(io_failure)?;
                 let written = hasher.len();
-                inf.tx.send_modify(|p| p.written = written);
+                inf.tx.send_modify(|p| {
+                    p.written = written;
+                    p.recent.push_back((at, data));
+                    if p.recent.len() > RECENT_BATCHES {
+                        p.recent.pop_front();
+                    }
+                });
             }
         }
         if hasher.len() != size {

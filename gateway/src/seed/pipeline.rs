@@ -21,7 +21,7 @@ use customs_protocol::piece_manifest::{
     unix_now,
 };
 use customs_protocol::{Digest, ImageName, Sha256Hasher};
-use customs_store::inflight::{ByteStream, TailReader};
+use customs_store::inflight::{ByteStream, RecentBytes, TailReader};
 use customs_store::{FetchFailure, FetchFailureKind};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -55,6 +55,9 @@ pub(super) struct SeedFetch {
     geometry: PieceGeometry,
     /// The store's temp file of this fetch (then the stored blob: same inode).
     file: Arc<std::fs::File>,
+    /// What the store wrote last, still in memory: a piece signed a moment
+    /// ago is served from here, not read back.
+    recent: RecentBytes,
     /// Pieces hashed and signed so far: only these are served.
     signed: AtomicU32,
     latest: watch::Sender<Option<FetchOutcome>>,
@@ -91,6 +94,7 @@ impl SeedFetch {
             id,
             geometry,
             file,
+            recent: reader.recent(),
             signed: AtomicU32::new(0),
             latest: watch::channel(None).0,
         });
@@ -166,10 +170,11 @@ impl SeedFetch {
             return None;
         }
         let (start, end) = self.geometry.piece_range(index)?;
-        Some((
-            customs_swarm::piece_file::read_range(self.file.clone(), start, end),
-            end - start,
-        ))
+        let stream: ByteStream = match self.recent.range(start, end) {
+            Some(chunks) => Box::pin(futures_util::stream::iter(chunks.into_iter().map(Ok))),
+            None => customs_swarm::piece_file::read_range(self.file.clone(), start, end),
+        };
+        Some((stream, end - start))
     }
 }
 

@@ -690,3 +690,64 @@ async fn collect_stream(mut st: ByteStream) -> u64 {
     }
     n
 }
+
+#[tokio::test]
+async fn recent_batches_serve_only_written_bytes_of_a_live_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let batch = WRITE_BATCH;
+    let n = RECENT_BATCHES + 2;
+    let data: Vec<u8> = (0..n * batch).map(|i| (i % 253) as u8).collect();
+    let wrong = Digest::of(b"not these bytes");
+    let (tx, open) = fed_source();
+    let mut r = s
+        .fetch_or_join(&reg("r.example"), &wrong, data.len() as u64, 0, open)
+        .unwrap();
+    let recent = r.recent();
+    assert!(recent.range(0, 1).is_none(), "nothing written yet");
+    tx.send(Bytes::copy_from_slice(&data[..batch])).unwrap();
+    r.started().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recent.range(0, batch as u64).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first batch never held"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got: Vec<u8> = recent.range(0, batch as u64).unwrap().concat();
+    assert_eq!(got, &data[..batch]);
+    assert!(
+        recent.range(0, batch as u64 + 1).is_none(),
+        "a byte not written yet is never served"
+    );
+    // More batches than are kept: the oldest falls out, the newest span
+    // several batches.
+    for i in 1..n {
+        tx.send(Bytes::copy_from_slice(&data[i * batch..(i + 1) * batch]))
+            .unwrap();
+    }
+    let end = (n * batch) as u64;
+    while recent.range(end - 1, end).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "last batch never held"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(recent.range(0, 1).is_none(), "the oldest batch was let go");
+    let from = end - 3 * batch as u64 + 7;
+    let got: Vec<u8> = recent.range(from, end).unwrap().concat();
+    assert_eq!(got, &data[from as usize..]);
+    // The digest does not match: the fetch fails and nothing is served
+    // from memory any more.
+    drop(tx);
+    while recent.range(end - 1, end).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "failed fetch still served"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(collect(r).await.is_err());
+}

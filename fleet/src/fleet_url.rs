@@ -33,6 +33,13 @@ impl std::str::FromStr for FleetUrl {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for FleetUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FleetUrl {
     /// The URL with its password, for the Redis client only.
     pub(crate) fn expose(&self) -> &str {

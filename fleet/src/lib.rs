@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod member;
 
 pub use fleet_url::FleetUrl;
+pub use member::spawn_heartbeat;
 pub use member::{Member, MemberId, MemberRole};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -143,6 +144,53 @@ impl Fleet {
             .await
             .map_err(|_| FleetError::Timeout(COMMAND_TIMEOUT))?
             .map_err(FleetError::from)
+    }
+}
+
+/// A fleet connection made on first use and retried on each use until it
+/// succeeds: a process whose Redis is down at start still starts, serves
+/// what needs no Redis, and joins the fleet once Redis answers.
+#[derive(Debug)]
+pub struct LazyFleet {
+    url: FleetUrl,
+    ca: Option<std::path::PathBuf>,
+    prefix: String,
+    cell: tokio::sync::OnceCell<Fleet>,
+}
+
+impl LazyFleet {
+    /// A connection to `url` (with `ca` for `rediss://`), not made yet.
+    pub fn new(url: FleetUrl, ca: Option<std::path::PathBuf>) -> Self {
+        LazyFleet {
+            url,
+            ca,
+            prefix: KEY_PREFIX.to_owned(),
+            cell: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The same under another key prefix (tests sharing one Redis).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// The URL (password redacted when shown).
+    pub fn url(&self) -> &FleetUrl {
+        &self.url
+    }
+
+    /// The connection, made now if it was not yet.
+    pub async fn get(&self) -> Result<&Fleet, FleetError> {
+        self.cell
+            .get_or_try_init(|| async {
+                Ok::<_, FleetError>(
+                    Fleet::connect(&self.url, self.ca.as_deref())
+                        .await?
+                        .with_prefix(&self.prefix),
+                )
+            })
+            .await
     }
 }
 

@@ -88,6 +88,26 @@ impl MemberId {
     }
 }
 
+/// A member id when none is configured: the host name (else `fallback`)
+/// and the member's port, since several members may share a host.
+pub fn default_id(fallback: &str, port: u16) -> Result<MemberId, BadMemberId> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    let host = if host.is_empty() { fallback } else { &host };
+    format!("{host}-{port}").parse()
+}
+
 /// A live member and where it answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -240,7 +260,7 @@ fn validate(
 /// A failed heartbeat is logged and retried: Redis being down only makes
 /// this member invisible to the others, nothing else.
 pub fn spawn_heartbeat(
-    fleet: Fleet,
+    fleet: std::sync::Arc<crate::LazyFleet>,
     member: Member,
     ttl: Duration,
     shutdown: CancellationToken,
@@ -253,7 +273,11 @@ pub fn spawn_heartbeat(
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => break,
             }
-            match fleet.heartbeat(&member, ttl).await {
+            let beat = match fleet.get().await {
+                Ok(f) => f.heartbeat(&member, ttl).await,
+                Err(e) => Err(e),
+            };
+            match beat {
                 Ok(()) if failing => {
                     failing = false;
                     tracing::info!(member = %member.id, "fleet heartbeat restored");
@@ -267,7 +291,9 @@ pub fn spawn_heartbeat(
                 }
             }
         }
-        if let Err(e) = fleet.leave(member.role, &member.id).await {
+        if let Ok(f) = fleet.get().await
+            && let Err(e) = f.leave(member.role, &member.id).await
+        {
             tracing::warn!(member = %member.id, error = %e, "could not leave the fleet cleanly");
         }
     })

@@ -42,6 +42,7 @@ fn redis() -> Redis {
 fn cli(port: u16, args: &[&str]) {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
+        .stdin(std::process::Stdio::null())
         .args(args)
         .output()
         .unwrap();
@@ -151,8 +152,12 @@ async fn members_live_by_heartbeat_and_forged_ones_are_ignored() {
     // A member that stops heartbeating is gone within its TTL; one that
     // keeps heartbeating stays.
     let token = tokio_util::sync::CancellationToken::new();
+    let lazy = std::sync::Arc::new(customs_fleet::LazyFleet::new(
+        format!("redis://127.0.0.1:{}", r.port).parse().unwrap(),
+        None,
+    ));
     let hb = spawn_heartbeat(
-        fleet.clone(),
+        lazy,
         member("gw-b", MemberRole::Gateway),
         ttl,
         token.clone(),
@@ -195,6 +200,7 @@ async fn jobs_are_shared_bounded_and_redis_down_is_a_clear_error() {
     let out = Command::new("redis-cli")
         .args(["-p", &r.port.to_string(), "-x", "SET", &key])
         .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;

@@ -186,8 +186,10 @@ async fn create_job(
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    let job = st.preheater.submit(spec, args);
-    axum::Json(job_json(&job)).into_response()
+    match st.preheater.submit(spec, args).await {
+        Ok(job) => axum::Json(job_json(&job)).into_response(),
+        Err(e) => job_error(e),
+    }
 }
 
 /// Parses a `POST /oapi/v1/jobs` body into the preheat it asks for and the
@@ -249,14 +251,31 @@ async fn get_job(
     let Ok(id) = id.parse::<u64>() else {
         return bad_request(format!("job id {id:?} is not an integer"));
     };
-    match st.preheater.job(id) {
-        Some(job) => axum::Json(job_json(&job)).into_response(),
-        None => (
+    match st.preheater.job(id).await {
+        Err(e) => job_error(e),
+        Ok(Some(job)) => axum::Json(job_json(&job)).into_response(),
+        Ok(None) => (
             StatusCode::NOT_FOUND,
             axum::Json(serde_json::json!({"message": format!("job {id} not found")})),
         )
             .into_response(),
     }
+}
+
+/// A job the fleet store cannot create or read: 503 while Redis is
+/// unreachable (Harbor retries), 502 for a record this gateway did not
+/// write; the reason is in `message`, as for every other API error.
+fn job_error(e: crate::preheat::JobError) -> Response {
+    let status = match e {
+        crate::preheat::JobError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        crate::preheat::JobError::Malformed { .. } => StatusCode::BAD_GATEWAY,
+    };
+    tracing::warn!(error = %e, "preheat job request failed");
+    (
+        status,
+        axum::Json(serde_json::json!({"message": e.to_string()})),
+    )
+        .into_response()
 }
 
 /// A job in Dragonfly's shape: integer `id`, RFC 3339 times, `state`
@@ -331,8 +350,10 @@ async fn harbor_webhook(
     let mut jobs = Vec::new();
     for (spec, url) in pushed {
         let args = serde_json::json!({"type": "image", "url": url, "scope": format!("{:?}", st.webhook_scope), "source": "harbor-webhook"});
-        let job = st.preheater.submit(spec, args);
-        jobs.push(job.id);
+        match st.preheater.submit(spec, args).await {
+            Ok(job) => jobs.push(job.id),
+            Err(e) => return job_error(e),
+        }
     }
     tracing::info!(event = %kind, jobs = ?jobs, "Harbor push received");
     axum::Json(serde_json::json!({ "jobs": jobs })).into_response()

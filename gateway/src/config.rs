@@ -91,6 +91,16 @@ pub struct GatewayConfig {
     pub upstream_idle_timeout_secs: u64,
     /// Seconds a whole manifest, referrers index or token may take.
     pub upstream_body_timeout_secs: u64,
+    /// The fleet's Redis (`redis://` or `rediss://`, with `user:password@`
+    /// for an ACL user): membership and shared preheat jobs. Without it
+    /// everything stays embedded.
+    pub fleet_redis: Option<customs_fleet::FleetUrl>,
+    /// PEM CAs trusted for a `rediss://` fleet Redis (system roots
+    /// otherwise).
+    pub fleet_redis_ca: Option<PathBuf>,
+    /// This gateway's id in the fleet (default: the host name and the
+    /// `--listen` port).
+    pub gateway_id: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -128,6 +138,9 @@ impl Default for GatewayConfig {
             audit_hec: None,
             audit_hec_token: None,
             audit_hec_token_file: None,
+            fleet_redis: None,
+            fleet_redis_ca: None,
+            gateway_id: None,
             audit_http: None,
             audit_file: None,
             upstream_connect_timeout_secs: crate::registry_client::CONNECT_TIMEOUT.as_secs(),
@@ -277,6 +290,15 @@ impl GatewayConfig {
         if self.policy.is_some() && self.policy_git.is_some() {
             return Err(ConfigError::Invalid(
                 "policy and policy_git are exclusive: choose one policy source".into(),
+            ));
+        }
+        if let Some(id) = &self.gateway_id {
+            id.parse::<customs_fleet::MemberId>()
+                .map_err(|e| ConfigError::Invalid(format!("gateway_id: {e}")))?;
+        }
+        if self.fleet_redis_ca.is_some() && self.fleet_redis.is_none() {
+            return Err(ConfigError::Invalid(
+                "fleet_redis_ca needs fleet_redis".into(),
             ));
         }
         if self.stale_window_secs < self.tag_ttl_secs {

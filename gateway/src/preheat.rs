@@ -6,8 +6,12 @@
 //! pieces onto their own disks. A job is `SUCCESS` only when every targeted
 //! peer answered that it holds every blob.
 //!
-//! Jobs live in memory (like the mirror's in-flight state): a restarted
-//! gateway forgets them, and Harbor re-triggers on its next push.
+//! Without a fleet, jobs live in memory (like the mirror's in-flight
+//! state): a restarted gateway forgets them, and Harbor re-triggers on its
+//! next push. With `--fleet-redis` every job record is also written to
+//! Redis on each change, so any gateway answers for any job and records
+//! outlive restarts; the gateway that created a job runs it, and a job
+//! still pending when its gateway left the fleet reads as FAILURE.
 
 use crate::metrics::{JobLabels, Metrics};
 use crate::seed::Seed;
@@ -22,6 +26,32 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Why a job could not be created or read.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The fleet's Redis did not answer: no job can be created or read
+    /// through it (pulls are unaffected).
+    #[error("preheat jobs unavailable: {0}")]
+    Unavailable(#[from] customs_fleet::FleetError),
+    /// A record in Redis that this gateway did not write (or no longer
+    /// understands): reported, never acted on.
+    #[error("job {id}: the fleet store holds a malformed record: {reason}")]
+    Malformed {
+        /// The job id asked for.
+        id: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The fleet's shared job records (`--fleet-redis`).
+pub struct SharedJobs {
+    /// The fleet's Redis.
+    pub fleet: Arc<customs_fleet::LazyFleet>,
+    /// This gateway's member id (named as each job's owner).
+    pub me: customs_fleet::MemberId,
+}
 
 /// Most jobs remembered; the oldest finished ones are forgotten first.
 const MAX_JOBS: usize = 10_000;
@@ -106,22 +136,22 @@ pub enum JobState {
 }
 
 /// One node's part of a job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeResult {
     /// `gateway` or the peer id.
     pub node: String,
     /// Its state.
     pub state: JobState,
     /// Why it failed.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
     /// What it holds now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<WarmReport>,
 }
 
-/// A preheat job and its progress.
-#[derive(Debug, Clone)]
+/// A preheat job and its progress (also its record in the fleet store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     /// Integer id (Harbor decodes it as one).
     pub id: u64,
@@ -143,6 +173,9 @@ pub struct Job {
     pub nodes: Vec<NodeResult>,
     /// Targets chosen (known once the gateway has verified the image).
     pub targets: usize,
+    /// The gateway running it (its fleet member id; empty without a fleet).
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl Job {
@@ -191,6 +224,7 @@ pub struct Preheater {
     metrics: Arc<Metrics>,
     jobs: Mutex<BTreeMap<u64, Job>>,
     next_id: AtomicU64,
+    shared: Option<SharedJobs>,
 }
 
 #[derive(Serialize)]
@@ -222,7 +256,14 @@ impl Preheater {
             metrics,
             jobs: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
+            shared: None,
         }
+    }
+
+    /// Keeps job records in the fleet's Redis too.
+    pub fn with_shared_jobs(mut self, shared: SharedJobs) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// The registry a preheat URL's host names, if the gateway serves it.
@@ -233,26 +274,95 @@ impl Preheater {
         self.resolver.resolve(Some(host))
     }
 
-    /// A job by id.
-    pub fn job(&self, id: u64) -> Option<Job> {
-        self.lock().get(&id).cloned()
+    /// A job by id: this gateway's own first, then the fleet's record.
+    pub async fn job(&self, id: u64) -> Result<Option<Job>, JobError> {
+        if let Some(j) = self.lock().get(&id).cloned() {
+            return Ok(Some(j));
+        }
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let fleet = shared.fleet.get().await?;
+        let Some(record) = fleet.get_job(id).await? else {
+            return Ok(None);
+        };
+        let mut job: Job = serde_json::from_slice(&record).map_err(|e| JobError::Malformed {
+            id,
+            reason: e.to_string().chars().take(200).collect(),
+        })?;
+        if job.id != id {
+            return Err(JobError::Malformed {
+                id,
+                reason: format!("the record is job {}'s", job.id),
+            });
+        }
+        if job.state == JobState::Pending {
+            // Pending on a gateway that left the fleet: it will never finish.
+            let live = fleet
+                .members(
+                    customs_fleet::MemberRole::Gateway,
+                    customs_fleet::member::MEMBER_TTL,
+                )
+                .await?;
+            if !live.iter().any(|m| m.id.as_str() == job.owner) {
+                job.state = JobState::Failure;
+                job.error = format!(
+                    "gateway {:?} left the fleet before the job finished; create it again",
+                    job.owner.chars().take(64).collect::<String>()
+                );
+            }
+        }
+        Ok(Some(job))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Job>> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn update(&self, id: u64, f: impl FnOnce(&mut Job)) {
-        if let Some(j) = self.lock().get_mut(&id) {
+    /// Changes a job of this gateway and writes its record through to the
+    /// fleet (a failed write is logged: the job goes on, and this gateway
+    /// still answers for it).
+    async fn update(&self, id: u64, f: impl FnOnce(&mut Job)) {
+        let job = {
+            let mut jobs = self.lock();
+            let Some(j) = jobs.get_mut(&id) else { return };
             f(j);
             j.updated_at = now();
+            j.clone()
+        };
+        if let Err(e) = self.persist(&job).await {
+            tracing::warn!(job = id, error = %e, "preheat job record not written to the fleet store");
         }
     }
 
-    /// Creates a job and starts it in the background.
-    pub fn submit(self: &Arc<Self>, spec: PreheatSpec, mut args: serde_json::Value) -> Job {
+    async fn persist(&self, job: &Job) -> Result<(), JobError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let record = serde_json::to_vec(job).map_err(|e| JobError::Malformed {
+            id: job.id,
+            reason: e.to_string(),
+        })?;
+        shared.fleet.get().await?.put_job(job.id, &record).await?;
+        Ok(())
+    }
+
+    /// Creates a job and starts it in the background. With a fleet, the id
+    /// comes from Redis and the record is written before this returns: a
+    /// job is never acknowledged that other gateways cannot see.
+    pub async fn submit(
+        self: &Arc<Self>,
+        spec: PreheatSpec,
+        mut args: serde_json::Value,
+    ) -> Result<Job, JobError> {
         redact_headers(&mut args);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (id, owner) = match &self.shared {
+            Some(shared) => (
+                shared.fleet.get().await?.next_job_id().await?,
+                shared.me.to_string(),
+            ),
+            None => (self.next_id.fetch_add(1, Ordering::Relaxed), String::new()),
+        };
         let t = now();
         let image = match &spec.reference {
             Reference::Tag(tag) => format!("{}:{tag}", spec.image),
@@ -268,7 +378,9 @@ impl Preheater {
             error: String::new(),
             nodes: Vec::new(),
             targets: 0,
+            owner,
         };
+        self.persist(&job).await?;
         {
             let mut jobs = self.lock();
             while jobs.len() >= MAX_JOBS {
@@ -286,7 +398,7 @@ impl Preheater {
         tracing::info!(job = id, image = %job.image, scope = ?spec.scope, "preheat job created");
         let me = self.clone();
         tokio::spawn(async move { me.run(id, spec).await });
-        job
+        Ok(job)
     }
 
     async fn run(self: Arc<Self>, id: u64, spec: PreheatSpec) {
@@ -298,7 +410,8 @@ impl Preheater {
         self.update(id, |j| {
             j.state = state;
             j.error = error.clone();
-        });
+        })
+        .await;
         self.metrics
             .preheats
             .get_or_create(&JobLabels {
@@ -310,7 +423,9 @@ impl Preheater {
                 .to_owned(),
             })
             .inc();
-        let Some(job) = self.job(id) else { return };
+        let Some(job) = self.lock().get(&id).cloned() else {
+            return;
+        };
         tracing::info!(job = id, image = %job.image, state = ?state, error = %error, "preheat job finished");
         let event = PreheatEvent {
             job: id,
@@ -339,7 +454,8 @@ impl Preheater {
                         error: e.clone(),
                         report: None,
                     });
-                });
+                })
+                .await;
                 return Err(e);
             }
         };
@@ -350,7 +466,8 @@ impl Preheater {
                 error: String::new(),
                 report: Some(report.clone()),
             })
-        });
+        })
+        .await;
         if spec.scope == Scope::SeedPeers {
             return Ok(());
         }
@@ -376,7 +493,7 @@ impl Preheater {
         if targets.is_empty() {
             return Err("no live peer to preheat".into());
         }
-        self.update(id, |j| j.targets = targets.len());
+        self.update(id, |j| j.targets = targets.len()).await;
         let platform = match &spec.platform {
             PlatformFilter::All => None,
             PlatformFilter::Only(p) => Some(p.clone()),
@@ -434,7 +551,7 @@ impl Preheater {
                     }
                 }
             };
-            self.update(id, |j| j.nodes.push(result));
+            self.update(id, |j| j.nodes.push(result)).await;
         }
         if failed.is_empty() {
             Ok(())

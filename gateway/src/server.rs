@@ -93,6 +93,11 @@ pub struct Gateway {
     /// Refused connections on every listener (failed or timed-out TLS
     /// handshakes, connections over the cap).
     pub refused: Arc<RefusedConnections>,
+    /// The fleet's Redis and this gateway's id in it (`fleet_redis`).
+    fleet: Option<(
+        Arc<customs_fleet::LazyFleet>,
+        Option<customs_fleet::MemberId>,
+    )>,
 }
 
 /// Loads the signing key, creating it (and its `.pub`) when missing. The
@@ -273,6 +278,23 @@ impl Gateway {
             swarm,
             oci_tls,
             refused,
+            fleet: match &cfg.fleet_redis {
+                Some(url) => Some((
+                    Arc::new(customs_fleet::LazyFleet::new(
+                        url.clone(),
+                        cfg.fleet_redis_ca.clone(),
+                    )),
+                    match &cfg.gateway_id {
+                        Some(id) => Some(id.parse().map_err(
+                            |e: customs_fleet::member::BadMemberId| {
+                                ConfigError::Invalid(format!("gateway_id: {e}"))
+                            },
+                        )?),
+                        None => None,
+                    },
+                )),
+                None => None,
+            },
         })
     }
 
@@ -360,6 +382,48 @@ impl Gateway {
         let resolver = RegistryResolver {
             default: self.default_registry.clone(),
         };
+        let fleet = match &self.fleet {
+            Some((fleet, id)) => {
+                let me = match id {
+                    Some(id) => id.clone(),
+                    None => {
+                        customs_fleet::member::default_id("gateway", listener.local_addr()?.port())
+                            .map_err(|e| ConfigError::Invalid(format!("gateway id: {e}")))?
+                    }
+                };
+                let mut endpoints = std::collections::BTreeMap::new();
+                let scheme = if self.oci_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                endpoints.insert(
+                    "oci".to_owned(),
+                    format!("{scheme}://{}", listener.local_addr()?),
+                );
+                if let Some(api) = &self.api {
+                    endpoints.insert("api".to_owned(), format!("http://{}", api.addr));
+                }
+                if let Some(u) = &upload {
+                    endpoints.insert("upload".to_owned(), format!("https://{}", u.local_addr()?));
+                }
+                let member = customs_fleet::Member {
+                    id: me.clone(),
+                    role: customs_fleet::MemberRole::Gateway,
+                    endpoints,
+                    expires_at: 0,
+                };
+                tracing::info!(fleet = %fleet.url(), member = %me, "gateway joining the fleet");
+                customs_fleet::spawn_heartbeat(
+                    fleet.clone(),
+                    member,
+                    customs_fleet::member::MEMBER_TTL,
+                    shutdown.clone(),
+                );
+                Some((fleet.clone(), me))
+            }
+            None => None,
+        };
         let poll = self.policy_source.as_ref().map(|(_, every)| *every);
         let app = with_revision_headers(
             router(
@@ -388,14 +452,21 @@ impl Gateway {
                 ),
                 None => None,
             };
-            let preheater = Arc::new(Preheater::new(
+            let mut preheater = Preheater::new(
                 self.mirror.clone(),
                 self.swarm.as_ref().map(|(s, _)| s.clone()),
                 peers_http,
                 resolver.clone(),
                 self.admission.audit().clone(),
                 self.metrics.clone(),
-            ));
+            );
+            if let Some((fleet, me)) = &fleet {
+                preheater = preheater.with_shared_jobs(crate::preheat::SharedJobs {
+                    fleet: fleet.clone(),
+                    me: me.clone(),
+                });
+            }
+            let preheater = Arc::new(preheater);
             let app = crate::api::router(
                 api.token.clone(),
                 preheater,

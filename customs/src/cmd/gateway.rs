@@ -154,6 +154,17 @@ pub struct GatewayFlags {
     /// (default 60).
     #[arg(long)]
     pub upstream_body_timeout_secs: Option<u64>,
+    /// The fleet's Redis: redis://[user:password@]host:port[/db] or
+    /// rediss:// (TLS). Gateways sharing it share preheat jobs and
+    /// membership. Without it everything stays embedded.
+    #[arg(long, env = "CUSTOMS_FLEET_REDIS", hide_env_values = true)]
+    pub fleet_redis: Option<customs_fleet::FleetUrl>,
+    /// PEM CAs trusted for a rediss:// --fleet-redis (system roots otherwise).
+    #[arg(long, env = "CUSTOMS_FLEET_REDIS_CA", requires = "fleet_redis")]
+    pub fleet_redis_ca: Option<PathBuf>,
+    /// This gateway's id in the fleet (default: host name and --listen port).
+    #[arg(long, env = "CUSTOMS_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
 }
 
 impl GatewayFlags {
@@ -238,6 +249,15 @@ impl GatewayFlags {
         }
         if let Some(u) = &self.upstream {
             cfg.upstream = Some(u.clone());
+        }
+        if let Some(u) = &self.fleet_redis {
+            cfg.fleet_redis = Some(u.clone());
+        }
+        if let Some(p) = &self.fleet_redis_ca {
+            cfg.fleet_redis_ca = Some(p.clone());
+        }
+        if let Some(id) = &self.gateway_id {
+            cfg.gateway_id = Some(id.clone());
         }
         for r in &self.registries {
             cfg.add_registry_flag(r)?;

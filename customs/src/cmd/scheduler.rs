@@ -42,6 +42,17 @@ pub struct SchedulerArgs {
     /// Audit log for bad-piece reports (JSON lines).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// The fleet's Redis (as `customs gateway --fleet-redis`): the
+    /// scheduler heartbeats its membership there.
+    #[arg(long, env = "CUSTOMS_FLEET_REDIS", hide_env_values = true)]
+    fleet_redis: Option<customs_fleet::FleetUrl>,
+    /// PEM CAs trusted for a rediss:// --fleet-redis.
+    #[arg(long, env = "CUSTOMS_FLEET_REDIS_CA", requires = "fleet_redis")]
+    fleet_redis_ca: Option<PathBuf>,
+    /// This scheduler's id in the fleet (default: host name and --listen
+    /// port).
+    #[arg(long, env = "CUSTOMS_SCHEDULER_ID")]
+    scheduler_id: Option<String>,
 }
 
 /// Loads trusted gateway public keys from PEM files.
@@ -84,11 +95,41 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     shutdown::on_signal(token.clone());
     tracing::info!(scheduler = %args.listen, "customs scheduler ready");
     let aggregate = tokio::spawn(service.clone().aggregate_loop(token.clone()));
+    let heartbeat = match &args.fleet_redis {
+        Some(url) => {
+            let id: customs_fleet::MemberId = match &args.scheduler_id {
+                Some(id) => id.parse()?,
+                None => {
+                    customs_fleet::member::default_id("scheduler", listener.local_addr()?.port())?
+                }
+            };
+            tracing::info!(fleet = %url, member = %id, "scheduler joining the fleet");
+            let fleet = Arc::new(customs_fleet::LazyFleet::new(
+                url.clone(),
+                args.fleet_redis_ca.clone(),
+            ));
+            Some(customs_fleet::spawn_heartbeat(
+                fleet,
+                customs_fleet::Member {
+                    id,
+                    role: customs_fleet::MemberRole::Scheduler,
+                    endpoints: [("grpc".to_owned(), listener.local_addr()?.to_string())].into(),
+                    expires_at: 0,
+                },
+                customs_fleet::member::MEMBER_TTL,
+                token.clone(),
+            ))
+        }
+        None => None,
+    };
     let served = customs_scheduler::serve(listener, &identity, service, token.clone()).await;
     // The last bad-piece counts are written, then the log is checkpointed,
     // before the process exits.
     token.cancel();
     let _ = aggregate.await;
+    if let Some(h) = heartbeat {
+        let _ = h.await;
+    }
     served?;
     if let Some(audit) = closing {
         audit.close().await?;

@@ -30,9 +30,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a fleet operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// The URL is not a `redis://` or `rediss://` URL.
-    #[error("--fleet-redis: {0}")]
-    Url(#[from] fleet_url::UrlError),
     /// Redis refused or could not be reached.
     #[error("fleet store (Redis) unavailable: {0}")]
     Unavailable(#[from] redis::RedisError),
@@ -62,14 +59,11 @@ pub enum FleetError {
 #[derive(Clone)]
 pub struct Fleet {
     conn: ConnectionManager,
-    prefix: String,
 }
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fleet")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("Fleet").finish_non_exhaustive()
     }
 }
 
@@ -109,20 +103,11 @@ impl Fleet {
         )
         .await
         .map_err(|_| FleetError::Timeout(CONNECT_TIMEOUT))??;
-        Ok(Fleet {
-            conn,
-            prefix: KEY_PREFIX.to_owned(),
-        })
-    }
-
-    /// The same fleet under another key prefix (tests share one Redis).
-    pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.to_owned();
-        self
+        Ok(Fleet { conn })
     }
 
     fn key(&self, rest: &str) -> String {
-        format!("{}{rest}", self.prefix)
+        format!("{KEY_PREFIX}{rest}")
     }
 
     /// Runs one command within [`COMMAND_TIMEOUT`].
@@ -154,7 +139,6 @@ impl Fleet {
 pub struct LazyFleet {
     url: FleetUrl,
     ca: Option<std::path::PathBuf>,
-    prefix: String,
     cell: tokio::sync::OnceCell<Fleet>,
 }
 
@@ -164,15 +148,8 @@ impl LazyFleet {
         LazyFleet {
             url,
             ca,
-            prefix: KEY_PREFIX.to_owned(),
             cell: tokio::sync::OnceCell::new(),
         }
-    }
-
-    /// The same under another key prefix (tests sharing one Redis).
-    pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.to_owned();
-        self
     }
 
     /// The URL (password redacted when shown).
@@ -183,13 +160,7 @@ impl LazyFleet {
     /// The connection, made now if it was not yet.
     pub async fn get(&self) -> Result<&Fleet, FleetError> {
         self.cell
-            .get_or_try_init(|| async {
-                Ok::<_, FleetError>(
-                    Fleet::connect(&self.url, self.ca.as_deref())
-                        .await?
-                        .with_prefix(&self.prefix),
-                )
-            })
+            .get_or_try_init(|| Fleet::connect(&self.url, self.ca.as_deref()))
             .await
     }
 }

@@ -2,7 +2,7 @@
 //! The fleet store against a real `redis-server`: membership with TTLs,
 //! jobs, a hostile Redis and a Redis that is gone.
 
-use customs_fleet::member::{MEMBER_TTL, spawn_heartbeat};
+use customs_fleet::member::spawn_heartbeat;
 use customs_fleet::{Fleet, FleetError, FleetUrl, Member, MemberRole};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -65,6 +65,16 @@ fn member(id: &str, role: MemberRole) -> Member {
 async fn connect(port: u16) -> Fleet {
     let url: FleetUrl = format!("redis://127.0.0.1:{port}").parse().unwrap();
     Fleet::connect(&url, None).await.unwrap()
+}
+
+async fn gateway_ids(fleet: &Fleet, ttl: Duration) -> Vec<String> {
+    fleet
+        .members(MemberRole::Gateway, ttl)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id.to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -140,14 +150,17 @@ async fn members_live_by_heartbeat_and_forged_ones_are_ignored() {
         r.port,
         &["HSET", "customs:member-info:gateway", "gw-a", "not json"],
     );
-    let ids: Vec<_> = fleet
-        .members(MemberRole::Gateway, ttl)
+    assert_eq!(
+        gateway_ids(&fleet, ttl).await,
+        ["gw-b"],
+        "only the honest, live record counts"
+    );
+    // gw-c heartbeats once, then stops.
+    fleet
+        .heartbeat(&member("gw-c", MemberRole::Gateway), ttl)
         .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id.to_string())
-        .collect();
-    assert_eq!(ids, ["gw-b"], "only the honest, live record counts");
+        .unwrap();
+    assert_eq!(gateway_ids(&fleet, ttl).await, ["gw-b", "gw-c"]);
 
     // A member that stops heartbeating is gone within its TTL; one that
     // keeps heartbeating stays.
@@ -163,14 +176,11 @@ async fn members_live_by_heartbeat_and_forged_ones_are_ignored() {
         token.clone(),
     );
     tokio::time::sleep(ttl + Duration::from_secs(2)).await;
-    let ids: Vec<_> = fleet
-        .members(MemberRole::Gateway, ttl)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id.to_string())
-        .collect();
-    assert_eq!(ids, ["gw-b"], "gw-a expired");
+    assert_eq!(
+        gateway_ids(&fleet, ttl).await,
+        ["gw-b"],
+        "gw-c expired, gw-b kept alive"
+    );
     // A clean shutdown leaves at once.
     token.cancel();
     hb.await.unwrap();
@@ -181,7 +191,6 @@ async fn members_live_by_heartbeat_and_forged_ones_are_ignored() {
             .unwrap()
             .is_empty()
     );
-    let _ = MEMBER_TTL;
 }
 
 #[tokio::test]

@@ -13,10 +13,13 @@
 mod fleet_url;
 pub mod jobs;
 pub mod member;
+pub mod rendezvous;
+pub mod view;
 
 pub use fleet_url::FleetUrl;
 pub use member::spawn_heartbeat;
 pub use member::{Member, MemberId, MemberRole};
+pub use view::MemberView;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;

@@ -34,7 +34,8 @@ pub enum MemberRole {
 }
 
 impl MemberRole {
-    fn as_str(self) -> &'static str {
+    /// The role's name in keys and logs.
+    pub fn as_str(self) -> &'static str {
         match self {
             MemberRole::Gateway => "gateway",
             MemberRole::Scheduler => "scheduler",

@@ -680,6 +680,19 @@ impl<S: Source, A: Admission> Mirror<S, A> {
     /// real size must equal what the admitting manifest declares: a
     /// descriptor that disagrees is an error for that manifest.
     pub async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, MirrorError> {
+        self.admitted_blob(image, digest)
+            .await
+            .map(|(size, _)| size)
+    }
+
+    /// [`Mirror::blob_size`] and the manifest (or index) whose current
+    /// admission allows the blob, when one does (not for a blob the source
+    /// vouched for).
+    async fn admitted_blob(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> Result<(u64, Option<Digest>), MirrorError> {
         let r = self.admitted_blob_size(image, digest).await;
         self.count_refusal(image, &r);
         r
@@ -689,7 +702,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         &self,
         image: &ImageName,
         digest: &Digest,
-    ) -> Result<u64, MirrorError> {
+    ) -> Result<(u64, Option<Digest>), MirrorError> {
         let binding = self.binding(image, digest)?;
         let stored = self.store.meta(digest)?.map(|m| m.size);
         match (binding, self.cfg.unbound_blobs) {
@@ -701,7 +714,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
                     return match &b.parent_index {
                         Some(index) => {
                             self.current_admission(image, index).await?;
-                            Ok(b.size)
+                            Ok((b.size, Some(index.clone())))
                         }
                         None => Err(MirrorError::BlobUnknown(format!(
                             "{digest} is not referenced by an admitted manifest of {image}"
@@ -721,7 +734,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
                         continue;
                     }
                     match self.current_admission(image, &a.manifest).await {
-                        Ok(()) => return Ok(a.size),
+                        Ok(()) => return Ok((a.size, Some(a.manifest.clone()))),
                         Err(e @ (MirrorError::Denied(_) | MirrorError::NotCurrent(_))) => {
                             if !matches!(refusal, Some(MirrorError::Denied(_))) {
                                 refusal = Some(e);
@@ -749,6 +762,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
                 .source
                 .blob_size(image, digest)
                 .await
+                .map(|size| (size, None))
                 .map_err(MirrorError::for_blob),
         }
     }
@@ -762,8 +776,8 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         image: &ImageName,
         digest: &Digest,
     ) -> Result<TailReader, MirrorError> {
-        let size = self.blob_size(image, digest).await?;
-        self.reader_at(image, digest, size, 0).await
+        let (size, via) = self.admitted_blob(image, digest).await?;
+        self.reader_at(image, digest, size, via.as_ref(), 0).await
     }
 
     async fn reader_at(
@@ -771,6 +785,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         image: &ImageName,
         digest: &Digest,
         size: u64,
+        via: Option<&Digest>,
         start: u64,
     ) -> Result<TailReader, MirrorError> {
         let mut reader = self.store.fetch_or_join(
@@ -778,7 +793,7 @@ impl<S: Source, A: Admission> Mirror<S, A> {
             digest,
             size,
             start,
-            self.source.blob_body(image, digest, size),
+            self.source.blob_body_via(image, digest, size, via),
         )?;
         reader.started().await.map_err(MirrorError::for_blob)?;
         Ok(reader)
@@ -791,10 +806,12 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         digest: &Digest,
         range_header: Option<&str>,
     ) -> Result<BlobBody, MirrorError> {
-        let size = self.blob_size(image, digest).await?;
+        let (size, via) = self.admitted_blob(image, digest).await?;
         let range = crate::range::parse(range_header, size).map_err(MirrorError::Range)?;
         let start = range.map_or(0, |r| r.start);
-        let reader = self.reader_at(image, digest, size, start).await?;
+        let reader = self
+            .reader_at(image, digest, size, via.as_ref(), start)
+            .await?;
         let end = range.map_or(size, |r| r.end);
         Ok(BlobBody {
             size,

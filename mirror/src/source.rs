@@ -54,6 +54,22 @@ pub trait Source: Send + Sync + 'static {
         async move { stream.await.map(SourceBody::Stream) }
     }
 
+    /// [`Source::blob_body`] for a blob that `via`, a manifest (or index)
+    /// of `image` admitted now, references: a source that asks another
+    /// enforcing mirror (a gateway asking the blob's owner in a fleet)
+    /// names it, so that mirror can check the admission and binding
+    /// itself. By default `via` is not needed.
+    fn blob_body_via(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        size: u64,
+        via: Option<&Digest>,
+    ) -> impl Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
+        let _ = via;
+        self.blob_body(image, digest, size)
+    }
+
     /// The size of a blob that no local manifest binds, when the source is
     /// itself an enforcing mirror that can be asked (the peer asks the
     /// gateway). Upstream registries are never asked: the gateway refuses

@@ -288,12 +288,37 @@ impl TlsIdentity {
     /// server that holds any one of `roles` (a piece parent is a peer or the
     /// gateway's seed).
     pub fn client_config_for_any(&self, roles: &[Role]) -> Result<rustls::ClientConfig, TlsError> {
-        let verifier = verifier::RoleVerifier::new(self.roots.clone(), provider(), roles)?;
+        self.client_config_verifying(verifier::RoleVerifier::new(
+            self.roots.clone(),
+            provider(),
+            roles,
+        )?)
+    }
+
+    fn client_config_verifying(
+        &self,
+        verifier: verifier::RoleVerifier,
+    ) -> Result<rustls::ClientConfig, TlsError> {
         Ok(rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_auth_cert(self.certs.clone(), self.key()?)?)
+    }
+
+    /// Like [`client_config_for`](Self::client_config_for), accepting only
+    /// a server whose certificate also names node `id`
+    /// (`<id>.node.customs.internal`): a gateway fetching a blob from the
+    /// fleet member it chose, whose address came from the fleet store, which
+    /// is not trusted to say who answers there.
+    pub fn client_config_for_named(
+        &self,
+        role: Role,
+        id: &str,
+    ) -> Result<rustls::ClientConfig, TlsError> {
+        self.client_config_verifying(
+            verifier::RoleVerifier::new(self.roots.clone(), provider(), &[role])?.named(id),
+        )
     }
 
     /// The same identity for a tonic client that requires the server to

@@ -7,7 +7,7 @@
 //! the CA that lists the address, or `localhost`, would pass. So the name
 //! checked is the role's SAN, whatever the URL says.
 
-use crate::{Role, TlsError, has_role};
+use crate::{Role, TlsError, has_role, is_named};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -20,6 +20,9 @@ use std::sync::Arc;
 pub(crate) struct RoleVerifier {
     inner: Arc<WebPkiServerVerifier>,
     roles: Vec<Role>,
+    /// The node id the certificate must also name, when the client knows
+    /// whom it is calling (a gateway asking the fleet member it chose).
+    named: Option<String>,
 }
 
 impl RoleVerifier {
@@ -37,7 +40,14 @@ impl RoleVerifier {
         Ok(RoleVerifier {
             inner,
             roles: roles.to_vec(),
+            named: None,
         })
+    }
+
+    /// Also requires the certificate to name node `id`.
+    pub(crate) fn named(mut self, id: &str) -> Self {
+        self.named = Some(id.to_owned());
+        self
     }
 }
 
@@ -62,7 +72,15 @@ impl ServerCertVerifier for RoleVerifier {
                 now,
             ) {
                 // webpki also accepts a wildcard; the role must be named exactly.
-                Ok(v) if has_role(end_entity, *role) => return Ok(v),
+                Ok(v) if has_role(end_entity, *role) => {
+                    return match &self.named {
+                        Some(id) if !is_named(end_entity, id) => {
+                            tracing::warn!(expected = %id, "refused a server whose certificate does not name the node it was asked as");
+                            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+                        }
+                        _ => Ok(v),
+                    };
+                }
                 Ok(_) => {}
                 Err(
                     e @ Error::InvalidCertificate(

@@ -65,6 +65,47 @@ fn client(dir: &Path, name: &str, roles: &[Role]) -> reqwest::Client {
 }
 
 #[tokio::test]
+async fn a_gateway_asked_by_name_must_hold_that_name() {
+    let tmp = pki();
+    let dir = tmp.path();
+    write_dev_pki(dir, &[("gw-b", Role::Gateway)]).unwrap();
+    // Gateway `gw-b` listens here; the fleet store claims it is `gw-c`
+    // (or `gateway`): a client asking for that member is refused.
+    let (b, _) = server_as(dir, "gw-b", ListenerLimits::default()).await;
+    let url = format!("https://{b}/v2/");
+    let asking_for = |who: &str| {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(
+                id(dir, "gateway")
+                    .client_config_for_named(Role::Gateway, who)
+                    .unwrap(),
+            )
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    assert_eq!(
+        asking_for("gw-b").get(&url).send().await.unwrap().status(),
+        200
+    );
+    for wrong in ["gw-c", "gateway"] {
+        asking_for(wrong)
+            .get(&url)
+            .send()
+            .await
+            .expect_err("a gateway answered under another member's name");
+    }
+    // A peer certificate named like the member is not a gateway.
+    write_dev_pki(dir, &[("gw-d", Role::Peer)]).unwrap();
+    let (d, _) = server_as(dir, "gw-d", ListenerLimits::default()).await;
+    asking_for("gw-d")
+        .get(format!("https://{d}/v2/"))
+        .send()
+        .await
+        .expect_err("a peer certificate passed as a named gateway");
+}
+
+#[tokio::test]
 async fn a_peer_certificate_cannot_pose_as_the_gateway_or_the_scheduler() {
     let tmp = pki();
     let dir = tmp.path();

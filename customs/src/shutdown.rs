@@ -23,3 +23,15 @@ pub fn on_signal(token: CancellationToken) {
         token.cancel();
     });
 }
+
+/// Cancels `token` when standard input closes: `customs up` holds the
+/// write end of every child's stdin, so its fleet stops with it even when
+/// it is killed outright.
+pub fn on_stdin_eof(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
+        tracing::info!("parent went away: shutting down");
+        token.cancel();
+    });
+}

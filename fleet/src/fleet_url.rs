@@ -46,6 +46,12 @@ impl FleetUrl {
         self.0.as_str()
     }
 
+    /// The URL with its password, to hand to a child process's
+    /// environment (`customs up`'s fleet); never log it.
+    pub fn expose_for_child(&self) -> &str {
+        self.expose()
+    }
+
     /// True for `rediss://` (TLS).
     pub fn is_tls(&self) -> bool {
         self.0.scheme() == "rediss"

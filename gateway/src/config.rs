@@ -1,12 +1,15 @@
 //! The gateway's configuration: a YAML file, overridden by flags.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Gateway settings. Every field has a default so a file only names what it
 /// changes; unknown keys are an error so a typo never silently does nothing.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// Serializable so `customs up` can hand each gateway of a local fleet its
+/// file; the fleet URL (which may carry a password) is never written out.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Where blobs, the index and the audit log live.
@@ -94,6 +97,7 @@ pub struct GatewayConfig {
     /// The fleet's Redis (`redis://` or `rediss://`, with `user:password@`
     /// for an ACL user): membership and shared preheat jobs. Without it
     /// everything stays embedded.
+    #[serde(skip_serializing)]
     pub fleet_redis: Option<customs_fleet::FleetUrl>,
     /// PEM CAs trusted for a `rediss://` fleet Redis (system roots
     /// otherwise).

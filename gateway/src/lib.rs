@@ -29,6 +29,7 @@ pub mod audit_export;
 pub mod config;
 pub mod credentials;
 pub mod evidence;
+pub mod fleet_source;
 pub mod metrics;
 pub mod policy_source;
 pub mod preheat;

@@ -225,6 +225,33 @@ impl RegistryClient {
         })
     }
 
+    /// A client for another gateway of the fleet at `base`
+    /// (`https://host:port`, its mTLS peer endpoint), presenting this
+    /// gateway's certificate and accepting only `tls`'s server check (the
+    /// gateway role and the member's name). No credentials: the other
+    /// gateway authenticates the certificate, and upstream credentials
+    /// never leave the gateway that holds them.
+    pub(crate) fn fleet_member(
+        base: String,
+        name: String,
+        tls: rustls::ClientConfig,
+        timeouts: Timeouts,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .use_preconfigured_tls(tls)
+            .user_agent(concat!("customs-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(RegistryClient {
+            base,
+            host: name,
+            http,
+            creds: None,
+            timeouts,
+            auth: std::sync::Mutex::default(),
+        })
+    }
+
     /// Whether credentials are configured (for the startup log).
     pub(crate) fn authenticated(&self) -> bool {
         self.creds.is_some()
@@ -239,10 +266,25 @@ impl RegistryClient {
         path: &str,
         accept: &str,
     ) -> Result<reqwest::Response, FetchFailure> {
+        self.get_from(repo, path, accept, 0).await
+    }
+
+    /// [`RegistryClient::get`] of the bytes from offset `from` on (a
+    /// `Range` request when `from > 0`; see [`check_resumed`]).
+    pub(crate) async fn get_from(
+        &self,
+        repo: &Repository,
+        path: &str,
+        accept: &str,
+        from: u64,
+    ) -> Result<reqwest::Response, FetchFailure> {
         let url = format!("{}{path}", self.base);
         let mut retried = false;
         loop {
             let mut req = self.http.get(&url).header(ACCEPT, accept);
+            if from > 0 {
+                req = req.header(reqwest::header::RANGE, format!("bytes={from}-"));
+            }
             if let Some(h) = self.authorization(repo) {
                 req = req.header(AUTHORIZATION, h);
             }
@@ -263,6 +305,11 @@ impl RegistryClient {
                 _ => return Ok(resp),
             }
         }
+    }
+
+    /// The host (or fleet member) this client reaches, for messages.
+    pub(crate) fn host(&self) -> &str {
+        &self.host
     }
 
     /// Sends a request within the first-byte timeout.
@@ -579,3 +626,47 @@ fn auth_params(s: &str) -> HashMap<String, String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Checks that a response to [`RegistryClient::get_from`] continues a blob
+/// of `size` bytes at `from`: `206` with `Content-Range: bytes from-(size-1)/size`
+/// (or a plain `200` when `from` is 0). A source that ignores the range,
+/// or answers another one, would splice foreign bytes into the stream the
+/// store hashes; the digest check would catch it, but only after the
+/// whole blob, so it is refused here at once.
+pub(crate) fn check_resumed(
+    resp: &reqwest::Response,
+    from: u64,
+    size: u64,
+    who: &str,
+) -> Result<(), FetchFailure> {
+    let refuse = |why: String| {
+        Err(FetchFailure::new(
+            FetchFailureKind::Unavailable,
+            format!("{who}: {why}"),
+        ))
+    };
+    if from == 0 {
+        return match resp.content_length() {
+            Some(got) if got != size => Err(FetchFailure::new(
+                FetchFailureKind::SizeMismatch,
+                format!("{who} sends {got} bytes; the descriptor says {size}"),
+            )),
+            _ => Ok(()),
+        };
+    }
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return refuse(format!(
+            "answered {} to a request for the bytes from {from} on",
+            resp.status()
+        ));
+    }
+    let want = format!("bytes {from}-{}/{size}", size.saturating_sub(1));
+    match resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(got) if got == want => Ok(()),
+        got => refuse(format!("answered range {got:?}, asked for {want:?}")),
+    }
+}

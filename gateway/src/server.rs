@@ -4,6 +4,7 @@ use crate::admission::GatewayAdmission;
 use crate::audit_export::{Exporter, Format, Sink};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::credentials::{Credentials, CredentialsError};
+use crate::fleet_source::{BlobOwners, FleetSource};
 use crate::metrics::Metrics;
 use crate::policy_source::{Loaded, PolicySource, deny_all, load, reload_loop};
 use crate::preheat::{Preheater, Scope};
@@ -73,7 +74,7 @@ struct ApiSettings {
 }
 
 /// The mirror type the gateway runs.
-pub type GatewayMirror = Mirror<Upstreams, GatewayAdmission>;
+pub type GatewayMirror = Mirror<FleetSource, GatewayAdmission>;
 
 /// A configured gateway, ready to serve.
 pub struct Gateway {
@@ -98,6 +99,9 @@ pub struct Gateway {
         Arc<customs_fleet::LazyFleet>,
         Option<customs_fleet::MemberId>,
     )>,
+    /// The live gateways of the fleet, refreshed while serving, when blobs
+    /// are routed to their owners.
+    gateway_view: Option<Arc<customs_fleet::MemberView>>,
 }
 
 /// Loads the signing key, creating it (and its `.pub`) when missing. The
@@ -208,17 +212,6 @@ impl Gateway {
             }
         };
         let admission = Arc::new(admission.with_metrics(metrics.clone()));
-        let mirror = Mirror::new(
-            store,
-            upstreams.clone(),
-            admission.clone(),
-            MirrorConfig {
-                tag_ttl: Duration::from_secs(cfg.tag_ttl_secs),
-                stale_window: Duration::from_secs(cfg.stale_window_secs),
-                unbound_blobs: UnboundBlobs::Refuse,
-                ..MirrorConfig::default()
-            },
-        );
         let swarm = match (&cfg.scheduler, &cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key) {
             (Some(url), Some(ca), Some(cert), Some(key)) => {
                 let identity = Arc::new(TlsIdentity::load(&TlsPaths {
@@ -245,6 +238,56 @@ impl Gateway {
             }
             _ => None,
         };
+        let fleet_id: Option<customs_fleet::MemberId> = match &cfg.gateway_id {
+            Some(id) => Some(
+                id.parse()
+                    .map_err(|e: customs_fleet::member::BadMemberId| {
+                        ConfigError::Invalid(format!("gateway_id: {e}"))
+                    })?,
+            ),
+            None => None,
+        };
+        // In a fleet with peer endpoints, blobs are routed to their owners,
+        // who must prove they are the member asked for: the id is the node
+        // name in this gateway's certificate.
+        let (source, gateway_view) = match (&cfg.fleet_redis, &swarm) {
+            (Some(_), Some((_, identity))) => {
+                let id = fleet_id.clone().ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "fleet_redis with a peer endpoint needs gateway_id: the node name in this gateway's certificate (<id>.node.customs.internal)".into(),
+                    )
+                })?;
+                if !identity.holds(Role::Gateway, id.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "gateway_id {id}: the gateway certificate does not name {id}.node.customs.internal (other gateways would refuse it)"
+                    ))
+                    .into());
+                }
+                let view = customs_fleet::MemberView::new(customs_fleet::MemberRole::Gateway);
+                let owners = BlobOwners::new(
+                    id,
+                    view.clone(),
+                    identity.clone(),
+                    Timeouts::from_config(cfg),
+                );
+                (
+                    FleetSource::routed(upstreams.clone(), Arc::new(owners)),
+                    Some(view),
+                )
+            }
+            _ => (FleetSource::direct(upstreams.clone()), None),
+        };
+        let mirror = Mirror::new(
+            store,
+            Arc::new(source),
+            admission.clone(),
+            MirrorConfig {
+                tag_ttl: Duration::from_secs(cfg.tag_ttl_secs),
+                stale_window: Duration::from_secs(cfg.stale_window_secs),
+                unbound_blobs: UnboundBlobs::Refuse,
+                ..MirrorConfig::default()
+            },
+        );
         let oci_tls = match (&cfg.listen_tls_cert, &cfg.listen_tls_key) {
             (Some(cert), Some(key)) => Some(customs_tls::serving_config(cert, key)?),
             _ => None,
@@ -278,23 +321,16 @@ impl Gateway {
             swarm,
             oci_tls,
             refused,
-            fleet: match &cfg.fleet_redis {
-                Some(url) => Some((
+            fleet: cfg.fleet_redis.as_ref().map(|url| {
+                (
                     Arc::new(customs_fleet::LazyFleet::new(
                         url.clone(),
                         cfg.fleet_redis_ca.clone(),
                     )),
-                    match &cfg.gateway_id {
-                        Some(id) => Some(id.parse().map_err(
-                            |e: customs_fleet::member::BadMemberId| {
-                                ConfigError::Invalid(format!("gateway_id: {e}"))
-                            },
-                        )?),
-                        None => None,
-                    },
-                )),
-                None => None,
-            },
+                    fleet_id,
+                )
+            }),
+            gateway_view,
         })
     }
 
@@ -405,7 +441,18 @@ impl Gateway {
                     endpoints.insert("api".to_owned(), format!("http://{}", api.addr));
                 }
                 if let Some(u) = &upload {
-                    endpoints.insert("upload".to_owned(), format!("https://{}", u.local_addr()?));
+                    endpoints.insert(
+                        crate::fleet_source::UPLOAD_ENDPOINT.to_owned(),
+                        // The advertised address (as peers are told), else
+                        // where it listens.
+                        format!(
+                            "https://{}",
+                            match &self.export.upload_addr {
+                                Some(a) => a.clone(),
+                                None => u.local_addr()?.to_string(),
+                            }
+                        ),
+                    );
                 }
                 let member = customs_fleet::Member {
                     id: me.clone(),
@@ -420,6 +467,9 @@ impl Gateway {
                     customs_fleet::member::MEMBER_TTL,
                     shutdown.clone(),
                 );
+                if let Some(view) = &self.gateway_view {
+                    view.spawn_refresh(fleet.clone(), shutdown.clone());
+                }
                 Some((fleet.clone(), me))
             }
             None => None,

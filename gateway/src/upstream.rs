@@ -214,12 +214,15 @@ impl Upstreams {
 
 impl Upstreams {
     /// Opens a blob; with `expect`, one whose Content-Length (when sent)
-    /// is not that size is refused unread.
-    fn open_blob(
+    /// is not that size is refused unread. With `from > 0` (and `expect`)
+    /// only the bytes from `from` on: a fleet gateway resuming a transfer
+    /// its owner broke off.
+    pub(crate) fn open_blob(
         &self,
         image: &ImageName,
         digest: &Digest,
         expect: Option<u64>,
+        from: u64,
     ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
         let up = self.get(&image.registry);
         let image = image.clone();
@@ -227,19 +230,22 @@ impl Upstreams {
         let fetched = self.fetched.clone();
         async move {
             let up = up?;
-            tracing::info!(%image, %digest, "fetching blob from upstream");
+            tracing::info!(%image, %digest, from, "fetching blob from upstream");
             let path = format!("/v2/{}/blobs/{digest}", image.repository.as_str());
-            let resp = up.get(&image.repository, &path, "*/*").await?;
-            if resp.status() != StatusCode::OK {
+            let from = if expect.is_some() { from } else { 0 };
+            let resp = up.get_from(&image.repository, &path, "*/*", from).await?;
+            if !(resp.status() == StatusCode::OK
+                || (from > 0 && resp.status() == StatusCode::PARTIAL_CONTENT))
+            {
                 return Err(up.failure(resp, "blob").await);
             }
-            if let (Some(want), Some(got)) = (expect, resp.content_length())
-                && want != got
-            {
-                return Err(FetchFailure::new(
-                    FetchFailureKind::SizeMismatch,
-                    format!("upstream sends {got} bytes for {digest}; its descriptor says {want}"),
-                ));
+            if let Some(size) = expect {
+                crate::registry_client::check_resumed(
+                    &resp,
+                    from,
+                    size,
+                    &format!("upstream for {digest}"),
+                )?;
             }
             // The store hashes the stream and decides; every read of it is
             // bounded by the idle timeout.
@@ -289,7 +295,7 @@ impl Source for Upstreams {
         image: &ImageName,
         digest: &Digest,
     ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
-        self.open_blob(image, digest, None)
+        self.open_blob(image, digest, None, 0)
     }
 
     /// The upstream's blob with its Content-Length checked against the
@@ -301,7 +307,7 @@ impl Source for Upstreams {
         digest: &Digest,
         size: u64,
     ) -> impl std::future::Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
-        let opened = self.open_blob(image, digest, Some(size));
+        let opened = self.open_blob(image, digest, Some(size), 0);
         async move { opened.await.map(SourceBody::Stream) }
     }
 

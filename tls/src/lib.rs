@@ -228,6 +228,14 @@ impl TlsIdentity {
         })
     }
 
+    /// True when this certificate carries `role` and names node `id`: what
+    /// other members check when they reach a fleet member by that id.
+    pub fn holds(&self, role: Role, id: &str) -> bool {
+        self.certs
+            .first()
+            .is_some_and(|ee| has_role(ee, role) && is_named(ee, id))
+    }
+
     /// True when this certificate carries `role` and node identity `id`
     /// and is not valid for `localhost`: what [`write_dev_pki`] issues today.
     /// `customs up` reissues development certificates that fail this (an

@@ -307,6 +307,9 @@ impl GatewayFlags {
 pub struct GatewayArgs {
     #[command(flatten)]
     flags: GatewayFlags,
+    /// Stop when standard input closes (used by `customs up` for its fleet).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -326,6 +329,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
+    if args.exit_on_stdin_eof {
+        shutdown::on_stdin_eof(token.clone());
+    }
     tracing::info!(gateway = %args.flags.listen, "customs gateway ready");
     gw.serve(listener, upload, token).await?;
     Ok(())

@@ -11,6 +11,7 @@ mod preheat;
 mod scheduler;
 mod status;
 mod up;
+mod up_fleet;
 mod verify;
 mod verify_bundle;
 

@@ -133,13 +133,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
     if args.exit_on_stdin_eof {
-        let t = token.clone();
-        tokio::spawn(async move {
-            let mut sink = tokio::io::sink();
-            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
-            tracing::info!("parent went away: shutting down");
-            t.cancel();
-        });
+        shutdown::on_stdin_eof(token.clone());
     }
     tracing::info!(peer = %args.listen, upload = ?cfg.upload_addr, "customs peer ready");
     peer.serve(listener, upload, token).await?;

@@ -53,6 +53,9 @@ pub struct SchedulerArgs {
     /// port).
     #[arg(long, env = "CUSTOMS_SCHEDULER_ID")]
     scheduler_id: Option<String>,
+    /// Stop when standard input closes (used by `customs up` for its fleet).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
 }
 
 /// Loads trusted gateway public keys from PEM files.
@@ -93,6 +96,9 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
+    if args.exit_on_stdin_eof {
+        shutdown::on_stdin_eof(token.clone());
+    }
     tracing::info!(scheduler = %args.listen, "customs scheduler ready");
     let aggregate = tokio::spawn(service.clone().aggregate_loop(token.clone()));
     let heartbeat = match &args.fleet_redis {

@@ -19,22 +19,37 @@ use tokio_util::sync::CancellationToken;
 #[derive(Args)]
 pub struct UpArgs {
     #[command(flatten)]
-    gateway: GatewayFlags,
-    /// The scheduler's gRPC (mTLS) address.
+    pub(super) gateway: GatewayFlags,
+    /// The scheduler's gRPC (mTLS) address (the first scheduler's in a fleet).
     #[arg(long, default_value = "127.0.0.1:0")]
-    scheduler_listen: SocketAddr,
+    pub(super) scheduler_listen: SocketAddr,
     /// Start N peer processes on loopback; peer i serves containerd on the
     /// port of --listen plus i.
     #[arg(long, default_value_t = 0)]
-    peers: u16,
+    pub(super) peers: u16,
+    /// Start G gateway processes (a local fleet; needs --fleet-redis).
+    /// Gateway 1 serves containerd on --listen, the others on ephemeral
+    /// loopback ports; all are written to DATA_DIR/fleet.json.
+    #[arg(long, default_value_t = 1, requires = "fleet_redis")]
+    pub(super) gateways: u16,
+    /// Start S scheduler processes (a local fleet; needs --fleet-redis).
+    #[arg(long, default_value_t = 1, requires = "fleet_redis")]
+    pub(super) schedulers: u16,
 }
 
-struct Fleet {
-    children: Vec<tokio::process::Child>,
+impl UpArgs {
+    /// A fleet of separate processes on Redis rather than one process.
+    fn fleet_mode(&self) -> bool {
+        self.gateway.fleet_redis.is_some()
+    }
+}
+
+pub(super) struct Fleet {
+    pub(super) children: Vec<tokio::process::Child>,
 }
 
 impl Fleet {
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         for c in &self.children {
             if let Some(pid) = c.id() {
                 let _ = tokio::process::Command::new("kill")
@@ -56,7 +71,7 @@ impl Fleet {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn spawn_peer(
+pub(super) fn spawn_peer(
     i: u16,
     listen: SocketAddr,
     upload: SocketAddr,
@@ -64,7 +79,7 @@ fn spawn_peer(
     pki: &Path,
     gateway_url: &str,
     scheduler_url: &str,
-    key_pub: &Path,
+    key_pubs: &[PathBuf],
     default_registry: &str,
     upload_limit: Option<u64>,
 ) -> anyhow::Result<tokio::process::Child> {
@@ -87,8 +102,11 @@ fn spawn_peer(
         .arg(&dir)
         .arg("--peer-id")
         .arg(&name)
-        .arg("--gateway-key")
-        .arg(key_pub)
+        .args(
+            key_pubs
+                .iter()
+                .flat_map(|k| [std::ffi::OsStr::new("--gateway-key"), k.as_os_str()]),
+        )
         .arg("--tls-ca")
         .arg(&tls.ca)
         .arg("--tls-cert")
@@ -110,27 +128,15 @@ fn spawn_peer(
     Ok(cmd.spawn()?)
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let mut cfg = args.gateway.config()?;
-    if args.gateway.data_dir.is_none() && args.gateway.config.is_none() {
-        cfg.data_dir = PathBuf::from("customs-data");
-    }
-    // A development PKI and signing key under the data dir, created once;
-    // the data dir (keys, audit logs) is private to this user.
-    customs_tls::private_dir(&cfg.data_dir)?;
-    let pki = cfg.data_dir.join("pki");
-    let mut names: Vec<(String, Role)> = vec![
-        ("gateway".into(), Role::Gateway),
-        ("scheduler".into(), Role::Scheduler),
-    ];
-    names.extend((1..=args.peers).map(|i| (format!("peer-{i}"), Role::Peer)));
-    // Missing certificates are issued; so are ones an older version wrote
-    // (valid for localhost, no node identity), which peers would now refuse.
-    // A key that exists but is exposed is refused, never silently replaced:
-    // reissuing would hide that it may have leaked.
+/// Issues the development certificates `names` lacks under `pki`.
+/// Missing certificates are issued; so are ones an older version wrote
+/// (valid for localhost, no node identity), which peers would now refuse.
+/// A key that exists but is exposed is refused, never silently replaced:
+/// reissuing would hide that it may have leaked.
+pub(super) fn ensure_dev_pki(pki: &Path, names: &[(String, Role)]) -> anyhow::Result<()> {
     let mut missing: Vec<(&str, Role)> = Vec::new();
-    for (n, r) in &names {
-        match TlsIdentity::load(&TlsPaths::in_dir(&pki, n)) {
+    for (n, r) in names {
+        match TlsIdentity::load(&TlsPaths::in_dir(pki, n)) {
             Ok(id) if id.is_dev_cert_for(n, *r) => {}
             Err(
                 e @ customs_tls::TlsError::Secret(customs_tls::SecretFileError::Exposed { .. }),
@@ -140,7 +146,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             _ => missing.push((n.as_str(), *r)),
         }
     }
-    write_dev_pki(&pki, &missing).context("creating the development PKI")?;
+    write_dev_pki(pki, &missing).context("creating the development PKI")
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let mut cfg = args.gateway.config()?;
+    if args.gateway.data_dir.is_none() && args.gateway.config.is_none() {
+        cfg.data_dir = PathBuf::from("customs-data");
+    }
+    // A development PKI and signing key under the data dir, created once;
+    // the data dir (keys, audit logs) is private to this user.
+    customs_tls::private_dir(&cfg.data_dir)?;
+    let pki = cfg.data_dir.join("pki");
+    if args.fleet_mode() {
+        return super::up_fleet::run(&args, cfg, &pki).await;
+    }
+    let mut names: Vec<(String, Role)> = vec![
+        ("gateway".into(), Role::Gateway),
+        ("scheduler".into(), Role::Scheduler),
+    ];
+    names.extend((1..=args.peers).map(|i| (format!("peer-{i}"), Role::Peer)));
+    ensure_dev_pki(&pki, &names)?;
     let key_path = cfg
         .signing_key
         .clone()
@@ -227,7 +253,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             &pki,
             &gateway_url,
             &scheduler_url,
-            &key_pub,
+            std::slice::from_ref(&key_pub),
             &default_registry,
             args.gateway.upload_limit,
         )?);

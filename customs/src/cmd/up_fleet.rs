@@ -1,0 +1,325 @@
+//! `customs up --fleet-redis URL --gateways G --schedulers S --peers N`: a
+//! local fleet of separate gateway, scheduler and peer processes on
+//! loopback, sharing one Redis, for trying and testing failover.
+//!
+//! Each member is its own process with its own development certificate
+//! (`gateway-i`, `scheduler-i`, `peer-j`, each naming its id) and, for
+//! gateways, its own signing key; peers and schedulers trust every
+//! gateway's key. Once every member answers, `DATA_DIR/fleet.json` lists
+//! them (written atomically); killing any listed pid leaves the rest
+//! working, and stopping `customs up` stops them all.
+
+use super::up::{Fleet, UpArgs, ensure_dev_pki, spawn_peer};
+use crate::shutdown;
+use anyhow::Context;
+use customs_gateway::GatewayConfig;
+use customs_tls::{Role, TlsPaths};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long every member gets to answer before `customs up` gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `DATA_DIR/fleet.json`.
+#[derive(Serialize)]
+struct FleetFile {
+    gateways: Vec<GatewayEntry>,
+    schedulers: Vec<SchedulerEntry>,
+    peers: Vec<PeerEntry>,
+}
+
+#[derive(Serialize)]
+struct GatewayEntry {
+    id: String,
+    pid: u32,
+    /// containerd-facing base URL.
+    oci: String,
+    /// Operator API base URL (with --api-listen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api: Option<String>,
+    /// mTLS peer endpoint (`https://host:port`).
+    upload: String,
+}
+
+#[derive(Serialize)]
+struct SchedulerEntry {
+    id: String,
+    pid: u32,
+    /// `host:port`.
+    grpc: String,
+}
+
+#[derive(Serialize)]
+struct PeerEntry {
+    id: String,
+    pid: u32,
+    oci: String,
+}
+
+/// A loopback port free right now (the child binds it a moment later).
+fn free_port(ip: std::net::IpAddr) -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).context("picking a free port")?;
+    Ok(l.local_addr()?)
+}
+
+fn log_file(data_dir: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
+    let log = std::fs::File::create(data_dir.join(format!("{name}.log")))?;
+    Ok((log.try_clone()?.into(), log.into()))
+}
+
+/// The fleet's child command: stops when `customs up`'s end of its stdin
+/// closes, even when `customs up` is killed outright.
+fn child(data_dir: &Path, name: &str, sub: &str) -> anyhow::Result<tokio::process::Command> {
+    let (out, err) = log_file(data_dir, name)?;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.arg(sub)
+        .arg("--exit-on-stdin-eof")
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// Waits until `check` succeeds, the child exits, or the deadline passes.
+async fn wait_ready(
+    what: &str,
+    child: &mut tokio::process::Child,
+    check: impl AsyncFn() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{what} exited during start ({status}); see its log in the data dir");
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("{what} did not answer within {}s", READY_TIMEOUT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn http_ok(client: &reqwest::Client, url: &str) -> bool {
+    client
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Runs the fleet until SIGTERM / Ctrl-C.
+pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Result<()> {
+    let (g, s, n) = (args.gateways.max(1), args.schedulers.max(1), args.peers);
+    let data_dir = cfg.data_dir.clone();
+    let fleet_url = args
+        .gateway
+        .fleet_redis
+        .clone()
+        .context("a fleet needs --fleet-redis")?;
+    let ip = args.gateway.listen.ip();
+    let mut names: Vec<(String, Role)> = Vec::new();
+    names.extend((1..=g).map(|i| (format!("gateway-{i}"), Role::Gateway)));
+    names.extend((1..=s).map(|i| (format!("scheduler-{i}"), Role::Scheduler)));
+    names.extend((1..=n).map(|i| (format!("peer-{i}"), Role::Peer)));
+    ensure_dev_pki(pki, &names)?;
+    // Every gateway signs with its own key; peers and schedulers trust all.
+    let mut key_pubs: Vec<PathBuf> = Vec::new();
+    for i in 1..=g {
+        let dir = data_dir.join(format!("gateway-{i}"));
+        customs_tls::private_dir(&dir)?;
+        let key_path = dir.join("gateway-key.pem");
+        let key = customs_gateway::server::load_or_create_key(&key_path)?;
+        let public = key_path.with_extension("pub");
+        std::fs::write(&public, key.public_pem()?)?;
+        key_pubs.push(public);
+    }
+    let key_args: Vec<std::ffi::OsString> = key_pubs
+        .iter()
+        .flat_map(|k| ["--gateway-key".into(), k.clone().into_os_string()])
+        .collect();
+
+    let mut fleet = Fleet {
+        children: Vec::new(),
+    };
+    let token = CancellationToken::new();
+    shutdown::on_signal(token.clone());
+    let started = async {
+        let mut file = FleetFile {
+            gateways: Vec::new(),
+            schedulers: Vec::new(),
+            peers: Vec::new(),
+        };
+        let mut scheduler_urls = Vec::new();
+        for i in 1..=s {
+            let name = format!("scheduler-{i}");
+            let listen = if i == 1 && args.scheduler_listen.port() != 0 {
+                args.scheduler_listen
+            } else {
+                free_port(ip)?
+            };
+            let tls = TlsPaths::in_dir(pki, &name);
+            let dir = data_dir.join(&name);
+            customs_tls::private_dir(&dir)?;
+            let mut cmd = child(&data_dir, &name, "scheduler")?;
+            cmd.arg("--listen")
+                .arg(listen.to_string())
+                .arg("--tls-ca")
+                .arg(&tls.ca)
+                .arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key)
+                .args(&key_args)
+                .arg("--audit-log")
+                .arg(dir.join("audit.jsonl"))
+                .arg("--scheduler-id")
+                .arg(&name)
+                .env("CUSTOMS_FLEET_REDIS", fleet_url.expose_for_child());
+            let mut c = cmd.spawn().with_context(|| format!("starting {name}"))?;
+            wait_ready(&name, &mut c, async || {
+                tokio::net::TcpStream::connect(listen).await.is_ok()
+            })
+            .await?;
+            file.schedulers.push(SchedulerEntry {
+                id: name,
+                pid: c.id().unwrap_or_default(),
+                grpc: listen.to_string(),
+            });
+            scheduler_urls.push(format!("https://{listen}"));
+            fleet.children.push(c);
+        }
+        let http = reqwest::Client::new();
+        let mut gateway_uploads = Vec::new();
+        for i in 1..=g {
+            let name = format!("gateway-{i}");
+            let listen = if i == 1 {
+                args.gateway.listen
+            } else {
+                free_port(ip)?
+            };
+            let upload = free_port(ip)?;
+            let tls = TlsPaths::in_dir(pki, &name);
+            let dir = data_dir.join(&name);
+            let mut own = cfg.clone();
+            own.data_dir = dir.clone();
+            own.signing_key = Some(dir.join("gateway-key.pem"));
+            own.tls_ca = Some(tls.ca.clone());
+            own.tls_cert = Some(tls.cert.clone());
+            own.tls_key = Some(tls.key.clone());
+            own.scheduler = Some(scheduler_urls[usize::from(i - 1) % scheduler_urls.len()].clone());
+            own.upload_addr = Some(upload.to_string());
+            own.gateway_id = Some(name.clone());
+            own.api_listen = cfg
+                .api_listen
+                .map(|a| SocketAddr::new(a.ip(), a.port() + (i - 1)));
+            // The file carries tokens (API, HEC): private to this user. The
+            // fleet URL is passed in the environment, never written out.
+            let config_path = dir.join("config.json");
+            customs_tls::write_private(&config_path, &serde_json::to_vec_pretty(&own)?)?;
+            let mut cmd = child(&data_dir, &name, "gateway")?;
+            cmd.arg("--config")
+                .arg(&config_path)
+                .arg("--listen")
+                .arg(listen.to_string())
+                .arg("--upload-listen")
+                .arg(upload.to_string())
+                .env("CUSTOMS_FLEET_REDIS", fleet_url.expose_for_child());
+            let mut c = cmd.spawn().with_context(|| format!("starting {name}"))?;
+            let scheme = if own.listen_tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let oci = format!("{scheme}://{listen}");
+            let probe = format!("http://{listen}/v2/");
+            wait_ready(&name, &mut c, async || {
+                own.listen_tls_cert.is_some()
+                    && tokio::net::TcpStream::connect(listen).await.is_ok()
+                    || http_ok(&http, &probe).await
+            })
+            .await?;
+            gateway_uploads.push((
+                format!("https://{upload}"),
+                own.scheduler.clone().unwrap_or_default(),
+            ));
+            file.gateways.push(GatewayEntry {
+                id: name,
+                pid: c.id().unwrap_or_default(),
+                oci,
+                api: own.api_listen.map(|a| format!("http://{a}")),
+                upload: format!("https://{upload}"),
+            });
+            fleet.children.push(c);
+        }
+        let default_registry = default_registry(&cfg)?;
+        for j in 1..=n {
+            let name = format!("peer-{j}");
+            let listen = SocketAddr::new(ip, args.gateway.listen.port() + j);
+            let upload = SocketAddr::new(ip, args.gateway.listen.port() + n + j);
+            // Peers are spread over the gateways; each uses its gateway's
+            // scheduler.
+            let (gw, sched) = &gateway_uploads[usize::from(j - 1) % gateway_uploads.len()];
+            let mut c = spawn_peer(
+                j,
+                listen,
+                upload,
+                &data_dir,
+                pki,
+                gw,
+                sched,
+                &key_pubs,
+                &default_registry,
+                args.gateway.upload_limit,
+            )?;
+            let probe = format!("http://{listen}/v2/");
+            wait_ready(&name, &mut c, async || http_ok(&http, &probe).await).await?;
+            file.peers.push(PeerEntry {
+                id: name,
+                pid: c.id().unwrap_or_default(),
+                oci: format!("http://{listen}"),
+            });
+            fleet.children.push(c);
+        }
+        // Atomically: a reader sees no file or the whole fleet.
+        let path = data_dir.join("fleet.json");
+        let tmp = data_dir.join("fleet.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
+        std::fs::rename(&tmp, &path)?;
+        tracing::info!(gateways = g, schedulers = s, peers = n, file = %path.display(), "customs fleet ready");
+        anyhow::Ok(())
+    };
+    let result = tokio::select! {
+        r = started => r,
+        _ = token.cancelled() => Ok(()),
+    };
+    if result.is_ok() {
+        // Members may die (a failover test kills them): the rest keep
+        // running until `customs up` is told to stop.
+        token.cancelled().await;
+    }
+    let _ = std::fs::remove_file(data_dir.join("fleet.json"));
+    fleet.stop().await;
+    tracing::info!("customs fleet stopped");
+    result
+}
+
+/// The registry requests without `ns` mean, as the gateways see it.
+fn default_registry(cfg: &GatewayConfig) -> anyhow::Result<String> {
+    Ok(match &cfg.upstream {
+        Some(url) => customs_gateway::upstream::registry_identity(url)?.to_string(),
+        None => cfg
+            .registries
+            .keys()
+            .next()
+            .cloned()
+            .context("no upstream: set --upstream")?,
+    })
+}

@@ -1,0 +1,364 @@
+//! Where a gateway of a fleet gets a blob it does not hold: from the blob's
+//! owner among the live gateways (rendezvous order of registry and digest),
+//! and from the upstream only when it ranks first itself, so a fleet
+//! fetches each blob from the upstream once.
+//!
+//! The owner is asked over mTLS on its peer endpoint with the ordinary OCI
+//! blob request, naming registry (`ns`), repository and digest; it runs its
+//! own admission and binding checks for it, as for any node (when it has
+//! not seen the manifest yet it is asked for it by digest first, which
+//! admits it there). What comes back is hashed by the store like an
+//! upstream's bytes, so an owner can fail a transfer, never corrupt one.
+//!
+//! Addresses come from the fleet store, which is not trusted to say who
+//! answers there: the connection must present a gateway certificate that
+//! names the member asked for. A transfer that breaks off (the owner died)
+//! resumes at the byte reached with the next gateway in the order, or the
+//! upstream when that is this gateway: at most one extra upstream fetch.
+
+use crate::registry_client::{RegistryClient, Timeouts, check_resumed};
+use crate::upstream::Upstreams;
+use customs_fleet::{MemberId, MemberView};
+use customs_mirror::{FetchedManifest, Source};
+use customs_protocol::manifest::{MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
+use customs_protocol::{Digest, ImageName, Reference};
+use customs_store::inflight::{ByteStream, SourceBody};
+use customs_store::{FetchFailure, FetchFailureKind};
+use customs_tls::{Role, TlsIdentity};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The endpoint name a gateway advertises its mTLS peer endpoint under.
+pub const UPLOAD_ENDPOINT: &str = "upload";
+
+/// The gateway's source: the upstreams, reached directly or, in a fleet,
+/// through the owner of each blob.
+pub struct FleetSource {
+    upstreams: Arc<Upstreams>,
+    owners: Option<Arc<BlobOwners>>,
+}
+
+impl FleetSource {
+    /// The upstreams alone (no fleet, or a fleet without peer endpoints).
+    pub fn direct(upstreams: Arc<Upstreams>) -> Self {
+        FleetSource {
+            upstreams,
+            owners: None,
+        }
+    }
+
+    /// The upstreams, with blobs routed to their owners among `owners`.
+    pub fn routed(upstreams: Arc<Upstreams>, owners: Arc<BlobOwners>) -> Self {
+        FleetSource {
+            upstreams,
+            owners: Some(owners),
+        }
+    }
+
+    /// The fleet routing, if any (for metrics).
+    pub fn owners(&self) -> Option<&Arc<BlobOwners>> {
+        self.owners.as_ref()
+    }
+}
+
+/// Who owns which blob, and the clients that reach them.
+pub struct BlobOwners {
+    me: MemberId,
+    gateways: Arc<MemberView>,
+    identity: Arc<TlsIdentity>,
+    timeouts: Timeouts,
+    /// One client per (member, endpoint); bounded by the member cap.
+    clients: Mutex<HashMap<(MemberId, String), Arc<RegistryClient>>>,
+    /// Blob bytes received from other gateways.
+    from_fleet: Arc<AtomicU64>,
+}
+
+/// Most clients kept: the fleet store lists at most this many gateways.
+const MAX_CLIENTS: usize = customs_fleet::member::MAX_MEMBERS;
+
+impl BlobOwners {
+    /// Routing for gateway `me` over the live `gateways`.
+    pub fn new(
+        me: MemberId,
+        gateways: Arc<MemberView>,
+        identity: Arc<TlsIdentity>,
+        timeouts: Timeouts,
+    ) -> Self {
+        BlobOwners {
+            me,
+            gateways,
+            identity,
+            timeouts,
+            clients: Mutex::default(),
+            from_fleet: Arc::default(),
+        }
+    }
+
+    /// Blob bytes received from other gateways so far.
+    pub fn fleet_bytes(&self) -> u64 {
+        self.from_fleet.load(Ordering::Relaxed)
+    }
+
+    /// Where to get `digest` of `registry` from, best first: the gateways
+    /// ranked above this one (each named, each with a peer endpoint), then
+    /// the upstream. This gateway always ranks somewhere, so the upstream
+    /// is always the last resort.
+    fn plan(&self, image: &ImageName, digest: &Digest) -> VecDeque<Hop> {
+        let key = customs_fleet::rendezvous::blob_key(image.registry.as_str(), &digest.to_string());
+        let mut live = self.gateways.live();
+        if !live.iter().any(|m| m.id == self.me) {
+            live.push(customs_fleet::Member {
+                id: self.me.clone(),
+                role: customs_fleet::MemberRole::Gateway,
+                endpoints: Default::default(),
+                expires_at: 0,
+            });
+        }
+        let mut plan = VecDeque::new();
+        for m in customs_fleet::rendezvous::ranked(&key, live, |m| m.id.as_str()) {
+            if m.id == self.me {
+                break;
+            }
+            let Some(base) = m.endpoints.get(UPLOAD_ENDPOINT) else {
+                continue;
+            };
+            match self.client(&m.id, base) {
+                Ok(c) => plan.push_back(Hop::Gateway(c)),
+                Err(e) => {
+                    tracing::warn!(member = %m.id, endpoint = %base, error = %e, "fleet gateway unusable; skipped")
+                }
+            }
+        }
+        plan.push_back(Hop::Upstream);
+        plan
+    }
+
+    fn client(&self, id: &MemberId, base: &str) -> Result<Arc<RegistryClient>, String> {
+        let key = (id.clone(), base.to_owned());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let url = url::Url::parse(base).map_err(|e| e.to_string())?;
+        if url.scheme() != "https" || !url.path().trim_end_matches('/').is_empty() {
+            return Err("not an https://host:port endpoint".into());
+        }
+        let tls = self
+            .identity
+            .client_config_for_named(Role::Gateway, id.as_str())
+            .map_err(|e| e.to_string())?;
+        let c = Arc::new(
+            RegistryClient::fleet_member(
+                base.trim_end_matches('/').to_owned(),
+                format!("fleet gateway {id}"),
+                tls,
+                self.timeouts,
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, c.clone());
+        Ok(c)
+    }
+}
+
+/// One place a blob can come from.
+enum Hop {
+    Gateway(Arc<RegistryClient>),
+    Upstream,
+}
+
+/// What a (re)opening needs.
+#[derive(Clone)]
+struct Fetch {
+    upstreams: Arc<Upstreams>,
+    image: ImageName,
+    digest: Digest,
+    size: u64,
+    via: Option<Digest>,
+    from_fleet: Arc<AtomicU64>,
+}
+
+impl Fetch {
+    /// Opens the bytes from `from` on at the first hop that answers; a hop
+    /// that cannot be reached or fails (5xx, timeout) passes to the next,
+    /// a refusal (not found, denied, wrong size) ends the fetch.
+    async fn open(&self, plan: &mut VecDeque<Hop>, from: u64) -> Result<ByteStream, FetchFailure> {
+        loop {
+            let Some(hop) = plan.pop_front() else {
+                return Err(FetchFailure::new(
+                    FetchFailureKind::Unavailable,
+                    format!("no gateway of the fleet could send {}", self.digest),
+                ));
+            };
+            let opened = match &hop {
+                Hop::Upstream => {
+                    self.upstreams
+                        .open_blob(&self.image, &self.digest, Some(self.size), from)
+                        .await
+                }
+                Hop::Gateway(c) => self.open_at_gateway(c, from).await,
+            };
+            match opened {
+                Ok(s) => return Ok(s),
+                Err(f) if f.kind == FetchFailureKind::Unavailable && !plan.is_empty() => {
+                    tracing::warn!(digest = %self.digest, from, error = %f.message, "blob source failed; asking the next in the fleet's order");
+                }
+                Err(f) => return Err(f),
+            }
+        }
+    }
+
+    async fn open_at_gateway(
+        &self,
+        c: &RegistryClient,
+        from: u64,
+    ) -> Result<ByteStream, FetchFailure> {
+        let repo = &self.image.repository;
+        let ns = self.image.registry.as_str();
+        let blob_path = format!("/v2/{}/blobs/{}?ns={ns}", repo.as_str(), self.digest);
+        tracing::info!(image = %self.image, digest = %self.digest, owner = c.host(), from, "fetching blob from its owner in the fleet");
+        let mut resp = c.get_from(repo, &blob_path, "*/*", from).await?;
+        if resp.status() == StatusCode::NOT_FOUND
+            && let Some(via) = &self.via
+        {
+            // The owner has not admitted the manifest yet: asking for it by
+            // digest makes it decide (and bind the blob) itself.
+            drop(resp);
+            let m_path = format!("/v2/{}/manifests/{via}?ns={ns}", repo.as_str());
+            let m = c
+                .get(repo, &m_path, &MANIFEST_MEDIA_TYPES.join(", "))
+                .await?;
+            if m.status() != StatusCode::OK {
+                return Err(c.failure(m, "manifest").await);
+            }
+            c.read_capped(m, MAX_MANIFEST_BYTES, "manifest").await?;
+            resp = c.get_from(repo, &blob_path, "*/*", from).await?;
+        }
+        if !(resp.status() == StatusCode::OK
+            || (from > 0 && resp.status() == StatusCode::PARTIAL_CONTENT))
+        {
+            let mut f = c.failure(resp, "blob").await;
+            // A gateway of the fleet that lacks the blob for us is not a
+            // verdict on it: the next one (or the upstream) is asked.
+            if f.kind == FetchFailureKind::NotFound && self.via.is_none() {
+                f.kind = FetchFailureKind::Unavailable;
+            }
+            return Err(f);
+        }
+        check_resumed(&resp, from, self.size, c.host())?;
+        let counted = self.from_fleet.clone();
+        Ok(Box::pin(c.idle_bounded_stream(resp).inspect(move |b| {
+            if let Ok(b) = b {
+                counted.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+        })))
+    }
+}
+
+/// The bytes of a blob from `plan`, resuming at the next hop where one
+/// breaks off mid-stream. Ends with an error only when the last hop fails.
+fn resuming(fetch: Fetch, plan: VecDeque<Hop>, first: ByteStream) -> ByteStream {
+    struct State {
+        fetch: Fetch,
+        plan: VecDeque<Hop>,
+        current: ByteStream,
+        offset: u64,
+    }
+    let state = State {
+        fetch,
+        plan,
+        current: first,
+        offset: 0,
+    };
+    Box::pin(futures_util::stream::unfold(
+        Some(state),
+        |state| async move {
+            let mut st = state?;
+            loop {
+                match st.current.next().await {
+                    Some(Ok(b)) => {
+                        st.offset += b.len() as u64;
+                        return Some((Ok(b), Some(st)));
+                    }
+                    None => return None,
+                    Some(Err(e)) if !st.plan.is_empty() && st.offset < st.fetch.size => {
+                        tracing::warn!(digest = %st.fetch.digest, offset = st.offset, error = %e, "blob transfer broke off; resuming with the next in the fleet's order");
+                        match st.fetch.open(&mut st.plan, st.offset).await {
+                            Ok(next) => st.current = next,
+                            Err(f) => {
+                                return Some((Err(std::io::Error::other(f.message)), None));
+                            }
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), None)),
+                }
+            }
+        },
+    ))
+}
+
+impl Source for FleetSource {
+    async fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, FetchFailure> {
+        self.upstreams.manifest(image, reference).await
+    }
+
+    fn blob(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
+        self.upstreams.blob(image, digest)
+    }
+
+    fn blob_body(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        size: u64,
+    ) -> impl std::future::Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
+        self.blob_body_via(image, digest, size, None)
+    }
+
+    fn blob_body_via(
+        &self,
+        image: &ImageName,
+        digest: &Digest,
+        size: u64,
+        via: Option<&Digest>,
+    ) -> impl std::future::Future<Output = Result<SourceBody, FetchFailure>> + Send + 'static {
+        let routed = self
+            .owners
+            .as_ref()
+            .map(|o| (o.plan(image, digest), o.from_fleet.clone()));
+        let fetch = Fetch {
+            upstreams: self.upstreams.clone(),
+            image: image.clone(),
+            digest: digest.clone(),
+            size,
+            via: via.cloned(),
+            from_fleet: routed.as_ref().map(|(_, c)| c.clone()).unwrap_or_default(),
+        };
+        async move {
+            let mut plan = match routed {
+                Some((plan, _)) => plan,
+                None => VecDeque::from([Hop::Upstream]),
+            };
+            let first = fetch.open(&mut plan, 0).await?;
+            Ok(SourceBody::Stream(resuming(fetch, plan, first)))
+        }
+    }
+
+    async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, FetchFailure> {
+        self.upstreams.blob_size(image, digest).await
+    }
+}

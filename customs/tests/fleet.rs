@@ -166,3 +166,153 @@ fn a_job_created_on_one_gateway_is_seen_through_another_and_survives_restarts() 
     assert!(ok, "pull with Redis down: {err}");
     let _ = b.oci;
 }
+
+/// `customs up --fleet-redis … --gateways G --schedulers S --peers N`,
+/// once `DATA_DIR/fleet.json` exists.
+struct LocalFleet {
+    _up: Proc,
+    file: serde_json::Value,
+}
+
+impl LocalFleet {
+    fn start(
+        dir: &Path,
+        registry: &Registry,
+        redis: u16,
+        shape: (u16, u16, u16),
+        extra: &[&str],
+    ) -> LocalFleet {
+        let (g, s, n) = shape;
+        let data = dir.join("fleet");
+        let mut args = strings(&[
+            "up",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", free_base(n)),
+            "--upstream",
+            &registry.url(),
+            "--fleet-redis",
+            &format!("redis://127.0.0.1:{redis}"),
+            "--gateways",
+            &g.to_string(),
+            "--schedulers",
+            &s.to_string(),
+            "--peers",
+            &n.to_string(),
+        ]);
+        args.extend(strings(extra));
+        let up = spawn_customs(dir, "up", &args);
+        let path = data.join("fleet.json");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no fleet.json: {}",
+                std::fs::read_to_string(dir.join("up.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        LocalFleet { _up: up, file }
+    }
+
+    fn list(&self, what: &str) -> Vec<serde_json::Value> {
+        self.file[what].as_array().unwrap().clone()
+    }
+
+    /// The peers' containerd-facing `host:port`s.
+    fn peer_hosts(&self) -> Vec<String> {
+        self.list("peers")
+            .iter()
+            .map(|p| {
+                p["oci"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("http://")
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+/// Pulls `image` through every peer at once; returns each pull's outcome.
+fn pull_everywhere(fleet: &LocalFleet, image: &str, out: &Path) -> Vec<(bool, String)> {
+    let pulls: Vec<_> = fleet
+        .peer_hosts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let src = format!("{host}/{image}");
+            let dest = out.join(format!("pull-{i}"));
+            std::thread::spawn(move || skopeo_pull(&src, &dest))
+        })
+        .collect();
+    pulls.into_iter().map(|p| p.join().unwrap()).collect()
+}
+
+#[test]
+fn a_fleet_of_two_gateways_and_two_schedulers_fetches_each_blob_from_the_upstream_once() {
+    require("skopeo");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start_with_access_log(&dir.join("registry"));
+    make_image(
+        &dir.join("app"),
+        "v1",
+        &[3_000_000, 1_500_000, 700_000],
+        &[],
+        43,
+    );
+    push(&dir.join("app"), "v1", registry.addr, "library/app");
+    let pushed = registry.blob_gets();
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    let fleet = LocalFleet::start(dir, &registry, redis_port, (2, 2, 6), &[]);
+    // The file lists every member with a live pid and its endpoints.
+    assert_eq!(fleet.list("gateways").len(), 2, "{}", fleet.file);
+    assert_eq!(fleet.list("schedulers").len(), 2);
+    assert_eq!(fleet.list("peers").len(), 6);
+    for kind in ["gateways", "schedulers", "peers"] {
+        for m in fleet.list(kind) {
+            let pid = m["pid"].as_u64().unwrap();
+            assert!(Path::new(&format!("/proc/{pid}")).exists(), "{kind}: {m}");
+        }
+    }
+    for gw in fleet.list("gateways") {
+        let oci = gw["oci"].as_str().unwrap();
+        assert!(
+            oci.starts_with("http://127.0.0.1:") && !oci.ends_with('/'),
+            "{gw}"
+        );
+    }
+
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for (ok, err) in pull_everywhere(&fleet, "library/app:v1", &out) {
+        assert!(ok, "pull through a peer: {err}");
+    }
+    // Every pull got the image's layers, byte for byte (skopeo checked
+    // each digest); the upstream sent each blob once for the whole fleet.
+    let pushed_blobs = layout_blobs(&dir.join("app"));
+    for i in 0..6 {
+        assert_eq!(layout_blobs(&out.join(format!("pull-{i}"))), pushed_blobs);
+    }
+    let gets = registry.blob_gets();
+    let fetched: Vec<(String, usize)> = gets
+        .iter()
+        .map(|(d, n)| (d.clone(), n - pushed.get(d).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(
+        fetched.len() >= 4,
+        "config and three layers fetched: {fetched:?}"
+    );
+    for (digest, n) in &fetched {
+        assert_eq!(
+            *n, 1,
+            "{digest} fetched {n} times from the upstream: {fetched:?}"
+        );
+    }
+}

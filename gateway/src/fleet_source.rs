@@ -97,6 +97,20 @@ impl BlobOwners {
         }
     }
 
+    /// This gateway's member id.
+    pub fn me(&self) -> &MemberId {
+        &self.me
+    }
+
+    /// The ids of the live gateways blobs are routed over, sorted.
+    pub fn live_ids(&self) -> Vec<String> {
+        self.gateways
+            .live()
+            .into_iter()
+            .map(|m| m.id.to_string())
+            .collect()
+    }
+
     /// Blob bytes received from other gateways so far.
     pub fn fleet_bytes(&self) -> u64 {
         self.from_fleet.load(Ordering::Relaxed)

@@ -490,6 +490,7 @@ impl Gateway {
             self.metrics.clone(),
             self.admission.clone(),
             self.upstreams.clone(),
+            self.mirror.source().owners().cloned(),
         ));
         if let Some(api) = &self.api {
             let peers_http = match &self.swarm {

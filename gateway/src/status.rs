@@ -18,6 +18,7 @@ pub fn routes(
     metrics: Arc<Metrics>,
     admission: Arc<GatewayAdmission>,
     upstreams: Arc<Upstreams>,
+    owners: Option<Arc<crate::fleet_source::BlobOwners>>,
 ) -> Router {
     Router::new()
         .route(
@@ -31,6 +32,13 @@ pub fn routes(
                     "upload_limit": limiter.rate(),
                     "refused_connections": refused.get(),
                     "policy_revision": admission.policy_revision(),
+                    // In a fleet: the gateways this one routes blobs over
+                    // (its view of the fleet) and what they sent it.
+                    "fleet": owners.as_ref().map(|o| serde_json::json!({
+                        "id": o.me().as_str(),
+                        "gateways": o.live_ids(),
+                        "fleet_bytes": o.fleet_bytes(),
+                    })),
                 }))
             }),
         )

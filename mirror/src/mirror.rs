@@ -238,6 +238,11 @@ impl<S: Source, A: Admission> Mirror<S, A> {
         }
     }
 
+    /// The source (for status: where content comes from).
+    pub fn source(&self) -> &Arc<S> {
+        &self.source
+    }
+
     /// The store (for gc and status).
     pub fn store(&self) -> &Arc<BlobStore> {
         &self.store

@@ -259,6 +259,34 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             });
             fleet.children.push(c);
         }
+        // Every gateway routes blobs over the whole set before any peer
+        // asks: one that has not seen the others yet would fetch from the
+        // upstream what another owns.
+        let plain = cfg.listen_tls_cert.is_none();
+        for (gw, child) in file
+            .gateways
+            .iter()
+            .zip(fleet.children.iter_mut().skip(usize::from(s)))
+            .filter(|_| plain)
+        {
+            let status = format!("{}/customs/v1/status", gw.oci);
+            wait_ready(&gw.id, child, async || {
+                let seen = async {
+                    let v: serde_json::Value = http
+                        .get(&status)
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    Some(v["fleet"]["gateways"].as_array()?.len())
+                };
+                seen.await == Some(usize::from(g))
+            })
+            .await?;
+        }
         let default_registry = default_registry(&cfg)?;
         for j in 1..=n {
             let name = format!("peer-{j}");

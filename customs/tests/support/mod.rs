@@ -114,6 +114,8 @@ pub struct Registry {
     proc: Option<Proc>,
     /// `user:password` required by the registry (htpasswd basic auth).
     pub creds: Option<(String, String)>,
+    /// Whether the registry writes its access log (to `registry.log`).
+    access_log: bool,
 }
 
 impl Registry {
@@ -126,9 +128,43 @@ impl Registry {
             dir: dir.to_path_buf(),
             proc: None,
             creds: None,
+            access_log: false,
         };
         r.restart();
         r
+    }
+
+    /// Starts a registry that logs every request: [`Registry::blob_gets`]
+    /// counts what was fetched from it.
+    pub fn start_with_access_log(dir: &Path) -> Registry {
+        require("docker-registry");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut r = Registry {
+            addr,
+            dir: dir.to_path_buf(),
+            proc: None,
+            creds: None,
+            access_log: true,
+        };
+        r.restart();
+        r
+    }
+
+    /// Blob GETs the registry answered, by digest, from its access log.
+    pub fn blob_gets(&self) -> std::collections::BTreeMap<String, usize> {
+        assert!(self.access_log, "started without an access log");
+        let log = std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
+        let mut out = std::collections::BTreeMap::new();
+        for line in log.lines() {
+            // Combined log format: "GET /v2/<repo>/blobs/<digest> HTTP/1.1" <status>
+            if let Some(rest) = line.split("\"GET /v2/").nth(1)
+                && let Some((path, _)) = rest.split_once(' ')
+                && let Some((_, digest)) = path.split_once("/blobs/")
+            {
+                *out.entry(digest.to_owned()).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     /// Starts a registry that requires basic auth (htpasswd, bcrypt).
@@ -140,6 +176,7 @@ impl Registry {
             dir: dir.to_path_buf(),
             proc: None,
             creds: Some((user.to_owned(), password.to_owned())),
+            access_log: false,
         };
         r.restart();
         r
@@ -150,7 +187,8 @@ impl Registry {
         std::fs::create_dir_all(&self.dir).unwrap();
         let cfg = self.dir.join("config.yml");
         let mut text = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n",
+            !self.access_log,
             self.dir.join("data").display(),
             self.addr
         );
@@ -410,6 +448,28 @@ impl Customs {
     }
 }
 
+/// A `--listen` port for `customs up --peers N`: peers listen on --listen +
+/// i and serve pieces on --listen + N + i, so this finds a base with 2N + 1
+/// free ports, below the kernel's ephemeral range (32768 and up), where
+/// outgoing connections of tests running at the same time cannot take them
+/// between this check and the bind.
+pub fn free_base(peers: u16) -> u16 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    loop {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let p = 20_000 + (seed % 12_000) as u16;
+        if (0..=2 * peers).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
 /// `customs up --peers N` with an explicit scheduler port; waits for every peer.
 pub struct Fleet {
     pub gateway: Customs,
@@ -419,24 +479,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn up(data_dir: &Path, upstream: &str, peers: u16, extra: &[&str]) -> Fleet {
-        // Peers listen on --listen + i and serve pieces on --listen + N + i: find
-        // a base with 2N + 1 free ports, below the kernel's ephemeral range
-        // (32768 and up), where outgoing connections of tests running at the
-        // same time cannot take them between this check and the bind.
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-            ^ std::process::id().wrapping_mul(2_654_435_761);
-        let base = loop {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            let p = 20_000 + (seed % 12_000) as u16;
-            if (0..=2 * peers).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-                break p;
-            }
-        };
+        let base = free_base(peers);
         let addr: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
         let scheduler: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut args: Vec<String> = vec![

@@ -208,6 +208,7 @@ fn hostile_peers_are_caught_blocklisted_and_bypassed() {
             let forged = c
                 .register_task(pb::RegisterTaskRequest {
                     manifest: Some(pb::SignedPieceManifest::default()),
+                    seed_id: String::new(),
                 })
                 .await
                 .unwrap_err();

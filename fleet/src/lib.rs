@@ -13,7 +13,7 @@
 mod fleet_url;
 pub mod jobs;
 pub mod member;
-pub mod rendezvous;
+pub use customs_protocol::rendezvous;
 pub mod view;
 
 pub use fleet_url::FleetUrl;

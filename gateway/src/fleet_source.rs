@@ -150,6 +150,12 @@ impl BlobOwners {
         plan
     }
 
+    /// Whether this gateway ranks first for `digest` of `image` among the
+    /// live gateways it can route to (it fetches from the upstream itself).
+    pub fn owns(&self, image: &ImageName, digest: &Digest) -> bool {
+        matches!(self.plan(image, digest).front(), Some(Hop::Upstream))
+    }
+
     fn client(&self, id: &MemberId, base: &str) -> Result<Arc<RegistryClient>, String> {
         let key = (id.clone(), base.to_owned());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -374,5 +380,65 @@ impl Source for FleetSource {
 
     async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, FetchFailure> {
         self.upstreams.blob_size(image, digest).await
+    }
+}
+
+/// The live gateways and schedulers this gateway sees in Redis: served to
+/// peers as `GET /customs/v1/fleet` (they never talk to Redis) and fed to
+/// its own seed's scheduler set.
+#[derive(Clone)]
+pub struct FleetViews {
+    /// Live gateways.
+    pub gateways: Arc<MemberView>,
+    /// Live schedulers.
+    pub schedulers: Arc<MemberView>,
+}
+
+impl FleetViews {
+    /// The fleet document: members with the endpoint each role is reached
+    /// at (`upload` for gateways, `grpc` for schedulers); members without
+    /// one are left out.
+    pub fn doc(&self) -> customs_swarm::members::FleetDoc {
+        use customs_swarm::members::{FleetDoc, GatewayEntry, SchedulerEntry};
+        FleetDoc {
+            gateways: self
+                .gateways
+                .live()
+                .into_iter()
+                .filter_map(|m| {
+                    Some(GatewayEntry {
+                        upload: m.endpoints.get(UPLOAD_ENDPOINT)?.clone(),
+                        id: m.id.to_string(),
+                    })
+                })
+                .collect(),
+            schedulers: self
+                .schedulers
+                .live()
+                .into_iter()
+                .filter_map(|m| {
+                    Some(SchedulerEntry {
+                        grpc: m.endpoints.get("grpc")?.clone(),
+                        id: m.id.to_string(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Keeps `schedulers` (the seed's) on the live set until `shutdown`.
+    pub async fn feed(
+        self,
+        schedulers: Arc<customs_swarm::members::Schedulers>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(customs_fleet::view::REFRESH);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            schedulers.learn(&self.doc());
+        }
     }
 }

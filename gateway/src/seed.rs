@@ -17,19 +17,21 @@ use crate::server::GatewayMirror;
 use customs_mirror::MirrorError;
 use customs_protocol::piece_manifest::{FetchId, GatewayKey, PieceManifest, SignedPieceManifest};
 use customs_protocol::scheduler_proto as pb;
-use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName, RegistryHost};
 use customs_store::{FetchFailure, FetchFailureKind, StoreError, Table};
+use customs_swarm::members::{Schedulers, try_next};
 use pipeline::{FetchOutcome, SeedFetch};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// The gateway's swarm side.
 pub struct Seed {
     key: GatewayKey,
-    scheduler: SchedulerClient<Channel>,
+    /// The id this gateway seeds under: [`SEED_ID`] alone, or its fleet
+    /// member id (its certificate names it).
+    id: String,
+    schedulers: Arc<Schedulers>,
     upload_addr: String,
     upload_capacity: u64,
     locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
@@ -55,13 +57,15 @@ impl Seed {
     /// Builds the seed side.
     pub fn new(
         key: GatewayKey,
-        scheduler: SchedulerClient<Channel>,
+        id: Option<String>,
+        schedulers: Arc<Schedulers>,
         upload_addr: String,
         upload_capacity: u64,
     ) -> Self {
         Seed {
             key,
-            scheduler,
+            id: id.unwrap_or_else(|| SEED_ID.to_owned()),
+            schedulers,
             upload_addr,
             upload_capacity,
             locks: Mutex::default(),
@@ -70,15 +74,31 @@ impl Seed {
         }
     }
 
-    /// The live peers the scheduler knows (preheat targets).
+    /// The live peers the schedulers know (preheat targets): every peer
+    /// announces to every scheduler, so the first that answers knows them.
     pub async fn list_peers(
         &self,
     ) -> Result<Vec<customs_protocol::scheduler_proto::PeerInfo>, tonic::Status> {
-        let mut client = self.scheduler.clone();
-        let resp = client
-            .list_peers(customs_protocol::scheduler_proto::ListPeersRequest {})
-            .await?;
-        Ok(resp.into_inner().peers)
+        let mut last = tonic::Status::unavailable("no scheduler known");
+        for (id, mut client) in self.schedulers.all() {
+            match client
+                .list_peers(customs_protocol::scheduler_proto::ListPeersRequest {})
+                .await
+            {
+                Ok(resp) => return Ok(resp.into_inner().peers),
+                Err(e) if try_next(&e) => {
+                    tracing::debug!(scheduler = %id, error = %e, "scheduler unreachable; asking the next");
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// The schedulers this seed registers with (the fleet's, once learned).
+    pub fn schedulers(&self) -> &Arc<Schedulers> {
+        &self.schedulers
     }
 
     /// The signing key's id.
@@ -86,18 +106,19 @@ impl Seed {
         self.key.id()
     }
 
-    /// Announces the gateway as a seed every few seconds (a restarted
-    /// scheduler learns it again).
+    /// Announces the gateway as a seed to every scheduler every few
+    /// seconds. A new or restarted scheduler, or a change of the scheduler
+    /// set (task owners moved), gets every task registered again.
     pub async fn announce_loop(
         self: Arc<Self>,
         store: Arc<customs_store::BlobStore>,
         active: impl Fn() -> u32,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        let mut instance = String::new();
+        let mut instances: HashMap<String, String> = HashMap::new();
         loop {
             let info = pb::PeerInfo {
-                peer_id: SEED_ID.to_owned(),
+                peer_id: self.id.clone(),
                 upload_addr: self.upload_addr.clone(),
                 upload_capacity: self.upload_capacity,
                 active_uploads: active(),
@@ -105,31 +126,42 @@ impl Seed {
                 rack: String::new(),
                 seed: true,
             };
-            match self
-                .scheduler
-                .clone()
-                .announce_peer(pb::AnnouncePeerRequest { peer: Some(info) })
-                .await
-            {
-                Ok(r) => {
-                    let now = r.into_inner().instance;
-                    if now != instance {
-                        // A new or restarted scheduler knows no tasks: register
-                        // every piece manifest this gateway signed.
-                        let all: Vec<(String, SignedPieceManifest)> = store
-                            .index()
-                            .scan(Table::PieceManifests)
-                            .unwrap_or_default();
-                        // Only what the current key signed: a manifest of a
-                        // retired key is rebuilt when a peer next asks.
-                        for (_, signed) in all.iter().filter(|(_, s)| s.key_id == self.key.id()) {
-                            self.register(signed).await;
+            let all = self.schedulers.all();
+            let ids: Vec<&String> = all.iter().map(|(id, _)| id).collect();
+            instances.retain(|id, _| ids.contains(&id));
+            let mut reregister = self.schedulers.take_moved();
+            for (id, mut client) in all.clone() {
+                match client
+                    .announce_peer(pb::AnnouncePeerRequest {
+                        peer: Some(info.clone()),
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        let now = r.into_inner().instance;
+                        if instances.get(&id) != Some(&now) {
+                            reregister = true;
+                            instances.insert(id, now);
                         }
-                        tracing::info!(tasks = all.len(), "registered tasks with the scheduler");
-                        instance = now;
+                    }
+                    Err(e) => {
+                        tracing::debug!(scheduler = %id, error = %e, "seed announce failed; retrying")
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "seed announce failed; retrying"),
+            }
+            if reregister {
+                // A new or restarted scheduler knows no tasks: register
+                // every piece manifest this gateway signed with its owner.
+                let all: Vec<(String, SignedPieceManifest)> = store
+                    .index()
+                    .scan(Table::PieceManifests)
+                    .unwrap_or_default();
+                // Only what the current key signed: a manifest of a
+                // retired key is rebuilt when a peer next asks.
+                for (_, signed) in all.iter().filter(|(_, s)| s.key_id == self.key.id()) {
+                    self.register(signed).await;
+                }
+                tracing::info!(tasks = all.len(), "registered tasks with the schedulers");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -325,10 +357,28 @@ impl Seed {
     async fn register(&self, signed: &SignedPieceManifest) {
         let req = pb::RegisterTaskRequest {
             manifest: Some(signed.into()),
+            seed_id: if self.id == SEED_ID {
+                String::new()
+            } else {
+                self.id.clone()
+            },
         };
-        if let Err(e) = self.scheduler.clone().register_task(req).await {
-            tracing::warn!(key_id = %signed.key_id, error = %e, "scheduler registration failed; peers fall back to the gateway");
+        let Some(blob) = statement_blob(signed) else {
+            return;
+        };
+        for (id, mut client) in self.schedulers.for_blob(&blob) {
+            match client.register_task(req.clone()).await {
+                Ok(_) => return,
+                Err(e) if try_next(&e) => {
+                    tracing::debug!(scheduler = %id, %blob, error = %e, "scheduler unreachable; registering with the next");
+                }
+                Err(e) => {
+                    tracing::warn!(key_id = %signed.key_id, error = %e, "scheduler registration failed; peers fall back to the gateway");
+                    return;
+                }
+            }
         }
+        tracing::warn!(%blob, "no scheduler reachable; peers fall back to the gateway");
     }
 }
 
@@ -340,8 +390,15 @@ impl Seed {
             blob_digest: blob.to_string(),
             fetch_id: id.to_string(),
         };
-        if let Err(e) = self.scheduler.clone().withdraw_task(req).await {
-            tracing::warn!(%blob, fetch = %id, error = %e, "withdrawing a failed fetch's task failed; its statements expire");
+        for (_, mut client) in self.schedulers.for_blob(blob) {
+            match client.withdraw_task(req.clone()).await {
+                Ok(_) => return,
+                Err(e) if try_next(&e) => {}
+                Err(e) => {
+                    tracing::warn!(%blob, fetch = %id, error = %e, "withdrawing a failed fetch's task failed; its statements expire");
+                    return;
+                }
+            }
         }
     }
 }
@@ -365,4 +422,20 @@ impl customs_swarm::piece_server::PartialPieces for Seed {
             .map(|(_, f)| f.clone());
         found?.piece(index)
     }
+}
+
+/// The blob a signed statement (final or provisional) is about, read from
+/// its payload (the signature was checked when it was made: this gateway
+/// signed it).
+fn statement_blob(signed: &SignedPieceManifest) -> Option<Digest> {
+    let json = signed
+        .payload
+        .strip_prefix(customs_protocol::piece_manifest::PROVISIONAL_DOMAIN)
+        .unwrap_or(&signed.payload);
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()?
+        .get("blob")?
+        .as_str()?
+        .parse()
+        .ok()
 }

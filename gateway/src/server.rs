@@ -17,7 +17,6 @@ use customs_mirror::http::{RegistryResolver, oci_error, router};
 use customs_mirror::rate::RateLimiter;
 use customs_mirror::{Mirror, MirrorConfig, UnboundBlobs};
 use customs_protocol::piece_manifest::{FetchId, GatewayKey};
-use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName, RegistryHost};
 use customs_store::audit::{AuditError, AuditLog};
 use customs_store::{BlobStore, StoreConfig, StoreError};
@@ -212,6 +211,15 @@ impl Gateway {
             }
         };
         let admission = Arc::new(admission.with_metrics(metrics.clone()));
+        let fleet_id: Option<customs_fleet::MemberId> = match &cfg.gateway_id {
+            Some(id) => Some(
+                id.parse()
+                    .map_err(|e: customs_fleet::member::BadMemberId| {
+                        ConfigError::Invalid(format!("gateway_id: {e}"))
+                    })?,
+            ),
+            None => None,
+        };
         let swarm = match (&cfg.scheduler, &cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key) {
             (Some(url), Some(ca), Some(cert), Some(key)) => {
                 let identity = Arc::new(TlsIdentity::load(&TlsPaths {
@@ -224,28 +232,26 @@ impl Gateway {
                         .clone()
                         .unwrap_or_else(|| cfg.data_dir.join("gateway-key.pem")),
                 )?;
-                let channel = tonic::transport::Channel::from_shared(url.clone())
-                    .map_err(|e| ConfigError::Invalid(format!("scheduler URL: {e}")))?
-                    .tls_config(identity.tonic_client_for(Role::Scheduler))?
-                    .connect_lazy();
+                let schedulers = customs_swarm::members::Schedulers::new(
+                    Some(url),
+                    identity.tonic_client_for(Role::Scheduler),
+                )
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                // In a fleet each gateway seeds under its member id, so the
+                // schedulers tell its seed from the others'.
                 let seed = Seed::new(
                     signing,
-                    SchedulerClient::new(channel),
+                    cfg.fleet_redis
+                        .as_ref()
+                        .and(fleet_id.as_ref())
+                        .map(|id| id.to_string()),
+                    Arc::new(schedulers),
                     cfg.upload_addr.clone().unwrap_or_default(),
                     cfg.upload_limit,
                 );
                 Some((Arc::new(seed), identity))
             }
             _ => None,
-        };
-        let fleet_id: Option<customs_fleet::MemberId> = match &cfg.gateway_id {
-            Some(id) => Some(
-                id.parse()
-                    .map_err(|e: customs_fleet::member::BadMemberId| {
-                        ConfigError::Invalid(format!("gateway_id: {e}"))
-                    })?,
-            ),
-            None => None,
         };
         // In a fleet with peer endpoints, blobs are routed to their owners,
         // who must prove they are the member asked for: the id is the node
@@ -418,6 +424,7 @@ impl Gateway {
         let resolver = RegistryResolver {
             default: self.default_registry.clone(),
         };
+        let mut fleet_views: Option<crate::fleet_source::FleetViews> = None;
         let fleet = match &self.fleet {
             Some((fleet, id)) => {
                 let me = match id {
@@ -467,9 +474,17 @@ impl Gateway {
                     customs_fleet::member::MEMBER_TTL,
                     shutdown.clone(),
                 );
-                if let Some(view) = &self.gateway_view {
-                    view.spawn_refresh(fleet.clone(), shutdown.clone());
-                }
+                let gateways = self.gateway_view.clone().unwrap_or_else(|| {
+                    customs_fleet::MemberView::new(customs_fleet::MemberRole::Gateway)
+                });
+                gateways.spawn_refresh(fleet.clone(), shutdown.clone());
+                let schedulers =
+                    customs_fleet::MemberView::new(customs_fleet::MemberRole::Scheduler);
+                schedulers.spawn_refresh(fleet.clone(), shutdown.clone());
+                fleet_views = Some(crate::fleet_source::FleetViews {
+                    gateways,
+                    schedulers,
+                });
                 Some((fleet.clone(), me))
             }
             None => None,
@@ -594,12 +609,33 @@ impl Gateway {
                         seed: seed.clone(),
                         resolver: resolver.clone(),
                     }));
+                let views = fleet_views.clone();
+                let fleet_doc = axum::Router::new().route(
+                    "/customs/v1/fleet",
+                    axum::routing::get(move || {
+                        let views = views.clone();
+                        async move {
+                            match views {
+                                Some(v) => axum::Json(v.doc()).into_response(),
+                                None => (
+                                    axum::http::StatusCode::NOT_FOUND,
+                                    "this gateway is not in a fleet\n",
+                                )
+                                    .into_response(),
+                            }
+                        }
+                    }),
+                );
+                if let Some(views) = fleet_views.clone() {
+                    tokio::spawn(views.feed(seed.schedulers().clone(), shutdown.clone()));
+                }
                 let peer_app = with_revision_headers(
                     router(self.mirror.clone(), resolver, Some(self.limiter.clone())),
                     self.admission.clone(),
                     poll,
                 )
                 .merge(tasks)
+                .merge(fleet_doc)
                 .merge(piece_server::router(provider));
                 let limiter = self.limiter.clone();
                 tokio::spawn(seed.announce_loop(
@@ -699,6 +735,17 @@ async fn get_task(
             registry,
             repository,
         };
+        // In a fleet only the blob's owner states its fetch provisionally:
+        // another gateway's fetch (from the owner) would be a second fetch
+        // of one blob for the swarm, whose pieces peers of the first could
+        // not use. Its peers get its final manifest, or the owner's fetch
+        // through the scheduler.
+        let provisional = provisional
+            && st
+                .mirror
+                .source()
+                .owners()
+                .is_none_or(|o| o.owns(&image, &digest));
         st.seed
             .ensure_task(&st.mirror, &image, &digest, fetch.as_ref(), provisional)
             .await

@@ -11,6 +11,10 @@ pub struct PeerConfig {
     pub data_dir: PathBuf,
     /// The gateway's OCI endpoint, e.g. `http://127.0.0.1:5050`.
     pub gateway: Option<String>,
+    /// More gateways of the fleet, tried in order after `gateway` when it
+    /// cannot be reached (the bootstrap list; the live fleet is learned
+    /// from whichever answers).
+    pub gateways: Vec<String>,
     /// The registry a request without `?ns=` means; should match the
     /// gateway's default upstream.
     pub default_registry: String,
@@ -55,6 +59,7 @@ impl Default for PeerConfig {
         PeerConfig {
             data_dir: PathBuf::from("/var/lib/customs/peer"),
             gateway: None,
+            gateways: Vec::new(),
             default_registry: "docker.io".to_owned(),
             max_cache_bytes: None,
             scheduler: None,
@@ -120,10 +125,12 @@ impl PeerConfig {
             // Plain HTTP would let anyone on the network answer as the
             // gateway (any manifest, any task) or the scheduler; over mTLS
             // the peer checks each one holds its role.
-            for (what, url) in [
+            let named = [
                 ("gateway", self.gateway.as_deref()),
                 ("scheduler", self.scheduler.as_deref()),
-            ] {
+            ];
+            let more = self.gateways.iter().map(|g| ("gateway", Some(g.as_str())));
+            for (what, url) in named.into_iter().chain(more) {
                 if let Some(u) = url
                     && !u.starts_with("https://")
                 {
@@ -132,6 +139,15 @@ impl PeerConfig {
                     )));
                 }
             }
+        }
+        if let Some(g) = self
+            .gateways
+            .iter()
+            .find(|g| !(g.starts_with("http://") || g.starts_with("https://")))
+        {
+            return Err(PeerConfigError::Invalid(format!(
+                "gateway {g:?} must be an http(s) URL"
+            )));
         }
         match &self.gateway {
             Some(g) if g.starts_with("http://") || g.starts_with("https://") => Ok(()),
@@ -164,6 +180,10 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("swarm mode refuses gateway"), "{e}");
         c.gateway = Some("https://127.0.0.1:5051".into());
+        c.gateways = vec!["http://127.0.0.1:5052".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("swarm mode refuses gateway"), "{e}");
+        c.gateways.clear();
         c.scheduler = Some("http://127.0.0.1:5060".into());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("swarm mode refuses scheduler"), "{e}");

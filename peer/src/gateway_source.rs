@@ -11,6 +11,7 @@ use customs_protocol::manifest::MANIFEST_MEDIA_TYPES;
 use customs_protocol::{Digest, ImageName, MAX_MANIFEST_BYTES, OciErrorCode, Reference};
 use customs_store::inflight::ByteStream;
 use customs_store::{FetchFailure, FetchFailureKind};
+use customs_swarm::members::{FleetDoc, Gateways};
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use std::sync::Arc;
@@ -20,11 +21,16 @@ use std::time::Duration;
 /// blob body has its own pacing): past it the gateway counts as
 /// unreachable and the node fails static.
 pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest fleet document read from a gateway (256 members of each kind
+/// fit many times over).
+const MAX_FLEET_DOC: usize = 256 * 1024;
 
 /// Fetches from a gateway's OCI endpoint.
 #[derive(Clone)]
 pub struct GatewaySource {
-    base: String,
+    /// The gateways, tried in order: one that cannot be reached passes the
+    /// turn to the next.
+    gateways: Arc<Gateways>,
     http: reqwest::Client,
     /// Learns the gateway's policy revision from every response.
     revisions: Option<Arc<RevisionTracker>>,
@@ -52,11 +58,68 @@ impl GatewaySource {
     /// the gateway's mTLS endpoint with a client that presents the peer's
     /// certificate).
     pub fn new(base: &str, http: reqwest::Client) -> Self {
+        Self::over(Arc::new(Gateways::new(vec![base.to_owned()])), http)
+    }
+
+    /// A source over several gateways (`--gateway`, repeatable, and the
+    /// ones learned from the fleet).
+    pub fn over(gateways: Arc<Gateways>, http: reqwest::Client) -> Self {
         GatewaySource {
-            base: base.trim_end_matches('/').to_owned(),
+            gateways,
             http,
             revisions: None,
         }
+    }
+
+    /// The gateways this source asks.
+    pub fn gateways(&self) -> &Arc<Gateways> {
+        &self.gateways
+    }
+
+    /// Sends the request `build` makes for a gateway base URL to the
+    /// current gateway, passing to the next while one cannot be reached
+    /// (connection refused or timed out); any answer is returned.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, FetchFailure> {
+        let mut turns = self.gateways.len().max(1);
+        loop {
+            let base = self.gateways.current();
+            match build(&base).send().await {
+                Ok(r) => return Ok(r),
+                Err(e) if turns > 1 && (e.is_connect() || e.is_timeout()) => {
+                    self.gateways.failed(&base);
+                    turns -= 1;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    /// The fleet as the current gateway sees it (`/customs/v1/fleet`, at
+    /// most 256 KiB), for learning the other gateways and the schedulers.
+    pub async fn fleet(&self) -> Result<FleetDoc, FetchFailure> {
+        let resp = self
+            .send(|b| {
+                self.http
+                    .get(format!("{b}/customs/v1/fleet"))
+                    .timeout(GATEWAY_TIMEOUT)
+            })
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(relay_error(resp).await);
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(unavailable)?;
+            if body.len() + chunk.len() > MAX_FLEET_DOC {
+                return Err(unavailable("fleet document over 256 KiB"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| unavailable(format!("fleet document: {e}")))
     }
 
     /// Feeds every response's policy revision to `revisions`.
@@ -75,12 +138,8 @@ impl GatewaySource {
     /// headers update the tracker.
     pub async fn poll_revision(&self) -> Result<(), FetchFailure> {
         let resp = self
-            .http
-            .get(format!("{}/v2/", self.base))
-            .timeout(GATEWAY_TIMEOUT)
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .send(|b| self.http.get(format!("{b}/v2/")).timeout(GATEWAY_TIMEOUT))
+            .await?;
         self.observe(&resp);
         Ok(())
     }
@@ -121,10 +180,10 @@ impl GatewaySource {
         }
     }
 
-    fn url(&self, image: &ImageName, kind: &str, reference: &str) -> String {
+    /// The path (and `ns` query) of a request for `image`.
+    fn path(image: &ImageName, kind: &str, reference: &str) -> String {
         format!(
-            "{}/v2/{}/{kind}/{reference}?ns={}",
-            self.base,
+            "/v2/{}/{kind}/{reference}?ns={}",
             image.repository,
             image.registry.as_str().replace(':', "%3A")
         )
@@ -181,14 +240,15 @@ impl GatewaySource {
         image: &ImageName,
         reference: &Reference,
     ) -> Result<(FetchedManifest, Option<String>), FetchFailure> {
+        let path = Self::path(image, "manifests", &reference.to_string());
         let resp = self
-            .http
-            .get(self.url(image, "manifests", &reference.to_string()))
-            .header("Accept", MANIFEST_MEDIA_TYPES.join(", "))
-            .timeout(GATEWAY_TIMEOUT)
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .send(|b| {
+                self.http
+                    .get(format!("{b}{path}"))
+                    .header("Accept", MANIFEST_MEDIA_TYPES.join(", "))
+                    .timeout(GATEWAY_TIMEOUT)
+            })
+            .await?;
         self.observe(&resp);
         let revision = resp
             .headers()
@@ -245,13 +305,13 @@ impl Source for GatewaySource {
         image: &ImageName,
         digest: &Digest,
     ) -> impl std::future::Future<Output = Result<ByteStream, FetchFailure>> + Send + 'static {
-        let req = self.http.get(self.url(image, "blobs", &digest.to_string()));
-        let revisions = self.revisions.clone();
+        let path = Self::path(image, "blobs", &digest.to_string());
+        let source = self.clone();
         async move {
-            let resp = req.send().await.map_err(unavailable)?;
-            if let Some(r) = &revisions {
-                r.observe(resp.headers());
-            }
+            let resp = source
+                .send(|b| source.http.get(format!("{b}{path}")))
+                .await?;
+            source.observe(&resp);
             if resp.status() != StatusCode::OK {
                 return Err(relay_error(resp).await);
             }
@@ -260,13 +320,14 @@ impl Source for GatewaySource {
     }
 
     async fn blob_size(&self, image: &ImageName, digest: &Digest) -> Result<u64, FetchFailure> {
+        let path = Self::path(image, "blobs", &digest.to_string());
         let resp = self
-            .http
-            .head(self.url(image, "blobs", &digest.to_string()))
-            .timeout(GATEWAY_TIMEOUT)
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .send(|b| {
+                self.http
+                    .head(format!("{b}{path}"))
+                    .timeout(GATEWAY_TIMEOUT)
+            })
+            .await?;
         self.observe(&resp);
         if resp.status() != StatusCode::OK {
             return Err(relay_error(resp).await);

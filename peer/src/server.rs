@@ -5,6 +5,7 @@ use crate::admission::{NodeAdmission, Refusals};
 use crate::config::{PeerConfig, PeerConfigError};
 use crate::gateway_source::GatewaySource;
 use crate::revision::RevisionTracker;
+use crate::swarm::members::{Gateways, Schedulers};
 use crate::swarm::piece_file::PieceFile;
 use crate::swarm::piece_server::{self, PieceProvider};
 use crate::swarm::{Swarm, SwarmConfig};
@@ -12,7 +13,6 @@ use customs_mirror::http::{RegistryResolver, router};
 use customs_mirror::rate::RateLimiter;
 use customs_mirror::{FetchedManifest, Mirror, MirrorConfig, Source, UnboundBlobs};
 use customs_protocol::piece_manifest::TrustedGatewayKeys;
-use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName, Reference, RegistryHost};
 use customs_store::inflight::{AssembledBlob, ByteStream, SourceBody};
 use customs_store::{BlobStore, FetchFailure, StoreConfig, StoreError};
@@ -137,11 +137,20 @@ impl PeerSource {
 /// The mirror a peer runs.
 pub type PeerMirror = Mirror<PeerSource, NodeAdmission>;
 
+/// The swarm side of a peer: the engine, the identity its piece server
+/// presents, the upload limiter and the schedulers it learns.
+type SwarmParts = (
+    Arc<Swarm>,
+    Arc<TlsIdentity>,
+    Arc<RateLimiter>,
+    Arc<Schedulers>,
+);
+
 /// A configured peer.
 pub struct Peer {
     mirror: Arc<PeerMirror>,
     default_registry: RegistryHost,
-    swarm: Option<(Arc<Swarm>, Arc<TlsIdentity>, Arc<RateLimiter>)>,
+    swarm: Option<SwarmParts>,
     /// Refused piece-server connections (no valid client certificate).
     pub refused: Arc<RefusedConnections>,
     upload_slots: usize,
@@ -155,7 +164,9 @@ impl Peer {
     /// Builds the peer from configuration.
     pub fn build(cfg: &PeerConfig) -> Result<Self, PeerError> {
         cfg.validate()?;
-        let gateway = cfg.gateway.as_deref().unwrap_or_default();
+        let gateways = Arc::new(Gateways::new(
+            cfg.gateway.iter().chain(&cfg.gateways).cloned().collect(),
+        ));
         let default_registry = cfg
             .default_registry
             .parse()
@@ -206,10 +217,10 @@ impl Peer {
                     .collect::<Result<_, _>>()?;
                 let keys = TrustedGatewayKeys::from_pems(pems.iter().map(String::as_str))
                     .map_err(|e| PeerError::Keys(e.to_string()))?;
-                let channel = tonic::transport::Channel::from_shared(url.clone())
-                    .map_err(|e| PeerConfigError::Invalid(format!("scheduler URL: {e}")))?
-                    .tls_config(id.tonic_client_for(Role::Scheduler))?
-                    .connect_lazy();
+                let schedulers = Arc::new(
+                    Schedulers::new(Some(url), id.tonic_client_for(Role::Scheduler))
+                        .map_err(|e| PeerConfigError::Invalid(e.to_string()))?,
+                );
                 let peer_id = cfg.peer_id.clone().unwrap_or_default();
                 let swarm = Swarm::new(
                     SwarmConfig {
@@ -219,26 +230,28 @@ impl Peer {
                         zone: cfg.zone.clone(),
                         rack: cfg.rack.clone(),
                         pieces_dir: cfg.data_dir.join("pieces"),
-                        gateway_url: gateway.trim_end_matches('/').to_owned(),
                     },
-                    SchedulerClient::new(channel),
+                    crate::swarm::members::Members {
+                        schedulers: schedulers.clone(),
+                        gateways: gateways.clone(),
+                    },
                     gateway_http.clone(),
                     peers_http,
                     keys,
                     store.clone(),
                     limiter.clone(),
                 );
-                Some((swarm, id.clone(), limiter))
+                Some((swarm, id.clone(), limiter, schedulers))
             }
             _ => None,
         };
         let revisions = RevisionTracker::load(store.clone());
         let gateway_source =
-            GatewaySource::new(gateway, gateway_http).with_revisions(revisions.clone());
+            GatewaySource::over(gateways, gateway_http).with_revisions(revisions.clone());
         let refusals: Arc<Refusals> = Arc::default();
         let source = PeerSource {
             gateway: gateway_source.clone(),
-            swarm: swarm.as_ref().map(|(s, _, _)| s.clone()),
+            swarm: swarm.as_ref().map(|(s, ..)| s.clone()),
         };
         let admission =
             NodeAdmission::new(gateway_source.clone(), revisions.clone(), refusals.clone());
@@ -286,7 +299,7 @@ impl Peer {
             },
             None,
         );
-        let swarm_for_metrics = self.swarm.as_ref().map(|(s, _, _)| s.clone());
+        let swarm_for_metrics = self.swarm.as_ref().map(|(s, ..)| s.clone());
         let refusals = self.refusals.clone();
         let app = app.route(
             "/metrics",
@@ -301,7 +314,7 @@ impl Peer {
             self.revisions.clone(),
             shutdown.clone(),
         ));
-        let swarm_for_status = self.swarm.as_ref().map(|(s, _, _)| s.clone());
+        let swarm_for_status = self.swarm.as_ref().map(|(s, ..)| s.clone());
         let app = app.route(
             "/customs/v1/status",
             axum::routing::get(move || {
@@ -329,7 +342,12 @@ impl Peer {
             shutdown.clone(),
         );
         match (self.swarm, upload) {
-            (Some((swarm, identity, limiter)), Some(upload)) => {
+            (Some((swarm, identity, limiter, schedulers)), Some(upload)) => {
+                tokio::spawn(learn_fleet(
+                    self.gateway.clone(),
+                    schedulers,
+                    shutdown.clone(),
+                ));
                 tracing::info!(addr = %upload.local_addr()?, "peer serving pieces over mTLS");
                 let provider = PieceProvider {
                     store: self.mirror.store().clone(),
@@ -373,6 +391,33 @@ async fn poll_revision(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(revisions.poll_period()) => {}
+        }
+    }
+}
+
+/// How often a swarm peer asks its gateway for the live fleet.
+pub const FLEET_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Learns the live gateways and schedulers from whichever gateway answers,
+/// every [`FLEET_REFRESH`]. A gateway outside a fleet answers 404: the
+/// configured gateway and scheduler stay the only ones.
+async fn learn_fleet(
+    gateway: GatewaySource,
+    schedulers: Arc<Schedulers>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(FLEET_REFRESH);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match gateway.fleet().await {
+            Ok(doc) => {
+                gateway.gateways().learn(&doc);
+                schedulers.learn(&doc);
+            }
+            Err(e) => tracing::debug!(error = %e.message, "fleet not learned"),
         }
     }
 }

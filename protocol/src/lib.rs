@@ -23,6 +23,7 @@ pub mod peer_id;
 pub mod piece_bitmap;
 pub mod piece_manifest;
 pub mod quote;
+pub mod rendezvous;
 
 /// The generated scheduler gRPC protocol (from `proto/scheduler.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -182,14 +182,21 @@ fn caller_has<T>(req: &Request<T>, check: impl Fn(&CertificateDer<'static>) -> b
 }
 
 /// Whether a certificate may speak for `id`: the seed id needs the gateway
-/// role; any other id needs the peer role and the identity SAN
+/// role; any other id needs the peer or gateway role and the identity SAN
 /// `<id>.node.customs.internal` (`customs_tls::is_named`), which no role SAN
 /// can satisfy.
 pub fn may_speak_for(cert: &CertificateDer<'_>, id: &PeerId) -> bool {
     if id.as_str() == SEED_PEER_ID {
         return has_role(cert, Role::Gateway);
     }
-    has_role(cert, Role::Peer) && is_named(cert, id.as_str())
+    // A gateway of a fleet seeds under its own member id, named by its
+    // certificate like a peer's.
+    (has_role(cert, Role::Peer) || has_role(cert, Role::Gateway)) && is_named(cert, id.as_str())
+}
+
+/// Whether the caller holds the gateway role (only gateways are seeds).
+fn from_gateway<T>(req: &Request<T>) -> bool {
+    caller_has(req, |c| has_role(c, Role::Gateway))
 }
 
 /// Parses the id a request speaks for and checks the caller may.
@@ -225,6 +232,12 @@ impl Scheduler for SchedulerService {
             tracing::warn!("task registration refused: caller is not a gateway");
             return Err(Status::permission_denied("only gateways register tasks"));
         }
+        // A gateway of a fleet names its seed id (its certificate must
+        // name it); one outside a fleet seeds as `gateway` for every task.
+        let seed = match req.get_ref().seed_id.as_str() {
+            "" => None,
+            id => Some(require_peer(&req, id)?),
+        };
         let signed = to_signed(req.into_inner().manifest)?;
         // The blob the manifest claims is checked against itself here; the
         // signature is what binds it.
@@ -243,7 +256,7 @@ impl Scheduler for SchedulerService {
             verified.pieces().len(),
             matches!(verified, Statement::Final(_)),
         );
-        if self.state().register(verified) {
+        if self.state().register_from(verified, seed.as_ref()) {
             if fin {
                 tracing::info!(blob = %blob, pieces = signed_pieces, "task registered");
             } else {
@@ -294,9 +307,9 @@ impl Scheduler for SchedulerService {
             .clone()
             .ok_or_else(|| Status::invalid_argument("missing peer"))?;
         let id = require_peer(&req, &info.peer_id)?;
-        if info.seed != (id.as_str() == SEED_PEER_ID) {
+        if info.seed != from_gateway(&req) {
             return Err(Status::permission_denied(
-                "only gateways announce as seeds, and only as the seed",
+                "only gateways announce as seeds, and gateways only as seeds",
             ));
         }
         match self.state().announce(&id, info, Instant::now()) {

@@ -48,6 +48,8 @@ pub const GLOBAL_BLOCKLIST_REPORTERS: usize = 2;
 pub const MAX_REPORTERS_PER_PARENT: usize = 16;
 /// Most parents returned per request.
 pub const MAX_PARENTS: usize = 16;
+/// Seeds (gateways) remembered per task.
+pub const MAX_TASK_SEEDS: usize = 64;
 /// How long a parent handed to a peer stays reportable by it: a transfer
 /// arranged by one `GetTask` is over well within this (peers ask again for
 /// every blob they fetch), and it matches [`BLOCKLIST_FOR`].
@@ -109,6 +111,11 @@ struct Task {
     /// peer reporting pieces of another fetch holds a failed fetch's bytes.
     fetch: Option<FetchId>,
     holders: HashMap<PeerId, PieceBitmap>,
+    /// The seeds (gateways) that registered the current statement or a
+    /// final manifest of this blob: the only seeds handed out as parents,
+    /// since another gateway's seed may not hold the blob (at most
+    /// [`MAX_TASK_SEEDS`]).
+    seeds: std::collections::BTreeSet<PeerId>,
     /// Where the next seed hint search starts.
     seed_cursor: u32,
     /// Pieces hinted recently, and when: not hinted again within the lease,
@@ -220,6 +227,7 @@ impl SchedulerState {
         peers
     }
 
+    #[cfg(test)]
     /// Records a verified task (idempotent; a re-registration keeps
     /// holders). A final manifest replaces a provisional statement; a
     /// provisional statement never replaces a final one, and replaces a
@@ -227,6 +235,18 @@ impl SchedulerState {
     /// signed later, of another (holders dropped: their pieces came from
     /// another fetch). Returns whether the task changed.
     pub fn register(&mut self, statement: Statement) -> bool {
+        self.register_from(statement, None)
+    }
+
+    /// [`SchedulerState::register`] by seed `seed`. A provisional statement
+    /// of another fetch replaces the current one only when it comes from a
+    /// seed of the task (that gateway restarted its fetch): two gateways
+    /// of a fleet fetching one blob at once would otherwise take turns
+    /// replacing each other's statement and clearing its holders; peers of
+    /// the second one move to the first one's fetch when they ask.
+    /// Without a `seed` (a gateway outside a fleet, seeding as `gateway`)
+    /// the task is not tied to seeds: every seed is handed out.
+    pub fn register_from(&mut self, statement: Statement, seed: Option<&PeerId>) -> bool {
         let blob = statement.blob().clone();
         let fetch = match &statement {
             Statement::Provisional(p) => Some(p.content().fetch.clone()),
@@ -242,16 +262,38 @@ impl SchedulerState {
                     statement,
                     fetch,
                     holders: HashMap::new(),
+                    seeds: seed.into_iter().cloned().collect(),
                     seed_cursor: 0,
                     hinted: HashMap::new(),
                 },
             );
             return true;
         };
+        let known_seed = match seed {
+            Some(id) => task.seeds.contains(id),
+            None => task.seeds.is_empty(),
+        };
         match (&task.statement, &statement) {
+            (Statement::Final(_), Statement::Final(_)) => {
+                // Another gateway holds the blob too: it may serve it.
+                if let Some(id) = seed
+                    && !known_seed
+                    && !task.seeds.is_empty()
+                    && task.seeds.len() < MAX_TASK_SEEDS
+                {
+                    task.seeds.insert(id.clone());
+                }
+                false
+            }
             (Statement::Final(_), _) => false,
             (Statement::Provisional(_), Statement::Final(_)) => {
                 task.statement = statement;
+                if let Some(id) = seed
+                    && !task.seeds.is_empty()
+                    && task.seeds.len() < MAX_TASK_SEEDS
+                {
+                    task.seeds.insert(id.clone());
+                }
                 true
             }
             (Statement::Provisional(old), Statement::Provisional(new)) => {
@@ -262,13 +304,14 @@ impl SchedulerState {
                         task.statement = statement;
                     }
                     newer
-                } else if n.signed_at > o.signed_at {
+                } else if known_seed && n.signed_at > o.signed_at {
                     // A newer fetch (the old one failed or stalled): the
                     // holders hold the old fetch's bytes.
                     task.statement = statement;
                     task.fetch = fetch;
                     task.holders.clear();
                     task.hinted.clear();
+                    task.seeds = seed.into_iter().cloned().collect();
                     true
                 } else {
                     false
@@ -571,7 +614,11 @@ impl SchedulerState {
         out.extend(
             self.peers
                 .iter()
-                .filter(|(id, e)| e.info.seed && usable(id, e))
+                .filter(|(id, e)| {
+                    e.info.seed
+                        && usable(id, e)
+                        && (task.seeds.is_empty() || task.seeds.contains(*id))
+                })
                 .map(|(id, e)| {
                     (
                         id.clone(),

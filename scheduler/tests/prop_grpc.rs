@@ -180,7 +180,7 @@ proptest! {
         rt(pb::GetTaskRequest { blob_digest: blob.clone(), peer_id: peer_id.clone(), seed_hints_wanted: wanted, omit_manifest: wanted % 2 == 1 , ..Default::default() })?;
         rt(pb::ReportPiecesRequest { peer_id: peer_id.clone(), blob_digest: blob.clone(), pieces, ..Default::default() })?;
         rt(pb::ReportBadPieceRequest { peer_id, parent_id, blob_digest: blob, piece, detail })?;
-        rt(pb::RegisterTaskRequest { manifest: Some(pb::SignedPieceManifest { payload, signature, key_id: info.peer_id.clone() }) })?;
+        rt(pb::RegisterTaskRequest { manifest: Some(pb::SignedPieceManifest { payload, signature, key_id: info.peer_id.clone() }), seed_id: String::new() })?;
         rt(pb::ListPeersResponse { peers: vec![info] })?;
     }
 
@@ -380,6 +380,7 @@ proptest! {
         }
         let req = pb::RegisterTaskRequest {
             manifest: (!missing).then_some(pb::SignedPieceManifest { payload, signature, key_id }),
+            seed_id: String::new(),
         };
         let req = pb::RegisterTaskRequest::decode(req.encode_to_vec().as_slice()).unwrap();
         let e = register(&req).unwrap_err();
@@ -398,7 +399,7 @@ proptest! {
     ) {
         let blob: Digest = format!("sha256:{blob}").parse().unwrap();
         let m = signed_manifest(size, &blob);
-        let req = pb::RegisterTaskRequest { manifest: Some(m) };
+        let req = pb::RegisterTaskRequest { manifest: Some(m), seed_id: String::new() };
         let wire = req.encode_to_vec();
         let decoded = pb::RegisterTaskRequest::decode(wire.as_slice()).unwrap();
         let n = register(&decoded).unwrap();

@@ -21,11 +21,11 @@ use super::deadline::FetchDeadlines;
 use super::health::{Health, NO_PROGRESS, Verdict};
 use super::piece_file::{PieceError, PieceFile};
 use super::planner::{Ended, ParentView, Planner, Rng};
+use crate::members::{Gateways, Members, Schedulers, try_next};
 use customs_protocol::piece_manifest::{
     FetchId, SignedPieceManifest, Statement, TrustedGatewayKeys, unix_now,
 };
 use customs_protocol::scheduler_proto as pb;
-use customs_protocol::scheduler_proto::scheduler_client::SchedulerClient;
 use customs_protocol::{Digest, ImageName};
 use customs_store::{BlobStore, FetchFailure, FetchFailureKind, Table};
 use futures_util::TryStreamExt;
@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Who this peer is in the swarm.
 #[derive(Debug, Clone)]
@@ -52,8 +51,6 @@ pub struct SwarmConfig {
     pub rack: String,
     /// Where partial downloads live.
     pub pieces_dir: PathBuf,
-    /// The gateway's mTLS base URL (`https://host:port`).
-    pub gateway_url: String,
 }
 
 /// How often parents are refreshed and held pieces re-reported (a finished
@@ -89,7 +86,10 @@ struct Partial {
 /// The swarm side of a peer.
 pub struct Swarm {
     cfg: SwarmConfig,
-    scheduler: SchedulerClient<Channel>,
+    /// The schedulers, ranked per blob.
+    schedulers: Arc<Schedulers>,
+    /// The gateways (mTLS base URLs), tried in order.
+    gateways: Arc<Gateways>,
     /// Talks to the gateway only (its certificate must carry the gateway role).
     gateway_http: reqwest::Client,
     /// Talks to piece parents (peers and the gateway's seed).
@@ -164,7 +164,7 @@ impl Swarm {
     /// Builds the swarm side.
     pub fn new(
         cfg: SwarmConfig,
-        scheduler: SchedulerClient<Channel>,
+        members: Members,
         gateway_http: reqwest::Client,
         http: reqwest::Client,
         keys: TrustedGatewayKeys,
@@ -174,7 +174,8 @@ impl Swarm {
         super::piece_file::sweep_adopted(&cfg.pieces_dir);
         Arc::new(Swarm {
             cfg,
-            scheduler,
+            schedulers: members.schedulers,
+            gateways: members.gateways,
             gateway_http,
             http,
             keys,
@@ -245,9 +246,12 @@ impl Swarm {
         &self.store
     }
 
-    /// Announces this peer to the scheduler every few seconds until cancelled.
+    /// Announces this peer to every scheduler every few seconds until
+    /// cancelled. A scheduler that is new or restarted (another instance),
+    /// or a change of the scheduler set (task owners moved), gets every held
+    /// piece reported again, to each task's owner.
     pub async fn announce_loop(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        let mut instance = String::new();
+        let mut instances: HashMap<String, String> = HashMap::new();
         // Rounds of full reports still due after a scheduler change (the
         // gateway may re-register its tasks a moment after we arrive).
         let mut pending = 0u8;
@@ -261,25 +265,35 @@ impl Swarm {
                 rack: self.cfg.rack.clone(),
                 seed: false,
             };
-            match self
-                .scheduler
-                .clone()
-                .announce_peer(pb::AnnouncePeerRequest { peer: Some(info) })
-                .await
-            {
-                Ok(r) => {
-                    let now = r.into_inner().instance;
-                    if now != instance {
-                        // A new (or restarted) scheduler: tell it everything held.
-                        pending = 3;
-                        instance = now;
+            let all = self.schedulers.all();
+            let ids: Vec<&String> = all.iter().map(|(id, _)| id).collect();
+            instances.retain(|id, _| ids.contains(&id));
+            for (id, mut client) in all.clone() {
+                match client
+                    .announce_peer(pb::AnnouncePeerRequest {
+                        peer: Some(info.clone()),
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        let now = r.into_inner().instance;
+                        if instances.get(&id) != Some(&now) {
+                            // A new (or restarted) scheduler: tell it everything held.
+                            pending = 3;
+                            instances.insert(id, now);
+                        }
                     }
-                    if pending > 0 {
-                        self.report_all_held().await;
-                        pending -= 1;
+                    Err(e) => {
+                        tracing::debug!(scheduler = %id, error = %e, "announce failed; retrying")
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "announce failed; retrying"),
+            }
+            if self.schedulers.take_moved() {
+                pending = 3;
+            }
+            if pending > 0 {
+                self.report_all_held().await;
+                pending -= 1;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -301,23 +315,33 @@ impl Swarm {
         fetch: Option<&FetchId>,
     ) -> Result<(Option<SignedPieceManifest>, Vec<pb::Parent>, Vec<u32>), tonic::Status> {
         let (pieces, at) = provisional.unwrap_or_default();
-        let r = self
-            .scheduler
-            .clone()
-            .get_task(pb::GetTaskRequest {
-                blob_digest: blob.to_string(),
-                peer_id: self.cfg.peer_id.clone(),
-                seed_hints_wanted,
-                omit_manifest,
-                holds_provisional: provisional.is_some(),
-                provisional_pieces: pieces,
-                provisional_signed_at: at,
-                provisional_fetch: fetch.map(|f| f.to_string()).unwrap_or_default(),
-                accepts_provisional: true,
-            })
-            .await?
-            .into_inner();
-        Ok((r.manifest.map(Into::into), r.parents, r.seed_hints))
+        let req = pb::GetTaskRequest {
+            blob_digest: blob.to_string(),
+            peer_id: self.cfg.peer_id.clone(),
+            seed_hints_wanted,
+            omit_manifest,
+            holds_provisional: provisional.is_some(),
+            provisional_pieces: pieces,
+            provisional_signed_at: at,
+            provisional_fetch: fetch.map(|f| f.to_string()).unwrap_or_default(),
+            accepts_provisional: true,
+        };
+        let mut last = tonic::Status::unavailable("no scheduler known");
+        // The task's owner, else whoever takes over from it.
+        for (id, mut client) in self.schedulers.for_blob(blob) {
+            match client.get_task(req.clone()).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok((r.manifest.map(Into::into), r.parents, r.seed_hints));
+                }
+                Err(e) if try_next(&e) => {
+                    tracing::debug!(scheduler = %id, %blob, error = %e, "scheduler unreachable; asking the next");
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     /// Asks the gateway for the task: for a cold blob it starts its
@@ -332,23 +356,35 @@ impl Swarm {
         blob: &Digest,
         fetch: Option<&FetchId>,
     ) -> Result<SignedPieceManifest, FetchFailure> {
-        let mut url = format!(
-            "{}/customs/v1/tasks?ns={}&repo={}&digest={}&provisional=1",
-            self.cfg.gateway_url,
+        let mut query = format!(
+            "/customs/v1/tasks?ns={}&repo={}&digest={}&provisional=1",
             image.registry.as_str().replace(':', "%3A"),
             image.repository,
             blob
         );
         if let Some(f) = fetch {
-            url.push_str("&fetch=");
-            url.push_str(f.as_str());
+            // A fetch id is one gateway's: another gateway answers 404 for
+            // it and the download starts over from that gateway's task.
+            query.push_str("&fetch=");
+            query.push_str(f.as_str());
         }
-        let resp = self
-            .gateway_http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| failure(FetchFailureKind::Unavailable, format!("gateway: {e}")))?;
+        let mut turns = self.gateways.len().max(1);
+        let resp = loop {
+            let base = self.gateways.current();
+            match self.gateway_http.get(format!("{base}{query}")).send().await {
+                Ok(r) => break r,
+                Err(e) if turns > 1 && (e.is_connect() || e.is_timeout()) => {
+                    self.gateways.failed(&base);
+                    turns -= 1;
+                }
+                Err(e) => {
+                    return Err(failure(
+                        FetchFailureKind::Unavailable,
+                        format!("gateway: {e}"),
+                    ));
+                }
+            }
+        };
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
@@ -583,8 +619,17 @@ impl Swarm {
             pieces,
             fetch_id: fetch.map(String::from).unwrap_or_default(),
         };
-        if let Err(e) = self.scheduler.clone().report_pieces(req).await {
-            tracing::debug!(%blob, error = %e, "piece report failed");
+        for (id, mut client) in self.schedulers.for_blob(blob) {
+            match client.report_pieces(req.clone()).await {
+                Ok(_) => return,
+                Err(e) if try_next(&e) => {
+                    tracing::debug!(scheduler = %id, %blob, error = %e, "piece report failed; trying the next scheduler")
+                }
+                Err(e) => {
+                    tracing::debug!(%blob, error = %e, "piece report failed");
+                    return;
+                }
+            }
         }
     }
 
@@ -773,17 +818,18 @@ impl Swarm {
                     tracing::warn!(%blob, piece, %parent, %detail, "bad piece: reporting and re-fetching elsewhere");
                     health.failure(&parent, false, &detail, now);
                     health.exclude(&parent);
-                    let _ = self
-                        .scheduler
-                        .clone()
-                        .report_bad_piece(pb::ReportBadPieceRequest {
-                            peer_id: self.cfg.peer_id.clone(),
-                            parent_id: parent,
-                            blob_digest: blob.to_string(),
-                            piece,
-                            detail,
-                        })
-                        .await;
+                    if let Some((_, mut client)) = self.schedulers.for_blob(blob).into_iter().next()
+                    {
+                        let _ = client
+                            .report_bad_piece(pb::ReportBadPieceRequest {
+                                peer_id: self.cfg.peer_id.clone(),
+                                parent_id: parent,
+                                blob_digest: blob.to_string(),
+                                piece,
+                                detail,
+                            })
+                            .await;
+                    }
                 }
                 PieceOutcome::Failed {
                     piece,
@@ -945,7 +991,7 @@ mod tests {
             .unwrap();
         let keys = TrustedGatewayKeys::from_pems([key.public_pem().unwrap().as_str()]).unwrap();
         let manifest = Statement::Final(keys.verify(&signed, &blob).unwrap());
-        let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:1").connect_lazy();
         let store = BlobStore::open(customs_store::StoreConfig {
             root: dir.join("store"),
             max_bytes: u64::MAX,
@@ -959,9 +1005,15 @@ mod tests {
                 zone: String::new(),
                 rack: String::new(),
                 pieces_dir: dir.join("pieces"),
-                gateway_url: "http://127.0.0.1:1".into(),
             },
-            SchedulerClient::new(channel),
+            Members {
+                schedulers: Arc::new(Schedulers::single(
+                    customs_protocol::scheduler_proto::scheduler_client::SchedulerClient::new(
+                        channel,
+                    ),
+                )),
+                gateways: Arc::new(Gateways::new(vec!["http://127.0.0.1:1".into()])),
+            },
             reqwest::Client::new(),
             reqwest::Client::new(),
             keys,

@@ -15,6 +15,7 @@
 pub mod deadline;
 pub mod engine;
 pub mod health;
+pub mod members;
 pub mod piece_file;
 pub mod piece_server;
 pub mod planner;

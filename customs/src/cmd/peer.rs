@@ -14,9 +14,11 @@ pub struct PeerArgs {
     /// YAML config file.
     #[arg(long, env = "CUSTOMS_PEER_CONFIG")]
     config: Option<PathBuf>,
-    /// The gateway URL: its mTLS endpoint (https://) in swarm mode, else its OCI endpoint.
-    #[arg(long, env = "CUSTOMS_GATEWAY")]
-    gateway: Option<String>,
+    /// The gateway URL: its mTLS endpoint (https://) in swarm mode, else its
+    /// OCI endpoint. Repeat for a fleet: tried in order while one cannot be
+    /// reached; the live fleet is then learned from whichever answers.
+    #[arg(long, env = "CUSTOMS_GATEWAY", value_delimiter = ',')]
+    gateway: Vec<String>,
     /// The scheduler URL (https://host:port): enables the swarm.
     #[arg(long, env = "CUSTOMS_SCHEDULER")]
     scheduler: Option<String>,
@@ -91,7 +93,10 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             }
         };
     }
-    set!(gateway);
+    if let Some((first, more)) = args.gateway.split_first() {
+        cfg.gateway = Some(first.clone());
+        cfg.gateways = more.to_vec();
+    }
     set!(scheduler);
     set!(data_dir);
     set!(default_registry);

@@ -294,14 +294,23 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             let upload = SocketAddr::new(ip, args.gateway.listen.port() + n + j);
             // Peers are spread over the gateways; each uses its gateway's
             // scheduler.
-            let (gw, sched) = &gateway_uploads[usize::from(j - 1) % gateway_uploads.len()];
+            let k = usize::from(j - 1) % gateway_uploads.len();
+            let (_, sched) = &gateway_uploads[k];
+            // Its own gateway first, then the others: the bootstrap list
+            // it fails over along (the live fleet is learned from them).
+            let gw: Vec<&str> = gateway_uploads[k..]
+                .iter()
+                .chain(&gateway_uploads[..k])
+                .map(|(u, _)| u.as_str())
+                .collect();
+            let gw = gw.join(",");
             let mut c = spawn_peer(
                 j,
                 listen,
                 upload,
                 &data_dir,
                 pki,
-                gw,
+                &gw,
                 sched,
                 &key_pubs,
                 &default_registry,

@@ -316,3 +316,145 @@ fn a_fleet_of_two_gateways_and_two_schedulers_fetches_each_blob_from_the_upstrea
         );
     }
 }
+
+/// The largest blob of an OCI layout (its biggest layer).
+fn largest_blob(layout: &Path) -> String {
+    let mut best = (0, String::new());
+    for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let len = e.metadata().unwrap().len();
+        if len > best.0 {
+            best = (len, format!("sha256:{}", e.file_name().to_string_lossy()));
+        }
+    }
+    best.1
+}
+
+fn sigkill(pid: u64) {
+    let ok = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {pid}");
+}
+
+#[test]
+fn pulls_complete_when_a_scheduler_and_then_the_owning_gateway_die_mid_transfer() {
+    require("skopeo");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start_with_access_log(&dir.join("registry"));
+    make_image(&dir.join("app"), "v1", &[16 << 20, 600_000], &[], 44);
+    push(&dir.join("app"), "v1", registry.addr, "library/app");
+    let pushed = registry.blob_gets();
+    let big = largest_blob(&dir.join("app"));
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    // Gateways send at most 8 MiB/s each: the big layer takes seconds to
+    // leave its owner, long enough to kill it in the middle.
+    let fleet = LocalFleet::start(
+        dir,
+        &registry,
+        redis_port,
+        (2, 2, 6),
+        &["--upload-limit", "8388608"],
+    );
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let pulls = {
+        let hosts = fleet.peer_hosts();
+        let out = out.clone();
+        std::thread::spawn(move || {
+            let pulls: Vec<_> = hosts
+                .into_iter()
+                .enumerate()
+                .map(|(i, host)| {
+                    let src = format!("{host}/library/app:v1");
+                    let dest = out.join(format!("pull-{i}"));
+                    std::thread::spawn(move || skopeo_pull(&src, &dest))
+                })
+                .collect();
+            pulls
+                .into_iter()
+                .map(|p| p.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    // The big layer's owner is the gateway that fetches it from the upstream.
+    let gateways = fleet.list("gateways");
+    let data = dir.join("fleet");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owner = loop {
+        let found = gateways.iter().find(|g| {
+            let log =
+                std::fs::read_to_string(data.join(format!("{}.log", g["id"].as_str().unwrap())))
+                    .unwrap_or_default();
+            log.lines()
+                .any(|l| l.contains("fetching blob from upstream") && l.contains(&big))
+        });
+        if let Some(g) = found {
+            break g.clone();
+        }
+        assert!(Instant::now() < deadline, "no gateway fetched {big}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A pull straight through the other gateway makes it fetch the big
+    // layer from the owner (at the owner's 8 MiB/s): the kill lands in the
+    // middle of that transfer.
+    let survivor = gateways
+        .iter()
+        .find(|g| g["id"] != owner["id"])
+        .unwrap()
+        .clone();
+    let survivor_log = data.join(format!("{}.log", survivor["id"].as_str().unwrap()));
+    let direct = {
+        let src = format!(
+            "{}/library/app:v1",
+            survivor["oci"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("http://")
+        );
+        let dest = out.join("direct");
+        std::thread::spawn(move || skopeo_pull(&src, &dest))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&survivor_log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("from its owner in the fleet") && l.contains(&big))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never asked the owner for {big}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    sigkill(fleet.list("schedulers")[0]["pid"].as_u64().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    sigkill(owner["pid"].as_u64().unwrap());
+
+    let pushed_blobs = layout_blobs(&dir.join("app"));
+    for (i, (ok, err)) in pulls.join().unwrap().into_iter().enumerate() {
+        assert!(ok, "pull {i} after the kills: {err}");
+        assert_eq!(layout_blobs(&out.join(format!("pull-{i}"))), pushed_blobs);
+    }
+    // The kill came mid-transfer: the survivor resumed the big layer at
+    // the byte it had reached (from the upstream, now that it ranks first).
+    let (ok, err) = direct.join().unwrap();
+    assert!(ok, "pull through the surviving gateway: {err}");
+    let log = std::fs::read_to_string(&survivor_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("resuming with the next") && l.contains(&big)),
+        "the owner died before or after the transfer, not during it"
+    );
+    // At most one extra upstream fetch of any blob (the survivor taking
+    // over a transfer the owner broke off).
+    for (digest, n) in registry.blob_gets() {
+        let n = n - pushed.get(&digest).copied().unwrap_or(0);
+        assert!(n <= 2, "{digest} fetched {n} times from the upstream");
+    }
+}

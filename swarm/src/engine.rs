@@ -653,6 +653,8 @@ impl Swarm {
         // hints arrive and the seed is used for any missing piece.
         let mut scheduler_up = true;
         let started = tokio::time::Instant::now();
+        // Whether a gateway was asked to seed this blob again (see below).
+        let mut reseeded = false;
         let mut health = Health::new(
             started,
             self.no_progress
@@ -842,7 +844,22 @@ impl Swarm {
                     let seed = plan.parents().iter().any(|p| p.id == parent && p.seed);
                     match health.failure(&parent, seed, &detail, now) {
                         Verdict::Paused(pause) => {
-                            tracing::warn!(%blob, piece, %parent, %detail, pause_s = pause.as_secs(), "seed keeps failing; pausing it")
+                            tracing::warn!(%blob, piece, %parent, %detail, pause_s = pause.as_secs(), "seed keeps failing; pausing it");
+                            // The seed may be gone for good (a gateway of a
+                            // fleet died): asking a gateway for the task makes
+                            // the one that answers fetch the blob and seed it
+                            // too, once per download.
+                            if !reseeded {
+                                reseeded = true;
+                                let me = self.clone();
+                                let (image, blob) = (image.clone(), blob.clone());
+                                tokio::spawn(async move {
+                                    if let Err(e) = me.task_from_gateway(&image, &blob, None).await
+                                    {
+                                        tracing::debug!(%blob, error = %e.message, "asking a gateway to seed failed");
+                                    }
+                                });
+                            }
                         }
                         _ => {
                             tracing::debug!(%blob, piece, %parent, %detail, "piece fetch failed; trying another parent")

@@ -458,3 +458,115 @@ fn pulls_complete_when_a_scheduler_and_then_the_owning_gateway_die_mid_transfer(
         assert!(n <= 2, "{digest} fetched {n} times from the upstream");
     }
 }
+
+/// Runs `redis-cli -p PORT ARGS…`, asserting it succeeded.
+fn redis_cli(port: u16, args: &[&str]) {
+    let ok = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "redis-cli {args:?}");
+}
+
+#[test]
+fn forged_fleet_members_in_redis_are_never_trusted() {
+    require("skopeo");
+    require("redis-cli");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start_with_access_log(&dir.join("registry"));
+    make_image(
+        &dir.join("app"),
+        "v1",
+        &[2_000_000, 900_000, 400_000],
+        &[],
+        45,
+    );
+    push(&dir.join("app"), "v1", registry.addr, "library/app");
+    let pushed = registry.blob_gets();
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    let fleet = LocalFleet::start(dir, &registry, redis_port, (2, 1, 2), &[]);
+    let gateways = fleet.list("gateways");
+    // Whoever owns Redis lists gateways that do not exist, at the addresses
+    // of real ones (a real gateway certificate, the wrong name), and a
+    // scheduler at a gateway's address (the wrong role).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let forge = |role: &str, id: &str, endpoint: (&str, &str)| {
+        let record = serde_json::json!({
+            "id": id, "role": role,
+            "endpoints": { endpoint.0: endpoint.1 },
+            "expires_at": now + 60,
+        });
+        redis_cli(
+            redis_port,
+            &[
+                "ZADD",
+                &format!("customs:members:{role}"),
+                &(now + 9).to_string(),
+                id,
+            ],
+        );
+        redis_cli(
+            redis_port,
+            &[
+                "HSET",
+                &format!("customs:member-info:{role}"),
+                id,
+                &record.to_string(),
+            ],
+        );
+    };
+    for (i, id) in ["gateway-7", "gateway-8", "gateway-9", "zz-evil"]
+        .iter()
+        .enumerate()
+    {
+        let real = gateways[i % 2]["upload"].as_str().unwrap();
+        forge("gateway", id, ("upload", real));
+    }
+    let gw_addr = gateways[0]["upload"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_owned();
+    forge("scheduler", "scheduler-evil", ("grpc", &gw_addr));
+    // Both gateways have seen the forged members before any pull.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for (ok, err) in pull_everywhere(&fleet, "library/app:v1", &out) {
+        assert!(ok, "pull with a hostile Redis: {err}");
+    }
+    let pushed_blobs = layout_blobs(&dir.join("app"));
+    for i in 0..2 {
+        assert_eq!(layout_blobs(&out.join(format!("pull-{i}"))), pushed_blobs);
+    }
+    // The forged gateways were asked and refused (their certificates name
+    // other members); no blob came twice from the upstream.
+    let logs: String = gateways
+        .iter()
+        .map(|g| {
+            std::fs::read_to_string(
+                dir.join("fleet")
+                    .join(format!("{}.log", g["id"].as_str().unwrap())),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(
+        logs.contains("does not name the node it was asked as"),
+        "no forged member was ever refused"
+    );
+    for (digest, n) in registry.blob_gets() {
+        let n = n - pushed.get(&digest).copied().unwrap_or(0);
+        assert!(n <= 1, "{digest} fetched {n} times from the upstream");
+    }
+}

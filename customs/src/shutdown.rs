@@ -2,11 +2,14 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on SIGTERM or SIGINT.
+/// Cancels `token` on SIGTERM or SIGINT. The SIGTERM handler is installed
+/// before this returns, so a SIGTERM sent as soon as the process says it is
+/// ready is never the default (immediate death without cleanup).
 pub fn on_signal(token: CancellationToken) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tokio::spawn(async move {
         let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            match term {
                 Ok(mut s) => {
                     s.recv().await;
                 }

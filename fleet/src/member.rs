@@ -43,15 +43,17 @@ impl MemberRole {
     }
 }
 
-/// A member's id: `[A-Za-z0-9._-]`, 1 to [`MAX_ID_LEN`] characters (a
-/// node name, a pod name).
+/// A member's id: `[a-z0-9._-]`, 1 to [`MAX_ID_LEN`] characters (a node
+/// name, a pod name). Lowercase only: certificate names compare without
+/// case, so `GW-1` and `gw-1` would be two members with one certificate,
+/// and a forged alias of a gateway could make it ask itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct MemberId(String);
 
 /// A member id that breaks the rules.
 #[derive(Debug, thiserror::Error)]
-#[error("member id {0:?}: 1-64 characters of A-Z a-z 0-9 . _ -")]
+#[error("member id {0:?}: 1-64 characters of a-z 0-9 . _ -")]
 pub struct BadMemberId(pub String);
 
 impl std::str::FromStr for MemberId {
@@ -59,8 +61,9 @@ impl std::str::FromStr for MemberId {
     fn from_str(s: &str) -> Result<Self, BadMemberId> {
         let ok = !s.is_empty()
             && s.len() <= MAX_ID_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
         if ok {
             Ok(MemberId(s.to_owned()))
         } else {
@@ -98,7 +101,7 @@ pub fn default_id(fallback: &str, port: u16) -> Result<MemberId, BadMemberId> {
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
+                c.to_ascii_lowercase()
             } else {
                 '-'
             }
@@ -374,7 +377,7 @@ mod tests {
         fn member_ids_accept_exactly_the_safe_alphabet(s in ".{0,70}") {
             let ok = s.parse::<MemberId>().is_ok();
             let want = !s.is_empty() && s.len() <= MAX_ID_LEN
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
             prop_assert_eq!(ok, want);
         }
     }

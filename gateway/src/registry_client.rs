@@ -166,6 +166,10 @@ pub(crate) struct RegistryClient {
     creds: Option<BasicCredentials>,
     timeouts: Timeouts,
     auth: std::sync::Mutex<AuthState>,
+    /// Whether a `401` challenge is answered (upstreams). A fleet gateway
+    /// is never asked for tokens: a compromised one could name any realm
+    /// for this gateway to call.
+    answers_challenges: bool,
 }
 
 /// The OCI error envelope, as far as classifying a failure needs it.
@@ -222,6 +226,7 @@ impl RegistryClient {
             creds,
             timeouts,
             auth: std::sync::Mutex::default(),
+            answers_challenges: true,
         })
     }
 
@@ -237,9 +242,13 @@ impl RegistryClient {
         tls: rustls::ClientConfig,
         timeouts: Timeouts,
     ) -> Result<Self, reqwest::Error> {
+        // No redirects and https only: an answer from another gateway can
+        // never send this one to a third address.
         let http = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
             .user_agent(concat!("customs-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(RegistryClient {
@@ -249,6 +258,7 @@ impl RegistryClient {
             creds: None,
             timeouts,
             auth: std::sync::Mutex::default(),
+            answers_challenges: false,
         })
     }
 
@@ -289,7 +299,7 @@ impl RegistryClient {
                 req = req.header(AUTHORIZATION, h);
             }
             let resp = self.send(req).await?;
-            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+            if resp.status() != StatusCode::UNAUTHORIZED || retried || !self.answers_challenges {
                 return Ok(resp);
             }
             retried = true;

@@ -398,6 +398,13 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ReportBadPieceRequest>,
     ) -> Result<Response<pb::ReportBadPieceResponse>, Status> {
+        // Gateways download no pieces; one that could report under its
+        // member id and as `gateway` would count as two reporters.
+        if from_gateway(&req) {
+            return Err(Status::permission_denied(
+                "gateways do not report bad pieces",
+            ));
+        }
         let reporter = require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let parent = PeerId::parse(&r.parent_id)

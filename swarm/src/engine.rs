@@ -67,6 +67,9 @@ const STORE_WAIT: Duration = Duration::from_secs(60);
 /// same blob is refused as unavailable; disk writes are 256 KiB batches.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
+/// The parent id bytes from any gateway's seed are counted under.
+pub const SEED_PARENT: &str = "gateway";
+
 /// What [`Swarm::adopt`] decided.
 enum Adopted {
     /// A download is running: read its stream.
@@ -929,11 +932,19 @@ impl Swarm {
         let body = super::deadline::idle_timeout(body, deadlines.idle);
         match pf.write_piece(piece, Box::pin(body)).await {
             Ok(()) => {
+                // Every gateway's seed counts as "gateway" (in a fleet each
+                // seeds under its member id): the metrics split gateway
+                // bytes from peer bytes, not one gateway from another.
+                let from = if parent.seed {
+                    SEED_PARENT.to_owned()
+                } else {
+                    parent.id.clone()
+                };
                 *self
                     .received
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .entry(parent.id.clone())
+                    .entry(from)
                     .or_insert(0) += len;
                 PieceOutcome::Done {
                     piece,

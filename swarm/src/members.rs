@@ -23,6 +23,10 @@ use tonic::transport::{Channel, ClientTlsConfig};
 
 /// Most gateways or schedulers taken from a fleet document.
 pub const MAX_MEMBERS: usize = 256;
+/// Longest a connection to a scheduler may take to open.
+pub const SCHEDULER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest one scheduler call may take (they are small and in memory).
+pub const SCHEDULER_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest id or endpoint accepted from a fleet document.
 const MAX_FIELD: usize = 256;
 
@@ -185,8 +189,14 @@ fn connect(url: &str, tls: &ClientTlsConfig) -> Result<SchedulerClient<Channel>,
         url: url.to_owned(),
         reason,
     };
+    // Bounded: a scheduler whose host vanished (or an address that
+    // blackholes) costs each call at most these, then the next is asked.
     let channel = Channel::from_shared(url.to_owned())
         .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(SCHEDULER_CONNECT_TIMEOUT)
+        .timeout(SCHEDULER_CALL_TIMEOUT)
+        .http2_keep_alive_interval(SCHEDULER_CALL_TIMEOUT)
+        .keep_alive_timeout(SCHEDULER_CONNECT_TIMEOUT)
         .tls_config(tls.clone())
         .map_err(|e| bad(e.to_string()))?
         .connect_lazy();

@@ -217,9 +217,15 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             own.scheduler = Some(scheduler_urls[usize::from(i - 1) % scheduler_urls.len()].clone());
             own.upload_addr = Some(upload.to_string());
             own.gateway_id = Some(name.clone());
-            own.api_listen = cfg
-                .api_listen
-                .map(|a| SocketAddr::new(a.ip(), a.port() + (i - 1)));
+            own.api_listen = match cfg.api_listen {
+                Some(a) => Some(SocketAddr::new(
+                    a.ip(),
+                    a.port()
+                        .checked_add(i - 1)
+                        .context("--api-listen port + gateways is beyond 65535")?,
+                )),
+                None => None,
+            };
             // The file carries tokens (API, HEC): private to this user. The
             // fleet URL is passed in the environment, never written out.
             let config_path = dir.join("config.json");
@@ -288,10 +294,14 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             .await?;
         }
         let default_registry = default_registry(&cfg)?;
+        let base = args.gateway.listen.port();
+        if base.checked_add(2 * n).is_none() {
+            anyhow::bail!("--listen port {base} + 2 x {n} peers is beyond 65535");
+        }
         for j in 1..=n {
             let name = format!("peer-{j}");
-            let listen = SocketAddr::new(ip, args.gateway.listen.port() + j);
-            let upload = SocketAddr::new(ip, args.gateway.listen.port() + n + j);
+            let listen = SocketAddr::new(ip, base + j);
+            let upload = SocketAddr::new(ip, base + n + j);
             // Peers are spread over the gateways; each uses its gateway's
             // scheduler.
             let k = usize::from(j - 1) % gateway_uploads.len();

@@ -714,3 +714,61 @@ fn a_provisional_task_hints_only_signed_pieces_and_yields_to_its_final_manifest(
     let (st, _, _) = s.task_for(&fblob, &id("a"), 0, now).unwrap();
     assert!(matches!(st, Statement::Final(_)));
 }
+
+#[test]
+fn in_a_fleet_a_task_hands_out_only_the_seeds_that_registered_it() {
+    use customs_protocol::piece_manifest::{FetchId, unix_now};
+    let key = GatewayKey::generate().unwrap();
+    let blob = Digest::of(b"blob");
+    let now = Instant::now();
+    let t = unix_now();
+    let mut s = SchedulerState::default();
+    announce(&mut s, "a", now);
+    for g in ["gw-1", "gw-2"] {
+        s.announce(&id(g), peer(g, "", 0, true), now).unwrap();
+    }
+    let seeds = |s: &mut SchedulerState| -> Vec<String> {
+        let (_, parents, _) = s.task_for(&blob, &id("a"), 0, now).unwrap();
+        parents
+            .iter()
+            .map(|p| p.peer.as_ref().unwrap())
+            .filter(|p| p.seed)
+            .map(|p| p.peer_id.clone())
+            .collect()
+    };
+    // gw-1 (the blob's owner) states its fetch; gw-2's fetch of the same
+    // blob, signed later, does not take the task over or clear its holders.
+    let first = FetchId::random().unwrap();
+    assert!(s.register_from(provisional(&key, &blob, &first, 1, t), Some(&id("gw-1"))));
+    s.report_pieces(&id("a"), &blob, &[0], Some(&first))
+        .unwrap();
+    let second = FetchId::random().unwrap();
+    assert!(!s.register_from(
+        provisional(&key, &blob, &second, 2, t + 1),
+        Some(&id("gw-2"))
+    ));
+    assert_eq!(
+        seeds(&mut s),
+        ["gw-1"],
+        "gw-2 does not hold the first fetch's pieces"
+    );
+    // The owner restarting its own fetch does replace it.
+    let third = FetchId::random().unwrap();
+    assert!(s.register_from(
+        provisional(&key, &blob, &third, 1, t + 2),
+        Some(&id("gw-1"))
+    ));
+    // Final manifests: each gateway that holds the blob becomes a seed of it.
+    let (fin, fblob) = task();
+    assert!(s.register_from(fin.clone(), Some(&id("gw-2"))));
+    assert!(!s.register_from(fin, Some(&id("gw-1"))));
+    let (_, parents, _) = s.task_for(&fblob, &id("a"), 0, now).unwrap();
+    let mut fin_seeds: Vec<String> = parents
+        .iter()
+        .map(|p| p.peer.as_ref().unwrap())
+        .filter(|p| p.seed)
+        .map(|p| p.peer_id.clone())
+        .collect();
+    fin_seeds.sort();
+    assert_eq!(fin_seeds, ["gw-1", "gw-2"]);
+}

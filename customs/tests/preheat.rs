@@ -206,8 +206,16 @@ fn harbor_provider_and_webhooks_preheat_every_peer_which_then_serve_offline() {
         "{text}"
     );
 
-    // Upstream and gateway gone: every peer serves both images from disk.
+    // Upstream gone: the webhook named the tag beside the digest, so every
+    // node resolves `library/web:v2` to the pushed digest without it.
     registry.stop();
+    for (i, peer) in fleet.peer_addrs.iter().enumerate() {
+        let out = dir.join(format!("by-tag-{i}"));
+        let (ok, err) = skopeo_pull(&format!("{peer}/library/web:v2"), &out);
+        assert!(ok, "peer {peer} resolves the preheated tag offline: {err}");
+        assert_eq!(layout_tag_digest(&out, "pulled"), web);
+    }
+    // Upstream and gateway gone: every peer serves both images from disk.
     let _ = fleet.gateway.child.kill();
     let _ = fleet.gateway.child.wait();
     for (i, peer) in fleet.peer_addrs.iter().enumerate() {

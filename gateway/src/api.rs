@@ -235,6 +235,7 @@ fn preheat_spec(
     Ok(PreheatSpec {
         image,
         reference,
+        tag: None,
         platform,
         scope,
     })
@@ -448,6 +449,12 @@ fn webhook_spec(
             repository: repo.parse().map_err(|e| format!("{e}"))?,
         },
         reference: reference.parse().map_err(|e| format!("{e}"))?,
+        // Pushed by digest with a tag: the tag is warmed too (checked
+        // against the upstream when the job runs).
+        tag: match (digest, tag) {
+            (Some(_), Some(t)) => Some(t.parse().map_err(|e| format!("{e}"))?),
+            _ => None,
+        },
         platform: PlatformFilter::All,
         scope,
     })

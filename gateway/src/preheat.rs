@@ -117,6 +117,11 @@ pub struct PreheatSpec {
     pub image: ImageName,
     /// Tag or digest.
     pub reference: Reference,
+    /// The tag a push webhook named beside the digest it preheats: after
+    /// the preheat it is resolved against the upstream (never set from the
+    /// webhook), so nodes resolve it to that digest even once the upstream
+    /// is down (within the stale window).
+    pub tag: Option<customs_protocol::Tag>,
     /// Platforms of an index to warm.
     pub platform: PlatformFilter,
     /// Which nodes.
@@ -439,6 +444,39 @@ impl Preheater {
         }
     }
 
+    /// Resolves `tag` of `image` through the mirror, as a pull by tag
+    /// would (fresh from the upstream, into the tag cache), and returns it
+    /// when the upstream names the preheated `digest`. A webhook never
+    /// moves a tag: what is cached is the upstream's answer, and a tag the
+    /// upstream points elsewhere (or cannot resolve) is not passed on to
+    /// nodes; the job's digest preheat stands either way.
+    async fn warm_tag(
+        &self,
+        image: &ImageName,
+        tag: &customs_protocol::Tag,
+        digest: &str,
+    ) -> Option<String> {
+        match self
+            .mirror
+            .manifest(image, &Reference::Tag(tag.clone()))
+            .await
+        {
+            Ok(m) if m.digest.to_string() == digest => {
+                tracing::info!(%image, %tag, %digest, "preheat warmed the tag");
+                Some(tag.to_string())
+            }
+            Ok(m) => {
+                tracing::warn!(%image, %tag, pushed = %digest, upstream = %m.digest,
+                    "the upstream's tag names another digest than the push event: the tag is left as the upstream says");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%image, %tag, error = %e, "the pushed tag could not be resolved; only the digest was preheated");
+                None
+            }
+        }
+    }
+
     async fn run_inner(&self, id: u64, spec: &PreheatSpec) -> Result<(), String> {
         // The gateway first: policy, every blob fetched once and verified.
         let report = warm(&self.mirror, &spec.image, &spec.reference, &spec.platform)
@@ -468,6 +506,10 @@ impl Preheater {
             })
         })
         .await;
+        let tag = match &spec.tag {
+            Some(tag) => self.warm_tag(&spec.image, tag, &report.manifest).await,
+            None => None,
+        };
         if spec.scope == Scope::SeedPeers {
             return Ok(());
         }
@@ -503,6 +545,7 @@ impl Preheater {
             "repository": spec.image.repository.as_str(),
             "digest": report.manifest,
             "platform": platform,
+            "tag": tag,
         });
         let calls = targets.iter().map(|p| {
             let http = http.clone();

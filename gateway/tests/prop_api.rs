@@ -306,6 +306,10 @@ proptest! {
             prop_assert_eq!(spec.image.repository.as_str(), repo.as_str());
             let want = if with_digest { digest.to_string() } else { tag.clone() };
             prop_assert_eq!(spec.reference.to_string(), want);
+            // Pushed by digest: the tag beside it is warmed too; pushed by
+            // tag alone, the tag is the reference.
+            let warmed = spec.tag.as_ref().map(|t| t.to_string());
+            prop_assert_eq!(warmed, with_digest.then(|| tag.clone()));
             prop_assert_eq!(spec.scope, scope);
             prop_assert_eq!(url, &format!("{registry}/{repo}:{tag}"));
         }

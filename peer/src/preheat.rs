@@ -26,6 +26,11 @@ pub struct PreheatOrder {
     /// `os/arch[/variant]`, or every platform.
     #[serde(default)]
     pub platform: Option<String>,
+    /// A tag the gateway resolved to `digest` for this preheat: resolved
+    /// here too (through the gateway), so this node answers it from its own
+    /// tag cache when the gateway or the upstream is gone later.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// The route, for the mTLS router.
@@ -64,6 +69,21 @@ async fn preheat(
     match warm(&mirror, &image, &reference, &filter).await {
         Ok(report) => {
             tracing::info!(%image, blobs = report.blobs, bytes = report.bytes, "preheat done");
+            if let Some(tag) = order.tag.as_deref().and_then(|t| t.parse().ok()) {
+                // The tag cache holds what the gateway answers; a mismatch
+                // is only reported.
+                match mirror.manifest(&image, &Reference::Tag(tag)).await {
+                    Ok(m) if m.digest.to_string() == order.digest => {
+                        tracing::info!(%image, digest = %order.digest, "preheat warmed the tag");
+                    }
+                    Ok(m) => {
+                        tracing::warn!(%image, ordered = %order.digest, gateway = %m.digest, "the tag resolves to another digest than the preheat's");
+                    }
+                    Err(e) => {
+                        tracing::warn!(%image, error = %e, "the preheated tag could not be resolved")
+                    }
+                }
+            }
             Json(report).into_response()
         }
         Err(e) => {

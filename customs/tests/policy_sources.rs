@@ -278,3 +278,117 @@ fn policies_from_git_are_enforced_reloaded_and_refused_and_containerd_sees_the_r
         .count();
     assert!(denial >= 1, "{log}");
 }
+
+/// Commits everything with a fixed commit time (Unix seconds).
+fn commit_at(repo: &Path, msg: &str, time: u64) -> String {
+    git(repo, &["add", "-A"]);
+    let date = format!("@{time} +0000");
+    run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(["commit", "-q", "-m", msg])
+            .env("GIT_COMMITTER_DATE", &date)
+            .env("GIT_AUTHOR_DATE", &date),
+    );
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn a_node_never_takes_an_admission_from_a_gateway_behind_the_newest_revision() {
+    require("git");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let reg = registry.addr.to_string();
+    let layout = dir.join("team-layout");
+    make_image(&layout, "v1", &[40_000], &[], 8);
+    push(&layout, "v1", registry.addr, "team/unsigned");
+    let repo = dir.join("policy-repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write_policy(&repo, &reg, "github.com/slsa-framework/example-package");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let first = commit_at(&repo, "team images in warn mode", now - 100);
+    let gateway = |name: &str, reference: &str| {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let args = strings(&[
+            "gateway",
+            "--data-dir",
+            dir.join(name).to_str().unwrap(),
+            "--listen",
+            &addr.to_string(),
+            "--upstream",
+            &registry.url(),
+            "--policy-git",
+            repo.to_str().unwrap(),
+            "--policy-ref",
+            reference,
+            "--policy-poll-secs",
+            "1",
+        ]);
+        Customs::spawn(&args, addr, &dir.join(name))
+    };
+    // A follows main; B lags on the first commit (as a gateway that has not
+    // pulled yet would).
+    let mut a = gateway("gw-a", "main");
+    let b = gateway("gw-b", &first);
+    let node = dir.join("node");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let peer = Customs::spawn(
+        &strings(&[
+            "peer",
+            "--gateway",
+            &a.url(),
+            "--gateway",
+            &b.url(),
+            "--listen",
+            &addr.to_string(),
+            "--data-dir",
+            node.to_str().unwrap(),
+            "--default-registry",
+            &reg,
+            "--admission-ttl",
+            "1s",
+        ]),
+        addr,
+        &node,
+    );
+    let image = format!("{}/team/unsigned:v1", peer.addr);
+    let (ok, err) = skopeo_pull(&image, &dir.join("pulled-1"));
+    assert!(ok, "warn mode admits: {err}");
+
+    // The revoking commit: A takes it, the node learns it from A.
+    let policy = std::fs::read_to_string(repo.join("slsa.yaml")).unwrap();
+    std::fs::write(
+        repo.join("slsa.yaml"),
+        policy.replace("mode: warn", "mode: enforce"),
+    )
+    .unwrap();
+    let strict = commit_at(&repo, "team images must be signed", now);
+    wait_for_audit(
+        &dir.join("gw-a/audit/audit.jsonl"),
+        &format!("\"revision\":\"{strict}\""),
+    );
+    let (ok, _) = skopeo_pull(&image, &dir.join("pulled-2"));
+    assert!(!ok, "denied under the newest revision");
+    // A goes; B, still on the first commit, would admit the image again.
+    a.proc.terminate();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, err) = skopeo_pull(&image, &dir.join("pulled-3"));
+    assert!(!ok, "a lagging gateway re-admitted a revoked image");
+    assert!(
+        err.contains("older policy revision") || err.to_lowercase().contains("denied"),
+        "the refusal says why: {err}"
+    );
+    assert!(
+        peer.log_text().contains("older policy revision"),
+        "the node saw B lag: {}",
+        peer.log_text()
+    );
+    drop(b);
+}

@@ -167,6 +167,12 @@ impl GatewayAdmission {
         &self.audit
     }
 
+    /// When the revision in force was made (its Git commit's time; 0 when
+    /// unknown or without a policy source).
+    pub fn policy_revision_time(&self) -> u64 {
+        self.current().map_or(0, |s| s.revision_time)
+    }
+
     /// The revision in force, if a policy source is configured.
     pub fn policy_revision(&self) -> Option<String> {
         self.current().map(|s| s.revision.clone())

@@ -118,6 +118,7 @@ pub fn load(source: &PolicySource) -> Loaded {
 pub fn deny_all() -> PolicySet {
     PolicySet {
         revision: "refused".to_owned(),
+        revision_time: 0,
         policies: Vec::new(),
         tests: Vec::new(),
     }
@@ -277,7 +278,11 @@ fn git_snapshot(url: &str, reference: &str, mirror_dir: &Path) -> Result<Snapsho
         }
         files.insert(path, object.data.clone());
     }
-    Ok(Snapshot::from_files(commit.id.to_string(), files))
+    let time = commit
+        .time()
+        .map(|t| u64::try_from(t.seconds).unwrap_or(0))
+        .unwrap_or(0);
+    Ok(Snapshot::from_files(commit.id.to_string(), files).with_time(time))
 }
 
 /// `reference` as a remote branch, a tag, a full ref name or a commit id.

@@ -680,6 +680,13 @@ fn with_revision_headers(
                 if let Ok(v) = http::HeaderValue::from_str(&admission.revision()) {
                     h.insert(customs_protocol::headers::POLICY_REVISION, v);
                 }
+                let time = admission.policy_revision_time();
+                if time > 0 {
+                    h.insert(
+                        customs_protocol::headers::POLICY_REVISION_TIME,
+                        http::HeaderValue::from(time),
+                    );
+                }
                 if let Some(p) = poll {
                     h.insert(
                         customs_protocol::headers::POLICY_POLL_MS,

@@ -4,7 +4,7 @@
 //! image by its real registry, and relays the gateway's OCI errors (a
 //! policy denial stays a `DENIED` with its reason).
 
-use crate::revision::RevisionTracker;
+use crate::revision::{Observed, RevisionTracker};
 use bytes::Bytes;
 use customs_mirror::{FetchedManifest, Source};
 use customs_protocol::manifest::MANIFEST_MEDIA_TYPES;
@@ -128,9 +128,10 @@ impl GatewaySource {
         self
     }
 
-    fn observe(&self, resp: &reqwest::Response) {
-        if let Some(r) = &self.revisions {
-            r.observe(resp.headers());
+    fn observe(&self, resp: &reqwest::Response) -> Observed {
+        match &self.revisions {
+            Some(r) => r.observe(resp.headers()),
+            None => Observed::Current,
         }
     }
 
@@ -249,7 +250,14 @@ impl GatewaySource {
                     .timeout(GATEWAY_TIMEOUT)
             })
             .await?;
-        self.observe(&resp);
+        // A gateway behind the newest revision this node has seen (a
+        // fleet member that has not pulled the policy commit yet) is not
+        // asked to decide: it could re-admit what that revision revoked.
+        if self.observe(&resp) == Observed::Stale {
+            return Err(unavailable(
+                "the gateway answers under an older policy revision than the newest this node has seen",
+            ));
+        }
         let revision = resp
             .headers()
             .get(customs_protocol::headers::POLICY_REVISION)

@@ -71,6 +71,9 @@ pub struct TestSuite {
 pub struct PolicySet {
     /// Git commit or content hash.
     pub revision: String,
+    /// When the revision was made (a Git commit's time, Unix seconds; 0
+    /// when unknown): nodes order revisions of several gateways by it.
+    pub revision_time: u64,
     /// The policies.
     pub policies: Vec<Policy>,
     /// Test suites (`customs policy test`).
@@ -480,6 +483,7 @@ pub fn compile(snap: &Snapshot) -> Result<PolicySet, LoadErrors> {
     if ctx.errors.is_empty() {
         Ok(PolicySet {
             revision: snap.revision().to_owned(),
+            revision_time: snap.time(),
             policies,
             tests,
         })

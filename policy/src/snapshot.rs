@@ -32,13 +32,32 @@ pub enum SnapshotError {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     revision: String,
+    /// When the revision was made (a Git commit's time, Unix seconds), so
+    /// revisions can be ordered across gateways; 0 when unknown (a
+    /// directory).
+    time: u64,
     files: BTreeMap<String, Vec<u8>>,
 }
 
 impl Snapshot {
     /// Wraps files read elsewhere (a Git tree) under a known revision.
     pub fn from_files(revision: String, files: BTreeMap<String, Vec<u8>>) -> Self {
-        Snapshot { revision, files }
+        Snapshot {
+            revision,
+            time: 0,
+            files,
+        }
+    }
+
+    /// The same snapshot, made at `time` (Unix seconds).
+    pub fn with_time(mut self, time: u64) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// When the revision was made (0: unknown).
+    pub fn time(&self) -> u64 {
+        self.time
     }
 
     /// Reads a directory recursively (hidden entries such as `.git` are
@@ -89,7 +108,11 @@ impl Snapshot {
             h.update(b);
         }
         let revision = format!("dir-sha256:{}", &hex::encode(h.finalize())[..16]);
-        Ok(Snapshot { revision, files })
+        Ok(Snapshot {
+            revision,
+            time: 0,
+            files,
+        })
     }
 
     /// The revision (Git commit or content hash).

@@ -115,7 +115,6 @@ impl Seed {
         active: impl Fn() -> u32,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        let mut instances: HashMap<String, String> = HashMap::new();
         loop {
             let info = pb::PeerInfo {
                 peer_id: self.id.clone(),
@@ -126,29 +125,7 @@ impl Seed {
                 rack: String::new(),
                 seed: true,
             };
-            let all = self.schedulers.all();
-            let ids: Vec<&String> = all.iter().map(|(id, _)| id).collect();
-            instances.retain(|id, _| ids.contains(&id));
-            let mut reregister = self.schedulers.take_moved();
-            for (id, mut client) in all.clone() {
-                match client
-                    .announce_peer(pb::AnnouncePeerRequest {
-                        peer: Some(info.clone()),
-                    })
-                    .await
-                {
-                    Ok(r) => {
-                        let now = r.into_inner().instance;
-                        if instances.get(&id) != Some(&now) {
-                            reregister = true;
-                            instances.insert(id, now);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(scheduler = %id, error = %e, "seed announce failed; retrying")
-                    }
-                }
-            }
+            let reregister = self.schedulers.announce(&info).await;
             if reregister {
                 // A new or restarted scheduler knows no tasks: register
                 // every piece manifest this gateway signed with its owner.

@@ -254,7 +254,6 @@ impl Swarm {
     /// or a change of the scheduler set (task owners moved), gets every held
     /// piece reported again, to each task's owner.
     pub async fn announce_loop(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        let mut instances: HashMap<String, String> = HashMap::new();
         // Rounds of full reports still due after a scheduler change (the
         // gateway may re-register its tasks a moment after we arrive).
         let mut pending = 0u8;
@@ -268,30 +267,9 @@ impl Swarm {
                 rack: self.cfg.rack.clone(),
                 seed: false,
             };
-            let all = self.schedulers.all();
-            let ids: Vec<&String> = all.iter().map(|(id, _)| id).collect();
-            instances.retain(|id, _| ids.contains(&id));
-            for (id, mut client) in all.clone() {
-                match client
-                    .announce_peer(pb::AnnouncePeerRequest {
-                        peer: Some(info.clone()),
-                    })
-                    .await
-                {
-                    Ok(r) => {
-                        let now = r.into_inner().instance;
-                        if instances.get(&id) != Some(&now) {
-                            // A new (or restarted) scheduler: tell it everything held.
-                            pending = 3;
-                            instances.insert(id, now);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(scheduler = %id, error = %e, "announce failed; retrying")
-                    }
-                }
-            }
-            if self.schedulers.take_moved() {
+            if self.schedulers.announce(&info).await {
+                // A new (or restarted) scheduler, or moved tasks: tell them
+                // everything held.
                 pending = 3;
             }
             if pending > 0 {

@@ -169,6 +169,8 @@ pub struct Schedulers {
     learned: RwLock<Vec<Known>>,
     /// Set when the set of ids changed, until [`Schedulers::take_moved`].
     moved: std::sync::atomic::AtomicBool,
+    /// The instance each scheduler last answered an announcement with.
+    instances: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Why a scheduler set could not be built.
@@ -220,6 +222,7 @@ impl Schedulers {
             bootstrap,
             learned: RwLock::default(),
             moved: Default::default(),
+            instances: Default::default(),
         })
     }
 
@@ -234,6 +237,7 @@ impl Schedulers {
             }),
             learned: RwLock::default(),
             moved: Default::default(),
+            instances: Default::default(),
         }
     }
 
@@ -279,6 +283,41 @@ impl Schedulers {
         }
         *self.learned.write().unwrap_or_else(|e| e.into_inner()) = next;
         changed
+    }
+
+    /// Announces `info` to every scheduler at once (each call bounded by
+    /// [`SCHEDULER_CALL_TIMEOUT`]). Returns true when what the schedulers
+    /// know of this node may be gone: one answered with an instance not
+    /// seen before (new or restarted), or the set changed since the last
+    /// call (task owners moved). The caller then reports what it holds.
+    pub async fn announce(&self, info: &customs_protocol::scheduler_proto::PeerInfo) -> bool {
+        use customs_protocol::scheduler_proto::AnnouncePeerRequest;
+        let all = self.all();
+        let calls = all.into_iter().map(|(id, mut client)| async move {
+            let r = client
+                .announce_peer(AnnouncePeerRequest {
+                    peer: Some(info.clone()),
+                })
+                .await;
+            (id, r)
+        });
+        let results = futures_util::future::join_all(calls).await;
+        let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        instances.retain(|id, _| results.iter().any(|(i, _)| i == id));
+        let mut lost = self.take_moved();
+        for (id, r) in results {
+            match r {
+                Ok(r) => {
+                    let now = r.into_inner().instance;
+                    if instances.get(&id) != Some(&now) {
+                        lost = true;
+                        instances.insert(id, now);
+                    }
+                }
+                Err(e) => tracing::debug!(scheduler = %id, error = %e, "announce failed; retrying"),
+            }
+        }
+        lost
     }
 
     /// True once after the set of schedulers changed (task owners may have

@@ -124,6 +124,10 @@ pub struct Member {
     /// authenticated by its certificate's role.
     #[serde(default)]
     pub endpoints: std::collections::BTreeMap<String, String>,
+    /// Its zone (`--zone`; empty: none). Gateways of one zone share blobs
+    /// among themselves first, so at most one copy crosses into a zone.
+    #[serde(default)]
+    pub zone: String,
     /// When its heartbeat runs out (Unix seconds), as read back.
     #[serde(default)]
     pub expires_at: u64,

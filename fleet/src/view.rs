@@ -113,6 +113,7 @@ mod tests {
             id: id.parse().unwrap(),
             role: MemberRole::Gateway,
             endpoints: Default::default(),
+            zone: String::new(),
             expires_at,
         };
         let v = MemberView::fixed(MemberRole::Gateway, vec![m("a", now + 5), m("b", now - 1)]);

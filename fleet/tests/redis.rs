@@ -58,6 +58,7 @@ fn member(id: &str, role: MemberRole) -> Member {
         id: id.parse().unwrap(),
         role,
         endpoints: [("oci".to_owned(), format!("http://{id}"))].into(),
+        zone: String::new(),
         expires_at: 0,
     }
 }

@@ -105,6 +105,10 @@ pub struct GatewayConfig {
     /// This gateway's id in the fleet (default: the host name and the
     /// `--listen` port).
     pub gateway_id: Option<String>,
+    /// This gateway's zone in the fleet (empty: none). A gateway asks the
+    /// owner among its own zone's gateways first; only each zone's owner
+    /// fetches across zones, so at most one copy of a blob enters a zone.
+    pub zone: String,
 }
 
 impl Default for GatewayConfig {
@@ -145,6 +149,7 @@ impl Default for GatewayConfig {
             fleet_redis: None,
             fleet_redis_ca: None,
             gateway_id: None,
+            zone: String::new(),
             audit_http: None,
             audit_file: None,
             upstream_connect_timeout_secs: crate::registry_client::CONNECT_TIMEOUT.as_secs(),

@@ -67,6 +67,8 @@ impl FleetSource {
 /// Who owns which blob, and the clients that reach them.
 pub struct BlobOwners {
     me: MemberId,
+    /// This gateway's zone (empty: none).
+    zone: String,
     gateways: Arc<MemberView>,
     identity: Arc<TlsIdentity>,
     timeouts: Timeouts,
@@ -83,12 +85,14 @@ impl BlobOwners {
     /// Routing for gateway `me` over the live `gateways`.
     pub fn new(
         me: MemberId,
+        zone: String,
         gateways: Arc<MemberView>,
         identity: Arc<TlsIdentity>,
         timeouts: Timeouts,
     ) -> Self {
         BlobOwners {
             me,
+            zone,
             gateways,
             identity,
             timeouts,
@@ -116,26 +120,25 @@ impl BlobOwners {
         self.from_fleet.load(Ordering::Relaxed)
     }
 
-    /// Where to get `digest` of `registry` from, best first: the gateways
-    /// ranked above this one (each named, each with a peer endpoint), then
-    /// the upstream. This gateway always ranks somewhere, so the upstream
-    /// is always the last resort.
+    /// Who to ask for `digest` of `registry`, best first (see
+    /// [`ask_order`]): gateways of this zone ranked above this one, then
+    /// the owners of other zones ranked above it; each must be named and
+    /// have a peer endpoint. The upstream is always the last resort.
     fn plan(&self, image: &ImageName, digest: &Digest) -> VecDeque<Hop> {
         let key = customs_fleet::rendezvous::blob_key(image.registry.as_str(), &digest.to_string());
         let mut live = self.gateways.live();
-        if !live.iter().any(|m| m.id == self.me) {
-            live.push(customs_fleet::Member {
-                id: self.me.clone(),
-                role: customs_fleet::MemberRole::Gateway,
-                endpoints: Default::default(),
-                expires_at: 0,
-            });
-        }
+        // Our own record as Redis has it, whatever it says, is replaced by
+        // what we know of ourselves.
+        live.retain(|m| m.id != self.me);
+        live.push(customs_fleet::Member {
+            id: self.me.clone(),
+            role: customs_fleet::MemberRole::Gateway,
+            endpoints: Default::default(),
+            zone: self.zone.clone(),
+            expires_at: 0,
+        });
         let mut plan = VecDeque::new();
-        for m in customs_fleet::rendezvous::ranked(&key, live, |m| m.id.as_str()) {
-            if m.id == self.me {
-                break;
-            }
+        for m in ask_order(&key, live, &self.me) {
             let Some(base) = m.endpoints.get(UPLOAD_ENDPOINT) else {
                 continue;
             };
@@ -185,6 +188,41 @@ impl BlobOwners {
         clients.insert(key, c.clone());
         Ok(c)
     }
+}
+
+/// Whom gateway `me` asks for the blob of `key`, in order, among `live`
+/// (which includes `me`). Members are ranked by rendezvous hashing; a zone's
+/// owner is its best-ranked member. First the members of `me`'s zone ranked
+/// above it (its zone's owner first), then the owners of other zones ranked
+/// above it. So only a zone's owner fetches from another zone (one copy per
+/// zone), only the best-ranked zone owner fetches from the upstream, and
+/// every hop goes to a better-ranked member: requests never loop. Without
+/// zones (all empty) this is every member ranked above `me`.
+fn ask_order(
+    key: &[u8],
+    live: Vec<customs_fleet::Member>,
+    me: &MemberId,
+) -> Vec<customs_fleet::Member> {
+    let ranked = customs_fleet::rendezvous::ranked(key, live, |m| m.id.as_str());
+    let Some(at) = ranked.iter().position(|m| m.id == *me) else {
+        return Vec::new();
+    };
+    let my_zone = ranked[at].zone.clone();
+    let above = &ranked[..at];
+    let mut order: Vec<customs_fleet::Member> = above
+        .iter()
+        .filter(|m| m.zone == my_zone)
+        .cloned()
+        .collect();
+    let mut zones_seen = std::collections::HashSet::new();
+    zones_seen.insert(my_zone);
+    for m in above {
+        // The first member seen of a zone is its owner.
+        if zones_seen.insert(m.zone.clone()) {
+            order.push(m.clone());
+        }
+    }
+    order
 }
 
 /// One place a blob can come from.
@@ -409,6 +447,7 @@ impl FleetViews {
                     Some(GatewayEntry {
                         upload: m.endpoints.get(UPLOAD_ENDPOINT)?.clone(),
                         id: m.id.to_string(),
+                        zone: m.zone.clone(),
                     })
                 })
                 .collect(),
@@ -439,6 +478,72 @@ impl FleetViews {
                 _ = tick.tick() => {}
             }
             schedulers.learn(&self.doc());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, zone: &str) -> customs_fleet::Member {
+        customs_fleet::Member {
+            id: id.parse().unwrap(),
+            role: customs_fleet::MemberRole::Gateway,
+            endpoints: Default::default(),
+            zone: zone.into(),
+            expires_at: 0,
+        }
+    }
+
+    fn ids(v: &[customs_fleet::Member]) -> Vec<String> {
+        v.iter().map(|m| m.id.to_string()).collect()
+    }
+
+    #[test]
+    fn without_zones_every_better_ranked_gateway_is_asked_in_order() {
+        let all: Vec<_> = ["g1", "g2", "g3", "g4"]
+            .iter()
+            .map(|i| member(i, ""))
+            .collect();
+        let ranked = customs_fleet::rendezvous::ranked(b"k", all.clone(), |m| m.id.as_str());
+        let last = ranked.last().unwrap().id.clone();
+        assert_eq!(ids(&ask_order(b"k", all.clone(), &last)), ids(&ranked[..3]));
+        assert!(
+            ask_order(b"k", all, &ranked[0].id).is_empty(),
+            "the owner asks nobody"
+        );
+    }
+
+    #[test]
+    fn with_zones_only_zone_owners_cross_zones_and_requests_never_loop() {
+        let all: Vec<_> = (0..9)
+            .map(|i| member(&format!("g{i}"), ["a", "b", "c"][i % 3]))
+            .collect();
+        for k in 0..200u32 {
+            let key = k.to_be_bytes();
+            let ranked = customs_fleet::rendezvous::ranked(&key, all.clone(), |m| m.id.as_str());
+            let pos = |id: &MemberId| ranked.iter().position(|m| m.id == *id).unwrap();
+            let zone_owner = |z: &str| ranked.iter().find(|m| m.zone == z).unwrap().id.clone();
+            let mut upstream_fetchers = 0;
+            for m in &all {
+                let order = ask_order(&key, all.clone(), &m.id);
+                // Every hop goes to a better-ranked gateway: no cycles.
+                assert!(order.iter().all(|o| pos(&o.id) < pos(&m.id)));
+                match order.first() {
+                    None => upstream_fetchers += 1,
+                    // A gateway first asks its own zone's owner, unless it
+                    // is that owner; then another zone's owner.
+                    Some(first) if m.id != zone_owner(&m.zone) => {
+                        assert_eq!(first.id, zone_owner(&m.zone));
+                    }
+                    Some(first) => {
+                        assert_ne!(first.zone, m.zone);
+                        assert_eq!(first.id, zone_owner(&first.zone));
+                    }
+                }
+            }
+            assert_eq!(upstream_fetchers, 1, "one upstream fetch for the fleet");
         }
     }
 }

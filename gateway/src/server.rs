@@ -272,6 +272,7 @@ impl Gateway {
                 let view = customs_fleet::MemberView::new(customs_fleet::MemberRole::Gateway);
                 let owners = BlobOwners::new(
                     id,
+                    cfg.zone.clone(),
                     view.clone(),
                     identity.clone(),
                     Timeouts::from_config(cfg),
@@ -465,6 +466,7 @@ impl Gateway {
                     id: me.clone(),
                     role: customs_fleet::MemberRole::Gateway,
                     endpoints,
+                    zone: self.export.zone.clone(),
                     expires_at: 0,
                 };
                 tracing::info!(fleet = %fleet.url(), member = %me, "gateway joining the fleet");

@@ -164,9 +164,10 @@ impl Peer {
     /// Builds the peer from configuration.
     pub fn build(cfg: &PeerConfig) -> Result<Self, PeerError> {
         cfg.validate()?;
-        let gateways = Arc::new(Gateways::new(
-            cfg.gateway.iter().chain(&cfg.gateways).cloned().collect(),
-        ));
+        let gateways = Arc::new(
+            Gateways::new(cfg.gateway.iter().chain(&cfg.gateways).cloned().collect())
+                .in_zone(&cfg.zone),
+        );
         let default_registry = cfg
             .default_registry
             .parse()

@@ -48,6 +48,9 @@ pub struct GatewayEntry {
     pub id: String,
     /// `https://host:port` of its peer endpoint.
     pub upload: String,
+    /// Its zone (empty: none).
+    #[serde(default)]
+    pub zone: String,
 }
 
 /// A scheduler in a [`FleetDoc`].
@@ -85,6 +88,8 @@ pub struct Members {
 
 /// The gateways, in the order they are tried.
 pub struct Gateways {
+    /// This node's zone: learned gateways of it come first.
+    zone: String,
     bootstrap: Vec<String>,
     all: RwLock<Vec<String>>,
     current: AtomicUsize,
@@ -98,10 +103,18 @@ impl Gateways {
             .map(|b| b.trim_end_matches('/').to_owned())
             .collect();
         Gateways {
+            zone: String::new(),
             all: RwLock::new(bootstrap.clone()),
             bootstrap,
             current: AtomicUsize::new(0),
         }
+    }
+
+    /// The same list for a node in `zone`: of the gateways learned, those
+    /// of its own zone are tried first.
+    pub fn in_zone(mut self, zone: &str) -> Self {
+        self.zone = zone.to_owned();
+        self
     }
 
     /// The gateway to ask now.
@@ -141,7 +154,10 @@ impl Gateways {
     pub fn learn(&self, doc: &FleetDoc) {
         let now = self.current();
         let mut all = self.bootstrap.clone();
-        for g in doc.gateways.iter().take(MAX_MEMBERS) {
+        let mut learned: Vec<&GatewayEntry> = doc.gateways.iter().take(MAX_MEMBERS).collect();
+        // Stable: same-zone gateways first, each group in the gateway's order.
+        learned.sort_by_key(|g| self.zone.is_empty() || g.zone != self.zone);
+        for g in learned {
             let base = g.upload.trim_end_matches('/');
             if https_base(base) && !all.iter().any(|b| b == base) {
                 all.push(base.to_owned());
@@ -388,14 +404,17 @@ mod tests {
                 GatewayEntry {
                     id: "c".into(),
                     upload: "https://c:1".into(),
+                    zone: String::new(),
                 },
                 GatewayEntry {
                     id: "evil".into(),
                     upload: "http://plain:1".into(),
+                    zone: String::new(),
                 },
                 GatewayEntry {
                     id: "path".into(),
                     upload: "https://c:1/x".into(),
+                    zone: String::new(),
                 },
             ],
             schedulers: vec![],
@@ -406,6 +425,26 @@ mod tests {
         assert_eq!(g.current(), "https://c:1");
         g.failed("https://c:1");
         assert_eq!(g.current(), "https://a:1", "wraps around");
+    }
+
+    #[test]
+    fn learned_gateways_of_the_nodes_zone_come_first() {
+        let g = Gateways::new(vec!["https://boot:1".into()]).in_zone("eu-1");
+        let entry = |id: &str, zone: &str| GatewayEntry {
+            id: id.into(),
+            upload: format!("https://{id}:1"),
+            zone: zone.into(),
+        };
+        g.learn(&FleetDoc {
+            gateways: vec![
+                entry("far", "us-1"),
+                entry("near", "eu-1"),
+                entry("none", ""),
+            ],
+            schedulers: vec![],
+        });
+        g.failed("https://boot:1");
+        assert_eq!(g.current(), "https://near:1");
     }
 
     #[tokio::test]
@@ -449,7 +488,7 @@ mod tests {
         #[test]
         fn oversized_documents_stay_bounded(n in 0usize..600) {
             let doc = FleetDoc {
-                gateways: (0..n).map(|i| GatewayEntry { id: format!("g{i}"), upload: format!("https://g{i}:1") }).collect(),
+                gateways: (0..n).map(|i| GatewayEntry { id: format!("g{i}"), upload: format!("https://g{i}:1"), zone: String::new() }).collect(),
                 schedulers: vec![],
             };
             let g = Gateways::new(vec![]);

@@ -165,6 +165,11 @@ pub struct GatewayFlags {
     /// This gateway's id in the fleet (default: host name and --listen port).
     #[arg(long, env = "CUSTOMS_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    /// This gateway's zone in the fleet: gateways of one zone share blobs
+    /// among themselves, and only one of them fetches each blob from
+    /// another zone.
+    #[arg(long, env = "CUSTOMS_ZONE")]
+    pub zone: Option<String>,
 }
 
 impl GatewayFlags {
@@ -255,6 +260,9 @@ impl GatewayFlags {
         }
         if let Some(p) = &self.fleet_redis_ca {
             cfg.fleet_redis_ca = Some(p.clone());
+        }
+        if let Some(z) = &self.zone {
+            cfg.zone = z.clone();
         }
         if let Some(id) = &self.gateway_id {
             cfg.gateway_id = Some(id.clone());

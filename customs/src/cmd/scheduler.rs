@@ -120,6 +120,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
                     id,
                     role: customs_fleet::MemberRole::Scheduler,
                     endpoints: [("grpc".to_owned(), listener.local_addr()?.to_string())].into(),
+                    zone: String::new(),
                     expires_at: 0,
                 },
                 customs_fleet::member::MEMBER_TTL,

@@ -237,6 +237,56 @@ impl LocalFleet {
     }
 }
 
+/// A registry (with its access log) holding `library/app:v1` of `layers`,
+/// a redis-server, and a local fleet of `shape` on them.
+struct FleetWithImage {
+    registry: Registry,
+    /// Blob GETs the push itself made (subtracted from the counts).
+    pushed: std::collections::BTreeMap<String, usize>,
+    redis_port: u16,
+    _redis: RedisServer,
+    fleet: LocalFleet,
+}
+
+impl FleetWithImage {
+    fn start(
+        dir: &Path,
+        layers: &[u64],
+        seed: u64,
+        shape: (u16, u16, u16),
+        extra: &[&str],
+    ) -> Self {
+        require("skopeo");
+        let registry = Registry::start_with_access_log(&dir.join("registry"));
+        make_image(&dir.join("app"), "v1", layers, &[], seed);
+        push(&dir.join("app"), "v1", registry.addr, "library/app");
+        let pushed = registry.blob_gets();
+        let redis_port = free_port();
+        let redis = redis_server(redis_port);
+        let fleet = LocalFleet::start(dir, &registry, redis_port, shape, extra);
+        FleetWithImage {
+            registry,
+            pushed,
+            redis_port,
+            _redis: redis,
+            fleet,
+        }
+    }
+
+    /// Upstream GETs of each blob since the push.
+    fn upstream_fetches(&self) -> Vec<(String, usize)> {
+        self.registry
+            .blob_gets()
+            .into_iter()
+            .map(|(d, n)| {
+                let before = self.pushed.get(&d).copied().unwrap_or(0);
+                (d, n - before)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
 /// Pulls `image` through every peer at once; returns each pull's outcome.
 fn pull_everywhere(fleet: &LocalFleet, image: &str, out: &Path) -> Vec<(bool, String)> {
     let pulls: Vec<_> = fleet
@@ -254,22 +304,10 @@ fn pull_everywhere(fleet: &LocalFleet, image: &str, out: &Path) -> Vec<(bool, St
 
 #[test]
 fn a_fleet_of_two_gateways_and_two_schedulers_fetches_each_blob_from_the_upstream_once() {
-    require("skopeo");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let registry = Registry::start_with_access_log(&dir.join("registry"));
-    make_image(
-        &dir.join("app"),
-        "v1",
-        &[3_000_000, 1_500_000, 700_000],
-        &[],
-        43,
-    );
-    push(&dir.join("app"), "v1", registry.addr, "library/app");
-    let pushed = registry.blob_gets();
-    let redis_port = free_port();
-    let _redis = redis_server(redis_port);
-    let fleet = LocalFleet::start(dir, &registry, redis_port, (2, 2, 6), &[]);
+    let setup = FleetWithImage::start(dir, &[3_000_000, 1_500_000, 700_000], 43, (2, 2, 6), &[]);
+    let fleet = &setup.fleet;
     // The file lists every member with a live pid and its endpoints.
     assert_eq!(fleet.list("gateways").len(), 2, "{}", fleet.file);
     assert_eq!(fleet.list("schedulers").len(), 2);
@@ -290,7 +328,7 @@ fn a_fleet_of_two_gateways_and_two_schedulers_fetches_each_blob_from_the_upstrea
 
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    for (ok, err) in pull_everywhere(&fleet, "library/app:v1", &out) {
+    for (ok, err) in pull_everywhere(fleet, "library/app:v1", &out) {
         assert!(ok, "pull through a peer: {err}");
     }
     // Every pull got the image's layers, byte for byte (skopeo checked
@@ -299,12 +337,7 @@ fn a_fleet_of_two_gateways_and_two_schedulers_fetches_each_blob_from_the_upstrea
     for i in 0..6 {
         assert_eq!(layout_blobs(&out.join(format!("pull-{i}"))), pushed_blobs);
     }
-    let gets = registry.blob_gets();
-    let fetched: Vec<(String, usize)> = gets
-        .iter()
-        .map(|(d, n)| (d.clone(), n - pushed.get(d).copied().unwrap_or(0)))
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let fetched = setup.upstream_fetches();
     assert!(
         fetched.len() >= 4,
         "config and three layers fetched: {fetched:?}"
@@ -341,25 +374,19 @@ fn sigkill(pid: u64) {
 
 #[test]
 fn pulls_complete_when_a_scheduler_and_then_the_owning_gateway_die_mid_transfer() {
-    require("skopeo");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let registry = Registry::start_with_access_log(&dir.join("registry"));
-    make_image(&dir.join("app"), "v1", &[16 << 20, 600_000], &[], 44);
-    push(&dir.join("app"), "v1", registry.addr, "library/app");
-    let pushed = registry.blob_gets();
-    let big = largest_blob(&dir.join("app"));
-    let redis_port = free_port();
-    let _redis = redis_server(redis_port);
     // Gateways send at most 8 MiB/s each: the big layer takes seconds to
     // leave its owner, long enough to kill it in the middle.
-    let fleet = LocalFleet::start(
+    let setup = FleetWithImage::start(
         dir,
-        &registry,
-        redis_port,
+        &[16 << 20, 600_000],
+        44,
         (2, 2, 6),
         &["--upload-limit", "8388608"],
     );
+    let fleet = &setup.fleet;
+    let big = largest_blob(&dir.join("app"));
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let pulls = {
@@ -453,8 +480,7 @@ fn pulls_complete_when_a_scheduler_and_then_the_owning_gateway_die_mid_transfer(
     );
     // At most one extra upstream fetch of any blob (the survivor taking
     // over a transfer the owner broke off).
-    for (digest, n) in registry.blob_gets() {
-        let n = n - pushed.get(&digest).copied().unwrap_or(0);
+    for (digest, n) in setup.upstream_fetches() {
         assert!(n <= 2, "{digest} fetched {n} times from the upstream");
     }
 }
@@ -474,23 +500,11 @@ fn redis_cli(port: u16, args: &[&str]) {
 
 #[test]
 fn forged_fleet_members_in_redis_are_never_trusted() {
-    require("skopeo");
     require("redis-cli");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let registry = Registry::start_with_access_log(&dir.join("registry"));
-    make_image(
-        &dir.join("app"),
-        "v1",
-        &[2_000_000, 900_000, 400_000],
-        &[],
-        45,
-    );
-    push(&dir.join("app"), "v1", registry.addr, "library/app");
-    let pushed = registry.blob_gets();
-    let redis_port = free_port();
-    let _redis = redis_server(redis_port);
-    let fleet = LocalFleet::start(dir, &registry, redis_port, (2, 1, 2), &[]);
+    let setup = FleetWithImage::start(dir, &[2_000_000, 900_000, 400_000], 45, (2, 1, 2), &[]);
+    let (fleet, redis_port) = (&setup.fleet, setup.redis_port);
     let gateways = fleet.list("gateways");
     // Whoever owns Redis lists gateways that do not exist, at the addresses
     // of real ones (a real gateway certificate, the wrong name), and a
@@ -542,7 +556,7 @@ fn forged_fleet_members_in_redis_are_never_trusted() {
 
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    for (ok, err) in pull_everywhere(&fleet, "library/app:v1", &out) {
+    for (ok, err) in pull_everywhere(fleet, "library/app:v1", &out) {
         assert!(ok, "pull with a hostile Redis: {err}");
     }
     let pushed_blobs = layout_blobs(&dir.join("app"));
@@ -565,8 +579,7 @@ fn forged_fleet_members_in_redis_are_never_trusted() {
         logs.contains("does not name the node it was asked as"),
         "no forged member was ever refused"
     );
-    for (digest, n) in registry.blob_gets() {
-        let n = n - pushed.get(&digest).copied().unwrap_or(0);
+    for (digest, n) in setup.upstream_fetches() {
         assert!(n <= 1, "{digest} fetched {n} times from the upstream");
     }
 }

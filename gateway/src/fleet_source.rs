@@ -58,6 +58,15 @@ impl FleetSource {
         }
     }
 
+    /// Whether this gateway states its fetch of `digest` to the swarm
+    /// provisionally: outside a fleet always; in a fleet only the blob's
+    /// owner does. Another gateway's fetch (from the owner) would be a
+    /// second fetch of one blob, whose pieces peers holding the owner's
+    /// statement could not use; its peers get its final manifest instead.
+    pub fn states_fetches_of(&self, image: &ImageName, digest: &Digest) -> bool {
+        self.owners.as_ref().is_none_or(|o| o.owns(image, digest))
+    }
+
     /// The fleet routing, if any (for metrics).
     pub fn owners(&self) -> Option<&Arc<BlobOwners>> {
         self.owners.as_ref()

@@ -340,7 +340,7 @@ impl Seed {
                 self.id.clone()
             },
         };
-        let Some(blob) = statement_blob(signed) else {
+        let Some(blob) = signed.claimed_blob() else {
             return;
         };
         for (id, mut client) in self.schedulers.for_blob(&blob) {
@@ -399,20 +399,4 @@ impl customs_swarm::piece_server::PartialPieces for Seed {
             .map(|(_, f)| f.clone());
         found?.piece(index)
     }
-}
-
-/// The blob a signed statement (final or provisional) is about, read from
-/// its payload (the signature was checked when it was made: this gateway
-/// signed it).
-fn statement_blob(signed: &SignedPieceManifest) -> Option<Digest> {
-    let json = signed
-        .payload
-        .strip_prefix(customs_protocol::piece_manifest::PROVISIONAL_DOMAIN)
-        .unwrap_or(&signed.payload);
-    serde_json::from_slice::<serde_json::Value>(json)
-        .ok()?
-        .get("blob")?
-        .as_str()?
-        .parse()
-        .ok()
 }

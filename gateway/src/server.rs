@@ -744,17 +744,7 @@ async fn get_task(
             registry,
             repository,
         };
-        // In a fleet only the blob's owner states its fetch provisionally:
-        // another gateway's fetch (from the owner) would be a second fetch
-        // of one blob for the swarm, whose pieces peers of the first could
-        // not use. Its peers get its final manifest, or the owner's fetch
-        // through the scheduler.
-        let provisional = provisional
-            && st
-                .mirror
-                .source()
-                .owners()
-                .is_none_or(|o| o.owns(&image, &digest));
+        let provisional = provisional && st.mirror.source().states_fetches_of(&image, &digest);
         st.seed
             .ensure_task(&st.mirror, &image, &digest, fetch.as_ref(), provisional)
             .await

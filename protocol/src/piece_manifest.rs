@@ -191,6 +191,28 @@ pub struct SignedPieceManifest {
     pub key_id: String,
 }
 
+impl SignedPieceManifest {
+    /// The blob the statement (final or provisional) says it is about,
+    /// read from its payload without checking the signature: to know which
+    /// key, task or scheduler it concerns before verifying it against that
+    /// blob. `None` when the payload names no valid digest.
+    pub fn claimed_blob(&self) -> Option<Digest> {
+        #[derive(Deserialize)]
+        struct Claim {
+            blob: String,
+        }
+        let json = self
+            .payload
+            .strip_prefix(PROVISIONAL_DOMAIN)
+            .unwrap_or(&self.payload);
+        serde_json::from_slice::<Claim>(json)
+            .ok()?
+            .blob
+            .parse()
+            .ok()
+    }
+}
+
 mod b64 {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};

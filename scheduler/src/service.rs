@@ -7,7 +7,7 @@ use crate::state::{AnnounceError, BadPieceSummary, PiecesError, ReportOutcome, S
 use customs_protocol::Digest;
 use customs_protocol::peer_id::PeerId;
 use customs_protocol::piece_manifest::{
-    FetchId, PROVISIONAL_DOMAIN, SignedPieceManifest, Statement, TrustedGatewayKeys, unix_now,
+    FetchId, SignedPieceManifest, Statement, TrustedGatewayKeys, unix_now,
 };
 use customs_protocol::scheduler_proto as pb;
 use customs_protocol::scheduler_proto::scheduler_server::{Scheduler, SchedulerServer};
@@ -241,13 +241,9 @@ impl Scheduler for SchedulerService {
         let signed = to_signed(req.into_inner().manifest)?;
         // The blob the manifest claims is checked against itself here; the
         // signature is what binds it.
-        let json = signed
-            .payload
-            .strip_prefix(PROVISIONAL_DOMAIN)
-            .unwrap_or(&signed.payload);
-        let claimed: serde_json::Value = serde_json::from_slice(json)
-            .map_err(|e| Status::invalid_argument(format!("piece manifest: {e}")))?;
-        let blob = parse_digest(claimed["blob"].as_str().unwrap_or_default())?;
+        let blob = signed
+            .claimed_blob()
+            .ok_or_else(|| Status::invalid_argument("piece manifest: no valid blob digest"))?;
         let verified = self
             .keys
             .verify_statement(&signed, &blob, unix_now())

@@ -121,30 +121,24 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry storing under `dir`.
     pub fn start(dir: &Path) -> Registry {
-        require("docker-registry");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut r = Registry {
-            addr,
-            dir: dir.to_path_buf(),
-            proc: None,
-            creds: None,
-            access_log: false,
-        };
-        r.restart();
-        r
+        Self::start_as(dir, None, false)
     }
 
     /// Starts a registry that logs every request: [`Registry::blob_gets`]
     /// counts what was fetched from it.
     pub fn start_with_access_log(dir: &Path) -> Registry {
+        Self::start_as(dir, None, true)
+    }
+
+    fn start_as(dir: &Path, creds: Option<(String, String)>, access_log: bool) -> Registry {
         require("docker-registry");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut r = Registry {
             addr,
             dir: dir.to_path_buf(),
             proc: None,
-            creds: None,
-            access_log: true,
+            creds,
+            access_log,
         };
         r.restart();
         r
@@ -169,17 +163,7 @@ impl Registry {
 
     /// Starts a registry that requires basic auth (htpasswd, bcrypt).
     pub fn start_with_auth(dir: &Path, user: &str, password: &str) -> Registry {
-        require("docker-registry");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut r = Registry {
-            addr,
-            dir: dir.to_path_buf(),
-            proc: None,
-            creds: Some((user.to_owned(), password.to_owned())),
-            access_log: false,
-        };
-        r.restart();
-        r
+        Self::start_as(dir, Some((user.to_owned(), password.to_owned())), false)
     }
 
     /// Starts (again) on the same port and storage.

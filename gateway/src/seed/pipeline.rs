@@ -339,15 +339,10 @@ impl Run {
         self.fetch
             .latest
             .send_replace(Some(FetchOutcome::Statement(signed.clone())));
-        // In a fleet only the blob's owner registers its fetch: a second
-        // gateway's fetch (from the owner) is a second fetch of one blob,
-        // and peers holding the owner's statement could not use its pieces.
-        // Its own peers get its final manifest.
-        if self
+        if !self
             .mirror
             .source()
-            .owners()
-            .is_some_and(|o| !o.owns(&self.image, &self.blob))
+            .states_fetches_of(&self.image, &self.blob)
         {
             return;
         }

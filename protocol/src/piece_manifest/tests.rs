@@ -104,3 +104,25 @@ fn forged_manifests_are_rejected() {
     // No trusted keys: nothing verifies.
     assert!(TrustedGatewayKeys::default().verify(&good, &blob).is_err());
 }
+
+#[test]
+fn a_statements_claimed_blob_is_read_from_either_kind_of_payload() {
+    let blob = Digest::of(b"blob");
+    let signed = |payload: Vec<u8>| SignedPieceManifest {
+        payload,
+        signature: Vec::new(),
+        key_id: String::new(),
+    };
+    let json = format!(r#"{{"blob":"{blob}","size":1}}"#).into_bytes();
+    assert_eq!(signed(json.clone()).claimed_blob(), Some(blob.clone()));
+    let provisional = [PROVISIONAL_DOMAIN, &json].concat();
+    assert_eq!(signed(provisional).claimed_blob(), Some(blob));
+    for junk in [
+        &b"{"[..],
+        br#"{"blob":"sha256:nothex"}"#,
+        br#"{"size":1}"#,
+        b"",
+    ] {
+        assert_eq!(signed(junk.to_vec()).claimed_blob(), None);
+    }
+}

@@ -21,13 +21,12 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), drawn from below the
+/// kernel's ephemeral range (32768–60999): a port the kernel hands to some
+/// other process's `bind(:0)` or outgoing connection in the meantime can
+/// then never be this one, which made parallel tests flaky.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_base(0)
 }
 
 /// Runs `cmd` to completion; fails the test with its stderr unless it
@@ -64,6 +63,29 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
         assert!(
             start.elapsed() < timeout,
             "nothing listens on {addr} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `proc` accepts TCP connections on `addr`; fails at once,
+/// with the tail of its log, when it exits first.
+pub fn wait_for_child_port(proc: &mut Proc, addr: SocketAddr, log: &Path, timeout: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        let tail = || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("{} exited ({status}) before listening on {addr}:\n{}", proc.name, tail());
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "nothing listens on {addr} after {timeout:?}; {} log:\n{}",
+            proc.name,
+            tail()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -375,11 +397,11 @@ impl Customs {
             .stderr(f)
             .spawn()
             .unwrap();
-        let proc = Proc {
+        let mut proc = Proc {
             child,
             name: "customs".into(),
         };
-        wait_for_port(addr, Duration::from_secs(30));
+        wait_for_child_port(&mut proc, addr, &log, Duration::from_secs(30));
         Customs {
             proc,
             addr,
@@ -438,17 +460,31 @@ impl Customs {
 /// outgoing connections of tests running at the same time cannot take them
 /// between this check and the bind.
 pub fn free_base(peers: u16) -> u16 {
+    // Ports this test process handed out already: two tests running in
+    // parallel threads must never be given overlapping ranges.
+    static TAKEN: std::sync::Mutex<Vec<(u16, u16)>> = std::sync::Mutex::new(Vec::new());
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos()
-        ^ std::process::id().wrapping_mul(2_654_435_761);
+        ^ std::process::id().wrapping_mul(2_654_435_761)
+        ^ CALLS
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9)
+        | 1;
     loop {
         seed ^= seed << 13;
         seed ^= seed >> 17;
         seed ^= seed << 5;
         let p = 20_000 + (seed % 12_000) as u16;
-        if (0..=2 * peers).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+        let last = p + 2 * peers;
+        let mut taken = TAKEN.lock().unwrap();
+        if taken.iter().any(|&(a, b)| p <= b && a <= last) {
+            continue;
+        }
+        if (p..=last).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()) {
+            taken.push((p, last));
             return p;
         }
     }

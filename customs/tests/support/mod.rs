@@ -79,7 +79,11 @@ pub fn wait_for_child_port(proc: &mut Proc, addr: SocketAddr, log: &Path, timeou
             lines[lines.len().saturating_sub(30)..].join("\n")
         };
         if let Ok(Some(status)) = proc.child.try_wait() {
-            panic!("{} exited ({status}) before listening on {addr}:\n{}", proc.name, tail());
+            panic!(
+                "{} exited ({status}) before listening on {addr}:\n{}",
+                proc.name,
+                tail()
+            );
         }
         assert!(
             start.elapsed() < timeout,

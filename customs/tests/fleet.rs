@@ -306,10 +306,29 @@ fn pull_everywhere(fleet: &LocalFleet, image: &str, out: &Path) -> Vec<(bool, St
 fn a_fleet_of_two_gateways_and_two_schedulers_fetches_each_blob_from_the_upstream_once() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let setup = FleetWithImage::start(dir, &[3_000_000, 1_500_000, 700_000], 43, (2, 2, 6), &[]);
+    // Two zones, a gateway in each: a blob enters each zone once.
+    let setup = FleetWithImage::start(
+        dir,
+        &[3_000_000, 1_500_000, 700_000],
+        43,
+        (2, 2, 6),
+        &["--zones", "2"],
+    );
     let fleet = &setup.fleet;
     // The file lists every member with a live pid and its endpoints.
     assert_eq!(fleet.list("gateways").len(), 2, "{}", fleet.file);
+    let zones = |kind: &str| -> Vec<String> {
+        fleet
+            .list(kind)
+            .iter()
+            .map(|m| m["zone"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(zones("gateways"), ["zone-1", "zone-2"], "{}", fleet.file);
+    assert_eq!(
+        zones("peers"),
+        ["zone-1", "zone-2", "zone-1", "zone-2", "zone-1", "zone-2"]
+    );
     assert_eq!(fleet.list("schedulers").len(), 2);
     assert_eq!(fleet.list("peers").len(), 6);
     for kind in ["gateways", "schedulers", "peers"] {
@@ -347,6 +366,37 @@ fn a_fleet_of_two_gateways_and_two_schedulers_fetches_each_blob_from_the_upstrea
             *n, 1,
             "{digest} fetched {n} times from the upstream: {fetched:?}"
         );
+    }
+    // Cross-zone bytes: each gateway's fetches from the other zone's,
+    // at most one copy of the image per zone; no peer takes a byte from
+    // the other zone (its zone has a gateway of its own).
+    let image_bytes: u64 = std::fs::read_dir(dir.join("app/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let mut between_gateways = 0;
+    for gw in fleet.list("gateways") {
+        let status = http_get_json(&format!(
+            "{}/customs/v1/status",
+            gw["oci"].as_str().unwrap()
+        ));
+        let from_fleet = status["fleet"]["fleet_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{status}"));
+        assert!(
+            from_fleet <= image_bytes,
+            "{} took {from_fleet} B from the other zone (image {image_bytes} B)",
+            gw["id"]
+        );
+        between_gateways += from_fleet;
+    }
+    assert!(
+        between_gateways > 0,
+        "each zone's gateway fetched the blobs it does not own from the other"
+    );
+    for host in fleet.peer_hosts() {
+        let s = http_get_json(&format!("http://{host}/customs/v1/status"));
+        assert_eq!(s["cross_zone_bytes"], 0, "{host}: {s}");
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Seed {
     schedulers: Arc<Schedulers>,
     upload_addr: String,
     upload_capacity: u64,
+    /// The zone it announces (empty: none): schedulers send a peer to a
+    /// seed of its own zone when one holds the task.
+    zone: String,
     locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Upstream fetches in progress, by (registry, blob): a bad or stalled
     /// registry's fetch is never another registry's.
@@ -68,10 +71,17 @@ impl Seed {
             schedulers,
             upload_addr,
             upload_capacity,
+            zone: String::new(),
             locks: Mutex::default(),
             fetches: Mutex::default(),
             failed: Mutex::default(),
         }
+    }
+
+    /// The same seed announcing `zone` (its gateway's fleet zone).
+    pub fn in_zone(mut self, zone: &str) -> Self {
+        self.zone = zone.to_owned();
+        self
     }
 
     /// The live peers the schedulers know (preheat targets): every peer
@@ -121,7 +131,7 @@ impl Seed {
                 upload_addr: self.upload_addr.clone(),
                 upload_capacity: self.upload_capacity,
                 active_uploads: active(),
-                zone: String::new(),
+                zone: self.zone.clone(),
                 rack: String::new(),
                 seed: true,
             };

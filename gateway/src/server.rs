@@ -248,7 +248,8 @@ impl Gateway {
                     Arc::new(schedulers),
                     cfg.upload_addr.clone().unwrap_or_default(),
                     cfg.upload_limit,
-                );
+                )
+                .in_zone(&cfg.zone);
                 Some((Arc::new(seed), identity))
             }
             _ => None,

@@ -58,6 +58,11 @@ impl Collector for SwarmCounters {
                 "Pieces that failed their sha256 check",
                 self.0.bad_pieces(),
             ),
+            (
+                "customs_cross_zone_received_bytes",
+                "Verified bytes received from parents of another zone",
+                self.0.cross_zone_bytes(),
+            ),
         ] {
             let counter = ConstCounter::new(value);
             let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;

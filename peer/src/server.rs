@@ -327,6 +327,7 @@ impl Peer {
                         "peer_id": swarm.as_ref().map(|s| s.peer_id().to_owned()),
                         "received_bytes_by_parent": received,
                         "uploaded_bytes": uploaded,
+                        "cross_zone_bytes": swarm.as_ref().map_or(0, |s| s.cross_zone_bytes()),
                     }))
                 }
             }),

@@ -340,7 +340,13 @@ impl Scheduler for SchedulerService {
             )));
         }
         let (m, parents, seed_hints) = state
-            .task_for(&blob, &id, r.seed_hints_wanted as usize, Instant::now())
+            .task_for_in(
+                &blob,
+                &id,
+                &r.zone,
+                r.seed_hints_wanted as usize,
+                Instant::now(),
+            )
             .ok_or_else(|| Status::not_found(format!("no admitted task for {blob}")))?;
         drop(state);
         // A peer holding a provisional statement gets the final manifest, or

@@ -120,7 +120,9 @@ struct Task {
     seed_cursor: u32,
     /// Pieces hinted recently, and when: not hinted again within the lease,
     /// so the seed sends each first copy once.
-    hinted: HashMap<u32, Instant>,
+    /// Keyed by (zone, piece): a zone served by its own gateway has its
+    /// own first copies (the zone is empty for everyone else).
+    hinted: HashMap<(String, u32), Instant>,
 }
 
 /// Everything the scheduler knows; lost on restart by design.
@@ -557,6 +559,20 @@ impl SchedulerState {
         wanted: usize,
         now: Instant,
     ) -> Option<(Statement, Vec<Parent>, Vec<u32>)> {
+        self.task_for_in(blob, peer, "", wanted, now)
+    }
+
+    /// [`Self::task_for`] for a peer that says it is in `zone`: what counts
+    /// is its announcement, and `zone` only while it has none here (a zone
+    /// label longer than [`MAX_LABEL_LEN`] counts as none).
+    pub fn task_for_in(
+        &mut self,
+        blob: &Digest,
+        peer: &PeerId,
+        zone: &str,
+        wanted: usize,
+        now: Instant,
+    ) -> Option<(Statement, Vec<Parent>, Vec<u32>)> {
         let unix = customs_protocol::piece_manifest::unix_now();
         if self.tasks.get(blob).is_some_and(|t| match &t.statement {
             Statement::Provisional(p) => p.content().expires_at <= unix,
@@ -566,24 +582,52 @@ impl SchedulerState {
             self.tasks.remove(blob);
             return None;
         }
-        let hints = self.seed_hints(blob, wanted, now);
-        let task = self.tasks.get(blob)?;
-        let me = self.peers.get(peer).map(|e| &e.info);
+        let me = self.peers.get(peer).map(|e| e.info.clone());
+        let said = if zone.len() <= MAX_LABEL_LEN {
+            zone
+        } else {
+            ""
+        };
+        let my_zone = me.as_ref().map_or(said, |m| m.zone.as_str());
         let usable = |id: &PeerId, e: &PeerEntry| {
             id != peer
                 && now.duration_since(e.last_seen) < PEER_TTL
                 && !e.blocked(now)
                 && !self.private_blocks.contains(peer, id, now)
         };
+        // A zone with a live gateway of its own is served by it alone: its
+        // peers get parents and seeds of their zone only, so a blob enters
+        // the zone once (its gateway's fetch from the zone owner), not once
+        // per peer. Until that gateway holds the task the peer gets none and
+        // asks its gateway, which fetches it through the zone.
+        let zone_served = !my_zone.is_empty()
+            && self
+                .peers
+                .iter()
+                .any(|(id, e)| e.info.seed && e.info.zone == my_zone && usable(id, e));
+        let task = self.tasks.get(blob)?;
+        let seeds: Vec<(&PeerId, &PeerEntry)> = self
+            .peers
+            .iter()
+            .filter(|(id, e)| {
+                e.info.seed
+                    && usable(id, e)
+                    && (task.seeds.is_empty() || task.seeds.contains(*id))
+                    && (!zone_served || e.info.zone == my_zone)
+            })
+            .collect();
+        if zone_served && seeds.is_empty() {
+            return None;
+        }
         let mut parents: Vec<(u32, f64, &PeerId, Parent)> = task
             .holders
             .iter()
             .filter_map(|(id, bits)| {
                 let e = self.peers.get(id)?;
-                if !usable(id, e) || e.info.seed {
+                if !usable(id, e) || e.info.seed || (zone_served && e.info.zone != my_zone) {
                     return None;
                 }
-                let locality = match me {
+                let locality = match &me {
                     Some(m)
                         if !m.zone.is_empty() && m.zone == e.info.zone && m.rack == e.info.rack =>
                     {
@@ -611,24 +655,20 @@ impl SchedulerState {
             .take(MAX_PARENTS)
             .map(|(_, _, id, p)| (id.clone(), p))
             .collect();
-        out.extend(
-            self.peers
-                .iter()
-                .filter(|(id, e)| {
-                    e.info.seed
-                        && usable(id, e)
-                        && (task.seeds.is_empty() || task.seeds.contains(*id))
-                })
-                .map(|(id, e)| {
-                    (
-                        id.clone(),
-                        Parent {
-                            peer: Some(e.info.clone()),
-                            pieces: Vec::new(),
-                        },
-                    )
-                }),
-        );
+        // A seed of the peer's own zone, when one holds the task, is its
+        // only seed (see above).
+        out.extend(seeds.into_iter().map(|(id, e)| {
+            (
+                id.clone(),
+                Parent {
+                    peer: Some(e.info.clone()),
+                    pieces: Vec::new(),
+                },
+            )
+        }));
+        let zone = zone_served.then(|| my_zone.to_owned());
+        let hints = self.seed_hints(blob, wanted, now, zone.as_deref());
+        let task = self.tasks.get(blob)?;
         let manifest = task.statement.clone();
         for (id, _) in &out {
             let key = (blob.clone(), id.clone());
@@ -643,13 +683,29 @@ impl SchedulerState {
     /// The next pieces no peer holds, round-robin over requests; while the
     /// task is provisional, only pieces the gateway has signed (the seed
     /// serves nothing else).
-    fn seed_hints(&mut self, blob: &Digest, wanted: usize, now: Instant) -> Vec<u32> {
+    fn seed_hints(
+        &mut self,
+        blob: &Digest,
+        wanted: usize,
+        now: Instant,
+        zone: Option<&str>,
+    ) -> Vec<u32> {
         let Some(task) = self.tasks.get_mut(blob) else {
             return Vec::new();
         };
+        let peers = &self.peers;
         let n = task.statement.piece_count();
         let signed = task.statement.pieces().len() as u32;
-        let held = |i: u32| task.holders.values().any(|bits| bits.has(i));
+        // In a zone served by its own gateway only the zone's holders
+        // count: a piece held in another zone only is a first copy here.
+        let in_scope =
+            |id: &PeerId| zone.is_none_or(|z| peers.get(id).is_some_and(|e| e.info.zone == z));
+        let held = |i: u32| {
+            task.holders
+                .iter()
+                .any(|(id, bits)| bits.has(i) && in_scope(id))
+        };
+        let scope = zone.unwrap_or_default().to_owned();
         let wanted = wanted.min(SEED_HINTS);
         let mut hints = Vec::new();
         let mut k = 0;
@@ -657,7 +713,7 @@ impl SchedulerState {
             let i = (task.seed_cursor + k) % n;
             let leased = task
                 .hinted
-                .get(&i)
+                .get(&(scope.clone(), i))
                 .is_some_and(|t| now.duration_since(*t) < HINT_LEASE);
             if i < signed && !held(i) && !leased {
                 hints.push(i);
@@ -665,7 +721,7 @@ impl SchedulerState {
             k += 1;
         }
         for h in &hints {
-            task.hinted.insert(*h, now);
+            task.hinted.insert((scope.clone(), *h), now);
         }
         task.seed_cursor = (task.seed_cursor + k) % n.max(1);
         hints

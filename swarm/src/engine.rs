@@ -106,6 +106,9 @@ pub struct Swarm {
     received: std::sync::Mutex<HashMap<String, u64>>,
     /// Pieces that failed their sha256 check (each one reported).
     bad_pieces: std::sync::atomic::AtomicU64,
+    /// Verified bytes received from parents of another zone (this node
+    /// having a zone).
+    cross_zone: std::sync::atomic::AtomicU64,
     /// How long a download may go without a verified piece: `None` is
     /// [`NO_PROGRESS`] or one piece's deadline, if longer; tests set it.
     no_progress: Option<Duration>,
@@ -129,6 +132,7 @@ fn views(parents: Vec<pb::Parent>) -> Vec<ParentView> {
                 id: info.peer_id,
                 addr: info.upload_addr,
                 seed: info.seed,
+                zone: info.zone,
                 idle: cap / (1.0 + f64::from(info.active_uploads)),
                 pieces: customs_protocol::PieceBitmap::from_wire(p.pieces),
             })
@@ -187,6 +191,7 @@ impl Swarm {
             limiter,
             received: std::sync::Mutex::default(),
             bad_pieces: std::sync::atomic::AtomicU64::new(0),
+            cross_zone: std::sync::atomic::AtomicU64::new(0),
             no_progress: None,
         })
     }
@@ -237,6 +242,12 @@ impl Swarm {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         (received, self.limiter.served())
+    }
+
+    /// Verified bytes received from parents of another zone (0 when this
+    /// node has no zone): what the zone rules keep to one copy per zone.
+    pub fn cross_zone_bytes(&self) -> u64 {
+        self.cross_zone.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Pieces received that failed their check.
@@ -306,6 +317,7 @@ impl Swarm {
             provisional_signed_at: at,
             provisional_fetch: fetch.map(|f| f.to_string()).unwrap_or_default(),
             accepts_provisional: true,
+            zone: self.cfg.zone.clone(),
         };
         let mut last = tonic::Status::unavailable("no scheduler known");
         // The task's owner, else whoever takes over from it.
@@ -924,6 +936,10 @@ impl Swarm {
                     .unwrap_or_else(|e| e.into_inner())
                     .entry(from)
                     .or_insert(0) += len;
+                if !self.cfg.zone.is_empty() && parent.zone != self.cfg.zone {
+                    self.cross_zone
+                        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                }
                 PieceOutcome::Done {
                     piece,
                     parent: parent.id.clone(),

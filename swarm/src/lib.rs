@@ -19,5 +19,6 @@ pub mod members;
 pub mod piece_file;
 pub mod piece_server;
 pub mod planner;
+pub mod topology;
 
 pub use engine::{Swarm, SwarmConfig};

@@ -38,6 +38,8 @@ pub struct ParentView {
     pub addr: String,
     /// The gateway's seed: holds every piece.
     pub seed: bool,
+    /// Its zone (empty: none), for counting bytes that crossed zones.
+    pub zone: String,
     /// Upload capacity per active upload (bytes/s), the choice weight.
     pub idle: f64,
     /// The pieces it holds.
@@ -326,6 +328,7 @@ mod tests {
             bits.set(*i);
         }
         ParentView {
+            zone: String::new(),
             id: id.into(),
             addr: format!("{id}:1"),
             seed: false,
@@ -339,6 +342,7 @@ mod tests {
             id: "gateway".into(),
             addr: "gw:1".into(),
             seed: true,
+            zone: String::new(),
             idle: 1e9,
             pieces: PieceBitmap::new(),
         }

@@ -170,6 +170,10 @@ pub struct GatewayFlags {
     /// another zone.
     #[arg(long, env = "CUSTOMS_ZONE")]
     pub zone: Option<String>,
+    /// Kubernetes labels file (downward API `key="value"` lines): the zone
+    /// from `topology.kubernetes.io/zone` unless --zone is given.
+    #[arg(long, env = "CUSTOMS_TOPOLOGY_LABELS")]
+    pub topology_labels: Option<PathBuf>,
 }
 
 impl GatewayFlags {
@@ -260,6 +264,9 @@ impl GatewayFlags {
         }
         if let Some(p) = &self.fleet_redis_ca {
             cfg.fleet_redis_ca = Some(p.clone());
+        }
+        if let Some(path) = &self.topology_labels {
+            cfg.zone = customs_swarm::topology::Topology::from_file(path)?.zone;
         }
         if let Some(z) = &self.zone {
             cfg.zone = z.clone();

@@ -63,12 +63,17 @@ pub struct PeerArgs {
     /// mTLS key.
     #[arg(long)]
     tls_key: Option<PathBuf>,
-    /// Locality: zone.
-    #[arg(long)]
+    /// Locality: zone (overrides --topology-labels).
+    #[arg(long, env = "CUSTOMS_ZONE")]
     zone: Option<String>,
-    /// Locality: rack.
-    #[arg(long)]
+    /// Locality: rack (overrides --topology-labels).
+    #[arg(long, env = "CUSTOMS_RACK")]
     rack: Option<String>,
+    /// Kubernetes labels file (downward API `key="value"` lines): the zone
+    /// from `topology.kubernetes.io/zone`, the rack from
+    /// `topology.customs.dev/rack` or `topology.kubernetes.io/rack`.
+    #[arg(long, env = "CUSTOMS_TOPOLOGY_LABELS")]
+    topology_labels: Option<PathBuf>,
     /// How long a gateway admission is reused before this node asks the
     /// gateway again (e.g. `20s`; admissions of an older policy revision are
     /// never reused).
@@ -105,6 +110,12 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     set!(tls_ca);
     set!(tls_cert);
     set!(tls_key);
+    if let Some(path) = &args.topology_labels {
+        let t = customs_swarm::topology::Topology::from_file(path)?;
+        tracing::info!(zone = %t.zone, rack = %t.rack, labels = %path.display(), "locality from topology labels");
+        cfg.zone = t.zone;
+        cfg.rack = t.rack;
+    }
     set!(zone);
     set!(rack);
     set!(upload_limit);

@@ -35,6 +35,11 @@ pub struct UpArgs {
     /// Start S scheduler processes (a local fleet; needs --fleet-redis).
     #[arg(long, default_value_t = 1, requires = "fleet_redis")]
     pub(super) schedulers: u16,
+    /// Spread the local fleet over Z zones (`zone-1` … `zone-Z`): gateway i
+    /// is in zone ((i-1) mod Z)+1 and each peer in its gateway's zone
+    /// (needs --fleet-redis; 0: no zones).
+    #[arg(long, default_value_t = 0, requires = "fleet_redis")]
+    pub(super) zones: u16,
 }
 
 impl UpArgs {
@@ -71,7 +76,7 @@ impl Fleet {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn spawn_peer(
+pub(super) fn peer_command(
     i: u16,
     listen: SocketAddr,
     upload: SocketAddr,
@@ -82,7 +87,7 @@ pub(super) fn spawn_peer(
     key_pubs: &[PathBuf],
     default_registry: &str,
     upload_limit: Option<u64>,
-) -> anyhow::Result<tokio::process::Child> {
+) -> anyhow::Result<tokio::process::Command> {
     let name = format!("peer-{i}");
     let dir = data_dir.join(&name);
     std::fs::create_dir_all(&dir)?;
@@ -125,7 +130,7 @@ pub(super) fn spawn_peer(
     if let Some(l) = upload_limit {
         cmd.arg("--upload-limit").arg(l.to_string());
     }
-    Ok(cmd.spawn()?)
+    Ok(cmd)
 }
 
 /// Issues the development certificates `names` lacks under `pki`.
@@ -245,18 +250,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.gateway.listen.ip(),
             args.gateway.listen.port() + args.peers + i,
         );
-        fleet.children.push(spawn_peer(
-            i,
-            listen,
-            upload,
-            &cfg.data_dir,
-            &pki,
-            &gateway_url,
-            &scheduler_url,
-            std::slice::from_ref(&key_pub),
-            &default_registry,
-            args.gateway.upload_limit,
-        )?);
+        fleet.children.push(
+            peer_command(
+                i,
+                listen,
+                upload,
+                &cfg.data_dir,
+                &pki,
+                &gateway_url,
+                &scheduler_url,
+                std::slice::from_ref(&key_pub),
+                &default_registry,
+                args.gateway.upload_limit,
+            )?
+            .spawn()?,
+        );
     }
     tracing::info!(
         gateway = %args.gateway.listen, peers_endpoint = %upload_addr, scheduler = %sched_addr,

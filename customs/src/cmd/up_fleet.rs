@@ -9,7 +9,7 @@
 //! them (written atomically); killing any listed pid leaves the rest
 //! working, and stopping `customs up` stops them all.
 
-use super::up::{Fleet, UpArgs, ensure_dev_pki, spawn_peer};
+use super::up::{Fleet, UpArgs, ensure_dev_pki, peer_command};
 use crate::shutdown;
 use anyhow::Context;
 use customs_gateway::GatewayConfig;
@@ -43,6 +43,9 @@ struct GatewayEntry {
     api: Option<String>,
     /// mTLS peer endpoint (`https://host:port`).
     upload: String,
+    /// Its zone (with --zones).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    zone: String,
 }
 
 #[derive(Serialize)]
@@ -58,6 +61,9 @@ struct PeerEntry {
     id: String,
     pid: u32,
     oci: String,
+    /// Its zone (with --zones).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    zone: String,
 }
 
 /// A loopback port free right now (the child binds it a moment later).
@@ -217,6 +223,7 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             own.scheduler = Some(scheduler_urls[usize::from(i - 1) % scheduler_urls.len()].clone());
             own.upload_addr = Some(upload.to_string());
             own.gateway_id = Some(name.clone());
+            own.zone = zone_of(args.zones, i);
             own.api_listen = match cfg.api_listen {
                 Some(a) => Some(SocketAddr::new(
                     a.ip(),
@@ -262,6 +269,7 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 oci,
                 api: own.api_listen.map(|a| format!("http://{a}")),
                 upload: format!("https://{upload}"),
+                zone: own.zone.clone(),
             });
             fleet.children.push(c);
         }
@@ -314,7 +322,8 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 .map(|(u, _)| u.as_str())
                 .collect();
             let gw = gw.join(",");
-            let mut c = spawn_peer(
+            let zone = zone_of(args.zones, u16::try_from(k + 1)?);
+            let mut cmd = peer_command(
                 j,
                 listen,
                 upload,
@@ -326,12 +335,17 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 &default_registry,
                 args.gateway.upload_limit,
             )?;
+            if !zone.is_empty() {
+                cmd.arg("--zone").arg(&zone);
+            }
+            let mut c = cmd.spawn().with_context(|| format!("starting {name}"))?;
             let probe = format!("http://{listen}/v2/");
             wait_ready(&name, &mut c, async || http_ok(&http, &probe).await).await?;
             file.peers.push(PeerEntry {
                 id: name,
                 pid: c.id().unwrap_or_default(),
                 oci: format!("http://{listen}"),
+                zone,
             });
             fleet.children.push(c);
         }
@@ -359,6 +373,14 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
 }
 
 /// The registry requests without `ns` mean, as the gateways see it.
+/// The zone of gateway `i` (from 1) of a local fleet over `zones` zones.
+fn zone_of(zones: u16, i: u16) -> String {
+    if zones == 0 {
+        return String::new();
+    }
+    format!("zone-{}", (i - 1) % zones + 1)
+}
+
 fn default_registry(cfg: &GatewayConfig) -> anyhow::Result<String> {
     Ok(match &cfg.upstream {
         Some(url) => customs_gateway::upstream::registry_identity(url)?.to_string(),

@@ -772,3 +772,86 @@ fn in_a_fleet_a_task_hands_out_only_the_seeds_that_registered_it() {
     fin_seeds.sort();
     assert_eq!(fin_seeds, ["gw-1", "gw-2"]);
 }
+
+#[test]
+fn a_zone_with_its_own_gateway_takes_parents_and_seeds_from_that_zone_only() {
+    let now = Instant::now();
+    let mut s = SchedulerState::default();
+    let (fin, blob) = task();
+    for (g, z) in [("gw-a", "zone-a"), ("gw-b", "zone-b")] {
+        s.announce(&id(g), peer(g, z, 0, true), now).unwrap();
+        s.register_from(fin.clone(), Some(&id(g)));
+    }
+    for (p, z) in [
+        ("pa", "zone-a"),
+        ("pa2", "zone-a"),
+        ("pb", "zone-b"),
+        ("pb2", "zone-b"),
+        ("pc", "zone-c"),
+        ("pn", ""),
+    ] {
+        s.announce(&id(p), peer(p, z, 0, false), now).unwrap();
+    }
+    for holder in ["pa2", "pb2"] {
+        s.report_pieces(&id(holder), &blob, &[0, 1], None).unwrap();
+    }
+    let mut offered_sorted = |who: &str| -> Vec<String> {
+        let mut v = offered(&mut s, &blob, who, now);
+        v.sort();
+        v
+    };
+    assert_eq!(offered_sorted("pa"), ["gw-a", "pa2"]);
+    assert_eq!(offered_sorted("pb"), ["gw-b", "pb2"]);
+    // A zone without a gateway of its own (or a peer without a zone) gets
+    // every parent and seed, nearest first.
+    assert_eq!(offered_sorted("pc"), ["gw-a", "gw-b", "pa2", "pb2"]);
+    assert_eq!(offered_sorted("pn"), ["gw-a", "gw-b", "pa2", "pb2"]);
+    // A peer this scheduler has no announcement of yet keeps to the zone it
+    // says it is in.
+    let (_, early, _) = s.task_for_in(&blob, &id("new"), "zone-b", 0, now).unwrap();
+    let mut early: Vec<String> = early
+        .iter()
+        .map(|p| p.peer.as_ref().unwrap().peer_id.clone())
+        .collect();
+    early.sort();
+    assert_eq!(early, ["gw-b", "pb2"]);
+
+    // A task only zone a's gateway holds: zone b's peers are sent to their
+    // own gateway (no task here), which fetches it through the zone.
+    let (only_a, blob_a) = task_of(b"other blob");
+    s.register_from(only_a, Some(&id("gw-a")));
+    s.report_pieces(&id("pa2"), &blob_a, &[0], None).unwrap();
+    assert!(s.task_for(&blob_a, &id("pb"), 0, now).is_none());
+    assert!(s.task_for(&blob_a, &id("pa"), 0, now).is_some());
+    assert!(s.task_for(&blob_a, &id("pc"), 0, now).is_some());
+}
+
+#[test]
+fn a_zone_served_by_its_own_gateway_gets_its_own_first_copies_hinted() {
+    let now = Instant::now();
+    let mut s = SchedulerState::default();
+    let (fin, blob) = task();
+    for (g, z) in [("gw-a", "zone-a"), ("gw-b", "zone-b")] {
+        s.announce(&id(g), peer(g, z, 0, true), now).unwrap();
+        s.register_from(fin.clone(), Some(&id(g)));
+    }
+    for (p, z) in [("pa", "zone-a"), ("pb", "zone-b"), ("pc", "zone-c")] {
+        s.announce(&id(p), peer(p, z, 0, false), now).unwrap();
+    }
+    // Zone a holds every piece; zone b none of them.
+    s.report_pieces(&id("pa"), &blob, &[0, 1, 2], None).unwrap();
+    let hints = |s: &mut SchedulerState, who: &str| {
+        let mut h = s.task_for(&blob, &id(who), 3, now).unwrap().2;
+        h.sort();
+        h
+    };
+    assert_eq!(
+        hints(&mut s, "pb").len(),
+        SEED_HINTS,
+        "zone b's first copies come from its seed"
+    );
+    assert!(
+        hints(&mut s, "pc").is_empty(),
+        "a zone without a gateway takes them from zone a's peers"
+    );
+}

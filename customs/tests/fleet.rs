@@ -70,6 +70,8 @@ fn gateway(dir: &Path, name: &str, registry: &Registry, redis: u16, oci: u16, ap
         &format!("redis://127.0.0.1:{redis}"),
         "--gateway-id",
         name,
+        "--policy",
+        dir.join("policy").to_str().unwrap(),
     ]);
     let proc = spawn_customs(dir, name, &args);
     wait_for_port(api, Duration::from_secs(30));
@@ -99,6 +101,21 @@ fn a_job_created_on_one_gateway_is_seen_through_another_and_survives_restarts() 
     let registry = Registry::start(&dir.join("registry"));
     make_image(&dir.join("app"), "v1", &[300_000], &[], 41);
     push(&dir.join("app"), "v1", registry.addr, "library/app");
+    // Both gateways enforce one policy: `library/denied` must be signed
+    // (it is not); everything else is admitted.
+    push(&dir.join("app"), "v1", registry.addr, "library/denied");
+    let keys = dir.join("keys");
+    sign_py(&["keygen", "--out", keys.to_str().unwrap()]);
+    std::fs::create_dir_all(dir.join("policy/keys")).unwrap();
+    std::fs::copy(keys.join("cosign.pub"), dir.join("policy/keys/release.pub")).unwrap();
+    std::fs::write(
+        dir.join("policy/policy.yaml"),
+        format!(
+            "apiVersion: customs.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: denied}}\nspec:\n  images: [\"{0}/library/denied\"]\n  mode: enforce\n  authorities:\n    - name: release-key\n      key: {{path: keys/release.pub}}\n  signatures: {{authorities: [release-key]}}\n---\napiVersion: customs.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: rest}}\nspec:\n  images: [\"**\"]\n  exclude: [\"{0}/library/denied\"]\n  mode: audit\n",
+            registry.addr
+        ),
+    )
+    .unwrap();
     let redis_port = free_port();
     let redis = redis_server(redis_port);
     let ports = [free_port(), free_port(), free_port(), free_port()];
@@ -164,7 +181,15 @@ fn a_job_created_on_one_gateway_is_seen_through_another_and_survives_restarts() 
     assert!(body.contains("fleet store"), "{body}");
     let (ok, err) = skopeo_pull(&format!("{}/library/app:v1", a.oci), &dir.join("pulled"));
     assert!(ok, "pull with Redis down: {err}");
-    let _ = b.oci;
+    // Nothing policy denies is admitted with Redis down, on either gateway.
+    for gw in [a.oci, b.oci] {
+        let (ok, err) = skopeo_pull(
+            &format!("{gw}/library/denied:v1"),
+            &dir.join(format!("denied-{}", gw.port())),
+        );
+        assert!(!ok, "an unsigned image was admitted with Redis down");
+        assert!(err.contains("denied") || err.contains("DENIED"), "{err}");
+    }
 }
 
 /// `customs up --fleet-redis … --gateways G --schedulers S --peers N`,

@@ -8,6 +8,8 @@
 //! only for a transfer the scheduler arranged: that parent handed to that
 //! reporter for that blob within [`HANDOUT_TTL`].
 
+mod footprint;
+mod holders;
 mod ledger;
 mod tally;
 
@@ -20,6 +22,7 @@ use customs_protocol::peer_id::PeerId;
 use customs_protocol::piece_manifest::{FetchId, Statement};
 use customs_protocol::scheduler_proto::{Parent, PeerInfo};
 use customs_protocol::{Digest, PieceBitmap};
+use holders::Holders;
 use ledger::{Inserted, Ledger};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -110,7 +113,7 @@ struct Task {
     /// The fetch its provisional statements were of (kept once final): a
     /// peer reporting pieces of another fetch holds a failed fetch's bytes.
     fetch: Option<FetchId>,
-    holders: HashMap<PeerId, PieceBitmap>,
+    holders: Holders,
     /// The seeds (gateways) that registered the current statement or a
     /// final manifest of this blob: the only seeds handed out as parents,
     /// since another gateway's seed may not hold the blob (at most
@@ -130,7 +133,14 @@ pub struct SchedulerState {
     peers: HashMap<PeerId, PeerEntry>,
     tasks: HashMap<Digest, Task>,
     /// Parents handed to each requester: (blob, parent) until it expires.
-    handouts: Ledger<(Digest, PeerId)>,
+    /// (Fingerprints of blob and parent, see [`SchedulerState::handout`]:
+    /// 8 bytes instead of two strings, at 10,000 peers the largest table.)
+    handouts: Ledger<u64>,
+    /// Keys the hand-out fingerprints (random per process, so nobody can
+    /// aim a collision at a pair they were not handed).
+    handout_keys: std::hash::RandomState,
+    /// Samples candidate parents.
+    rng: SampleRng,
     /// Parents blocklisted for one reporter: reporter -> parent, until.
     private_blocks: Ledger<PeerId>,
     tally: Tally,
@@ -147,7 +157,26 @@ impl Default for SchedulerState {
             private_blocks: Ledger::new(MAX_PRIVATE_BLOCKS_PER_REPORTER, MAX_PRIVATE_BLOCKS),
             tally: Tally::default(),
             withdrawn: std::collections::VecDeque::new(),
+            handout_keys: std::hash::RandomState::new(),
+            rng: SampleRng::from_os(),
         }
+    }
+}
+
+/// xorshift64 for sampling candidate parents: it only spreads load.
+struct SampleRng(u64);
+
+impl SampleRng {
+    fn from_os() -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        SampleRng(u64::from_le_bytes(seed) | 1)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
     }
 }
 
@@ -215,6 +244,15 @@ pub enum PiecesError {
 }
 
 impl SchedulerState {
+    /// A state whose parent sampling follows `seed` (the fleet simulation:
+    /// same seed, same run).
+    pub fn with_seed(seed: u64) -> Self {
+        SchedulerState {
+            rng: SampleRng(seed | 1),
+            ..SchedulerState::default()
+        }
+    }
+
     /// Live, non-blocklisted, non-seed peers, sorted by id (preheat targets).
     pub fn live_peers(&self, now: Instant) -> Vec<PeerInfo> {
         let mut peers: Vec<PeerInfo> = self
@@ -263,7 +301,7 @@ impl SchedulerState {
                 Task {
                     statement,
                     fetch,
-                    holders: HashMap::new(),
+                    holders: Holders::default(),
                     seeds: seed.into_iter().cloned().collect(),
                     seed_cursor: 0,
                     hinted: HashMap::new(),
@@ -408,10 +446,9 @@ impl SchedulerState {
         if !self.peers.contains_key(peer) {
             return Err(PiecesError::UnknownPeer(peer.clone()));
         }
-        let bits = task.holders.entry(peer.clone()).or_default();
-        for &p in pieces.iter().filter(|p| **p < n) {
-            bits.set(p);
-        }
+        let zone = self.peers.get(peer).map_or("", |e| e.info.zone.as_str());
+        task.holders
+            .add(peer, zone, pieces.iter().copied().filter(|p| *p < n));
         Ok(())
     }
 
@@ -453,7 +490,7 @@ impl SchedulerState {
         }
         if !self
             .handouts
-            .contains(reporter, &(blob.clone(), parent.clone()), now)
+            .contains(reporter, &self.handout(blob, parent), now)
         {
             return ReportOutcome::Ignored(IgnoredReport::NotHandedOut);
         }
@@ -524,7 +561,15 @@ impl SchedulerState {
         if self.peers.len() != before {
             let peers = &self.peers;
             for t in self.tasks.values_mut() {
-                t.holders.retain(|id, _| peers.contains_key(id));
+                t.holders.retain(
+                    |id| peers.contains_key(id),
+                    |id| {
+                        peers
+                            .get(id)
+                            .map(|e| e.info.zone.clone())
+                            .unwrap_or_default()
+                    },
+                );
             }
             tracing::info!(
                 forgotten = before - self.peers.len(),
@@ -619,12 +664,26 @@ impl SchedulerState {
         if zone_served && seeds.is_empty() {
             return None;
         }
-        let mut parents: Vec<(u32, f64, &PeerId, Parent)> = task
-            .holders
-            .iter()
-            .filter_map(|(id, bits)| {
+        let mut picks = sample(&task.holders, my_zone, zone_served, &mut self.rng);
+        // Ties (most parents have the same load) are broken at random: a
+        // fixed order would hand every peer the same parents, and a piece
+        // only the others hold would never spread.
+        for k in (1..picks.len()).rev() {
+            picks.swap(k, self.rng.below(k + 1));
+        }
+        let mine = task.holders.of(peer);
+        let mut parents: Vec<(u32, f64, &PeerId, &PieceBitmap, &PeerInfo)> = picks
+            .into_iter()
+            .filter_map(|at| {
+                let (id, bits) = task.holders.at(at)?;
                 let e = self.peers.get(id)?;
                 if !usable(id, e) || e.info.seed || (zone_served && e.info.zone != my_zone) {
+                    return None;
+                }
+                // A parent holding nothing the peer lacks is no parent.
+                if let Some(m) = mine
+                    && !offers_more(bits, m)
+                {
                     return None;
                 }
                 let locality = match &me {
@@ -638,22 +697,40 @@ impl SchedulerState {
                 };
                 let load =
                     f64::from(e.info.active_uploads) / (e.info.upload_capacity.max(1) as f64);
-                Some((
-                    locality,
-                    load,
-                    id,
-                    Parent {
-                        peer: Some(e.info.clone()),
-                        pieces: bits.as_bytes().to_vec(),
-                    },
-                ))
+                Some((locality, load, id, bits, &e.info))
             })
             .collect();
         parents.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        let mut out: Vec<(PeerId, Parent)> = parents
+        let mut chosen: Vec<usize> = (0..parents.len().min(MAX_PARENTS)).collect();
+        if !my_zone.is_empty() && parents.len() > MAX_PARENTS {
+            // The nearest parents fill the list; a piece nobody in this
+            // zone holds must still reach it, so up to COVER_PARENTS of
+            // them give way to other zones' holders of such pieces.
+            let n = task.statement.piece_count();
+            let covers = parents[MAX_PARENTS..]
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    p.0 == 2 && (0..n).any(|i| p.3.has(i) && !task.holders.anyone_has(my_zone, i))
+                })
+                .map(|(k, _)| k + MAX_PARENTS)
+                .take(COVER_PARENTS);
+            for (slot, k) in (MAX_PARENTS - COVER_PARENTS..MAX_PARENTS).zip(covers) {
+                chosen[slot] = k;
+            }
+        }
+        let mut out: Vec<(PeerId, Parent)> = chosen
             .into_iter()
-            .take(MAX_PARENTS)
-            .map(|(_, _, id, p)| (id.clone(), p))
+            .map(|k| {
+                let (_, _, id, bits, info) = parents[k];
+                (
+                    id.clone(),
+                    Parent {
+                        peer: Some(info.clone()),
+                        pieces: bits.as_bytes().to_vec(),
+                    },
+                )
+            })
             .collect();
         // A seed of the peer's own zone, when one holds the task, is its
         // only seed (see above).
@@ -671,13 +748,19 @@ impl SchedulerState {
         let task = self.tasks.get(blob)?;
         let manifest = task.statement.clone();
         for (id, _) in &out {
-            let key = (blob.clone(), id.clone());
+            let key = self.handout(blob, id);
             if self.handouts.insert(peer, key, now + HANDOUT_TTL, now) == Inserted::Full {
                 tracing::warn!(%peer, parent = %id, "hand-out table full; a report of this parent will not count");
             }
         }
         let out = out.into_iter().map(|(_, p)| p).collect();
         Some((manifest, out, hints))
+    }
+
+    /// The fingerprint a hand-out of `parent` for `blob` is kept under.
+    fn handout(&self, blob: &Digest, parent: &PeerId) -> u64 {
+        use std::hash::BuildHasher;
+        self.handout_keys.hash_one((blob, parent))
     }
 
     /// The next pieces no peer holds, round-robin over requests; while the
@@ -693,19 +776,12 @@ impl SchedulerState {
         let Some(task) = self.tasks.get_mut(blob) else {
             return Vec::new();
         };
-        let peers = &self.peers;
         let n = task.statement.piece_count();
         let signed = task.statement.pieces().len() as u32;
         // In a zone served by its own gateway only the zone's holders
         // count: a piece held in another zone only is a first copy here.
-        let in_scope =
-            |id: &PeerId| zone.is_none_or(|z| peers.get(id).is_some_and(|e| e.info.zone == z));
-        let held = |i: u32| {
-            task.holders
-                .iter()
-                .any(|(id, bits)| bits.has(i) && in_scope(id))
-        };
         let scope = zone.unwrap_or_default().to_owned();
+        let held = |i: u32| task.holders.anyone_has(&scope, i);
         let wanted = wanted.min(SEED_HINTS);
         let mut hints = Vec::new();
         let mut k = 0;
@@ -726,6 +802,68 @@ impl SchedulerState {
         task.seed_cursor = (task.seed_cursor + k) % n.max(1);
         hints
     }
+}
+
+/// Holders looked at per parent query: every one up to this many, else a
+/// random sample of this size (three quarters from the asking peer's zone
+/// when it has one), so a query costs the same at any fleet size (as
+/// Dragonfly's scheduler filters a random sample of the task's peers).
+pub const CANDIDATES: usize = 4 * MAX_PARENTS;
+/// Parent places kept for other zones' holders of pieces the asking peer's
+/// zone lacks.
+pub const COVER_PARENTS: usize = 2;
+
+/// Whether `parent` holds a piece `mine` lacks.
+fn offers_more(parent: &PieceBitmap, mine: &PieceBitmap) -> bool {
+    let (p, m) = (parent.as_bytes(), mine.as_bytes());
+    p.iter()
+        .enumerate()
+        .any(|(k, b)| b & !m.get(k).copied().unwrap_or(0) != 0)
+}
+
+/// Positions of the holders a parent query considers (see [`CANDIDATES`]).
+fn sample(holders: &Holders, zone: &str, zone_only: bool, rng: &mut SampleRng) -> Vec<u32> {
+    let n = holders.len();
+    if n <= CANDIDATES && !zone_only {
+        return (0..n as u32).collect();
+    }
+    let mut picks: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let local = if zone.is_empty() {
+        &[][..]
+    } else {
+        holders.in_zone(zone)
+    };
+    // A zone served by its own gateway draws from the zone alone.
+    let from_zone = if zone_only {
+        CANDIDATES
+    } else {
+        CANDIDATES * 3 / 4
+    };
+    if local.len() <= from_zone {
+        picks.extend(local.iter().copied());
+    } else {
+        for _ in 0..2 * from_zone {
+            if picks.len() >= from_zone {
+                break;
+            }
+            picks.insert(local[rng.below(local.len())]);
+        }
+    }
+    if zone_only {
+        let mut v: Vec<u32> = picks.into_iter().collect();
+        v.sort_unstable();
+        return v;
+    }
+    for _ in 0..2 * CANDIDATES {
+        if picks.len() >= CANDIDATES {
+            break;
+        }
+        picks.insert(rng.below(n) as u32);
+    }
+    let mut v: Vec<u32> = picks.into_iter().collect();
+    // HashSet order is random per process: sort for repeatable runs.
+    v.sort_unstable();
+    v
 }
 
 #[cfg(test)]

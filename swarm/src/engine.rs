@@ -20,7 +20,7 @@
 use super::deadline::FetchDeadlines;
 use super::health::{Health, NO_PROGRESS, Verdict};
 use super::piece_file::{PieceError, PieceFile};
-use super::planner::{Ended, ParentView, Planner, Rng};
+use super::planner::{Ended, ParentView, Planner, Rng, views};
 use crate::members::{Gateways, Members, Schedulers, try_next};
 use customs_protocol::piece_manifest::{
     FetchId, SignedPieceManifest, Statement, TrustedGatewayKeys, unix_now,
@@ -58,7 +58,7 @@ pub struct SwarmConfig {
 /// at N = 16 on 2 cores (CPU-saturated, ±0.2 S/B run to run) 50 ms measured
 /// p50 1.50–1.68·S/B and 100 ms 1.34–1.76 (`cargo bench -p customs --bench
 /// swarm`), with less CPU per GiB.
-const REFRESH: Duration = Duration::from_millis(100);
+pub const REFRESH: Duration = Duration::from_millis(100);
 /// How long a complete download waits for the store to keep it (fsync and
 /// link) before its piece file goes regardless.
 const STORE_WAIT: Duration = Duration::from_secs(60);
@@ -116,28 +116,6 @@ pub struct Swarm {
 
 fn failure(kind: FetchFailureKind, m: impl Into<String>) -> FetchFailure {
     FetchFailure::new(kind, m)
-}
-
-fn views(parents: Vec<pb::Parent>) -> Vec<ParentView> {
-    parents
-        .into_iter()
-        .filter_map(|p| {
-            let info = p.peer?;
-            let cap = if info.upload_capacity == 0 {
-                1e12
-            } else {
-                info.upload_capacity as f64
-            };
-            Some(ParentView {
-                id: info.peer_id,
-                addr: info.upload_addr,
-                seed: info.seed,
-                zone: info.zone,
-                idle: cap / (1.0 + f64::from(info.active_uploads)),
-                pieces: customs_protocol::PieceBitmap::from_wire(p.pieces),
-            })
-        })
-        .collect()
 }
 
 enum PieceOutcome {

@@ -46,6 +46,31 @@ pub struct ParentView {
     pub pieces: PieceBitmap,
 }
 
+/// The scheduler's parents as the planner sees them: a parent's choice
+/// weight is its upload capacity per active upload (plus this request).
+/// Shared by the engine and the fleet simulation, so both plan alike.
+pub fn views(parents: Vec<customs_protocol::scheduler_proto::Parent>) -> Vec<ParentView> {
+    parents
+        .into_iter()
+        .filter_map(|p| {
+            let info = p.peer?;
+            let cap = if info.upload_capacity == 0 {
+                1e12
+            } else {
+                info.upload_capacity as f64
+            };
+            Some(ParentView {
+                id: info.peer_id,
+                addr: info.upload_addr,
+                seed: info.seed,
+                zone: info.zone,
+                idle: cap / (1.0 + f64::from(info.active_uploads)),
+                pieces: PieceBitmap::from_wire(p.pieces),
+            })
+        })
+        .collect()
+}
+
 impl ParentView {
     /// True when the parent holds piece `i`.
     pub fn has(&self, i: u32) -> bool {

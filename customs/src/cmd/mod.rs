@@ -1,6 +1,7 @@
 //! Subcommands.
 
 mod audit;
+mod bench;
 mod certs;
 mod containerd_config;
 mod gateway;
@@ -63,6 +64,9 @@ enum Command {
     /// Policy-repository tools: `test`, `check`.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Benchmarks that need no cluster: `fleet-sim`.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Starts tracing; `RUST_LOG` filters (default `info`).
@@ -104,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VerifyBundle(a) => verify_bundle::run(a),
         Command::Verify(a) => exit_on_false(verify::run(a).await?),
         Command::Policy(c) => exit_on_false(policy::run(c)?),
+        Command::Bench(c) => bench::run(c),
         Command::Preheat(a) => exit_on_false(preheat::run(a).await?),
         Command::Audit(c) => exit_on_false(audit::run(c)?),
         Command::Status(a) => exit_on_false(status::run(a).await?),

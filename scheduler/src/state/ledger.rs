@@ -125,6 +125,16 @@ impl<K: Eq + Hash + Clone> Ledger<K> {
     }
 
     /// Entries stored (live or not yet swept).
+    /// Each owner's entries (for the footprint).
+    pub(super) fn owners(&self) -> impl Iterator<Item = (&PeerId, &HashMap<K, Instant>)> {
+        self.by_owner.iter()
+    }
+
+    /// Capacity of the owner table (for the footprint).
+    pub(super) fn by_owner_capacity(&self) -> usize {
+        self.by_owner.capacity()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.len
     }

@@ -101,6 +101,19 @@ pub struct BadPieceSummary {
 }
 
 impl Tally {
+    /// Heap bytes (see `footprint`).
+    pub(super) fn heap_bytes(&self) -> usize {
+        use super::footprint::{id, table};
+        table::<(PeerId, Digest), u64>(self.counted.capacity())
+            + self
+                .counted
+                .keys()
+                .map(|(p, d)| id(p) + d.hex().len())
+                .sum::<usize>()
+            + table::<PeerId, IgnoredCounts>(self.ignored.capacity())
+            + self.ignored.keys().map(id).sum::<usize>()
+    }
+
     pub(super) fn count(&mut self, parent: &PeerId, blob: &Digest) {
         let key = (parent.clone(), blob.clone());
         if let Some(c) = self.counted.get_mut(&key) {

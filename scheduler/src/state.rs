@@ -114,6 +114,9 @@ struct Task {
     /// peer reporting pieces of another fetch holds a failed fetch's bytes.
     fetch: Option<FetchId>,
     holders: Holders,
+    /// Pieces of download-only peers (no piece server): never parents, so
+    /// not holders, but never hinted pieces they already hold.
+    takers: HashMap<PeerId, PieceBitmap>,
     /// The seeds (gateways) that registered the current statement or a
     /// final manifest of this blob: the only seeds handed out as parents,
     /// since another gateway's seed may not hold the blob (at most
@@ -302,6 +305,7 @@ impl SchedulerState {
                     statement,
                     fetch,
                     holders: Holders::default(),
+                    takers: HashMap::new(),
                     seeds: seed.into_iter().cloned().collect(),
                     seed_cursor: 0,
                     hinted: HashMap::new(),
@@ -350,6 +354,7 @@ impl SchedulerState {
                     task.statement = statement;
                     task.fetch = fetch;
                     task.holders.clear();
+                    task.takers.clear();
                     task.hinted.clear();
                     task.seeds = seed.into_iter().cloned().collect();
                     true
@@ -399,7 +404,9 @@ impl SchedulerState {
                 return Err(AnnounceError::TooLong { field, max });
             }
         }
-        if info.upload_addr.parse::<std::net::SocketAddr>().is_err() {
+        // Empty: a download-only peer (no piece server), never a parent.
+        if !info.upload_addr.is_empty() && info.upload_addr.parse::<std::net::SocketAddr>().is_err()
+        {
             return Err(AnnounceError::UploadAddr);
         }
         if !self.peers.contains_key(id) && self.peers.len() >= MAX_PEERS {
@@ -443,12 +450,22 @@ impl SchedulerState {
                 pieces: n,
             });
         }
-        if !self.peers.contains_key(peer) {
+        let Some(info) = self.peers.get(peer).map(|e| &e.info) else {
             return Err(PiecesError::UnknownPeer(peer.clone()));
+        };
+        if info.upload_addr.is_empty() {
+            // A download-only peer (no piece server) is nobody's parent:
+            // its pieces are not held for anyone else, and the first-copy
+            // hints it took are free for the next peer at once.
+            let bits = task.takers.entry(peer.clone()).or_default();
+            for p in pieces.iter().copied().filter(|p| *p < n) {
+                bits.set(p);
+            }
+            task.hinted.retain(|(_, i), _| !bits.has(*i));
+            return Ok(());
         }
-        let zone = self.peers.get(peer).map_or("", |e| e.info.zone.as_str());
         task.holders
-            .add(peer, zone, pieces.iter().copied().filter(|p| *p < n));
+            .add(peer, &info.zone, pieces.iter().copied().filter(|p| *p < n));
         Ok(())
     }
 
@@ -561,6 +578,7 @@ impl SchedulerState {
         if self.peers.len() != before {
             let peers = &self.peers;
             for t in self.tasks.values_mut() {
+                t.takers.retain(|id, _| peers.contains_key(id));
                 t.holders.retain(
                     |id| peers.contains_key(id),
                     |id| {
@@ -744,7 +762,7 @@ impl SchedulerState {
             )
         }));
         let zone = zone_served.then(|| my_zone.to_owned());
-        let hints = self.seed_hints(blob, wanted, now, zone.as_deref());
+        let hints = self.seed_hints(blob, wanted, now, zone.as_deref(), peer);
         let task = self.tasks.get(blob)?;
         let manifest = task.statement.clone();
         for (id, _) in &out {
@@ -772,6 +790,7 @@ impl SchedulerState {
         wanted: usize,
         now: Instant,
         zone: Option<&str>,
+        asker: &PeerId,
     ) -> Vec<u32> {
         let Some(task) = self.tasks.get_mut(blob) else {
             return Vec::new();
@@ -781,7 +800,8 @@ impl SchedulerState {
         // In a zone served by its own gateway only the zone's holders
         // count: a piece held in another zone only is a first copy here.
         let scope = zone.unwrap_or_default().to_owned();
-        let held = |i: u32| task.holders.anyone_has(&scope, i);
+        let mine = task.holders.of(asker).or_else(|| task.takers.get(asker));
+        let held = |i: u32| task.holders.anyone_has(&scope, i) || mine.is_some_and(|m| m.has(i));
         let wanted = wanted.min(SEED_HINTS);
         let mut hints = Vec::new();
         let mut k = 0;

@@ -154,10 +154,11 @@ struct World {
     blob: Digest,
     pieces: u32,
     nodes: Vec<Node>,
-    /// Upload links: peers `0..N`, the seed at `N`.
+    /// Upload links: peers `0..N`, the seeds from `N` on (one per zone:
+    /// each zone's gateway; seed `N + z` stands in zone `z`).
     links: Vec<Uploader>,
     seed: NodeIx,
-    seed_info: PeerInfo,
+    seed_infos: Vec<PeerInfo>,
     seed_left: bool,
     sched_time: Duration,
     sched_calls: u64,
@@ -219,7 +220,18 @@ impl World {
         let trusted = TrustedGatewayKeys::from_pems([key.public_pem()?.as_str()])?;
         let statement = Statement::Final(trusted.verify(&signed, &blob)?);
         let mut sched = SchedulerState::with_seed(cfg.seed);
-        sched.register_from(statement, None);
+        let seed_count = cfg.zones.max(1);
+        let seed_name = |z: u32| {
+            if cfg.zones == 0 {
+                SEED_PARENT.to_owned()
+            } else {
+                format!("{SEED_PARENT}-{z}")
+            }
+        };
+        for z in 0..seed_count {
+            let id = PeerId::parse(&seed_name(z)).map_err(|_| SimError::Config("seed name"))?;
+            sched.register_from(statement.clone(), Some(&id));
+        }
 
         let mut rng = SimRng(cfg.seed);
         let n = cfg.nodes as usize;
@@ -269,7 +281,12 @@ impl World {
                 id: PeerId::parse(&name).map_err(|_| SimError::Config("peer name"))?,
                 info: PeerInfo {
                     peer_id: name,
-                    upload_addr: format!("10.{}.{}.{}:4003", i >> 16, (i >> 8) & 255, i & 255),
+                    // A peer that uploads nothing runs no piece server.
+                    upload_addr: if cfg.peers_upload {
+                        format!("10.{}.{}.{}:4003", i >> 16, (i >> 8) & 255, i & 255)
+                    } else {
+                        String::new()
+                    },
                     upload_capacity: rate as u64,
                     active_uploads: 0,
                     zone: label("zone", zone, cfg.zones),
@@ -294,23 +311,24 @@ impl World {
                 slot_wait,
             ));
         }
-        links.push(Uploader::new(
-            cfg.seed_upload_limit,
-            SEED_UPLOAD_SLOTS,
-            SEED_UPLOAD_QUEUE,
-            slot_wait,
-        ));
-        let seed_info = PeerInfo {
-            peer_id: SEED_PARENT.into(),
-            upload_addr: "10.255.255.254:4002".into(),
-            upload_capacity: cfg.seed_upload_limit as u64,
-            active_uploads: 0,
-            // The seed stands in zone 0 (its bytes to other zones count as
-            // cross-zone).
-            zone: label("zone", 0, cfg.zones),
-            rack: String::new(),
-            seed: true,
-        };
+        let mut seed_infos = Vec::new();
+        for z in 0..seed_count {
+            links.push(Uploader::new(
+                cfg.seed_upload_limit,
+                SEED_UPLOAD_SLOTS,
+                SEED_UPLOAD_QUEUE,
+                slot_wait,
+            ));
+            seed_infos.push(PeerInfo {
+                peer_id: seed_name(z),
+                upload_addr: format!("10.255.254.{z}:4002"),
+                upload_capacity: cfg.seed_upload_limit as u64,
+                active_uploads: 0,
+                zone: label("zone", z, cfg.zones),
+                rack: String::new(),
+                seed: true,
+            });
+        }
         let zones = cfg.zones.max(1) as usize;
         let mut w = World {
             now: 0,
@@ -324,7 +342,7 @@ impl World {
             nodes,
             links,
             seed: n,
-            seed_info,
+            seed_infos,
             seed_left: false,
             sched_time: Duration::ZERO,
             sched_calls: 0,
@@ -334,10 +352,17 @@ impl World {
             upstream_bytes: 0.0,
             cfg,
         };
-        w.announce(w.seed);
+        for z in 0..seed_count as usize {
+            w.announce(w.seed + z);
+        }
         // The gateway fetched the blob from upstream once before the
-        // rollout (warm, as after a preheat); the seed serves from it.
+        // rollout (warm, as after a preheat); the seed serves from it. In
+        // zones, each other zone's gateway took one copy from the owner's
+        // zone (the fleet's rule), which is that zone's cross-zone copy.
         w.upstream_bytes = w.cfg.size as f64;
+        for z in 1..seed_count as usize {
+            w.cross_zone[z] += w.cfg.size as f64;
+        }
         for (i, p) in presence.iter().enumerate() {
             w.at(p.join, Ev::Join(i));
             if let Some(l) = p.leave {
@@ -345,7 +370,9 @@ impl World {
             }
         }
         if let Some(l) = w.cfg.seed_leaves {
-            w.at(l, Ev::Leave(w.seed));
+            for z in 0..seed_count as usize {
+                w.at(l, Ev::Leave(w.seed + z));
+            }
         }
         w.at(SWEEP_EVERY, Ev::Sweep);
         w.at(0.0, Ev::Sample);
@@ -387,8 +414,8 @@ impl World {
     }
 
     fn ix_of(&self, id: &str) -> Option<NodeIx> {
-        if id == SEED_PARENT {
-            return Some(self.seed);
+        if let Some(z) = self.seed_infos.iter().position(|s| s.peer_id == id) {
+            return Some(self.seed + z);
         }
         id.strip_prefix("peer-")?
             .parse::<usize>()
@@ -406,10 +433,14 @@ impl World {
         out
     }
 
-    fn announce_seed(&mut self) {
-        let mut info = self.seed_info.clone();
-        info.active_uploads = self.links[self.seed].active() as u32;
-        let id = PeerId::parse(SEED_PARENT).ok();
+    fn is_seed(&self, ix: NodeIx) -> bool {
+        ix >= self.seed
+    }
+
+    fn announce_seed(&mut self, ix: NodeIx) {
+        let mut info = self.seed_infos[ix - self.seed].clone();
+        info.active_uploads = self.links[ix].active() as u32;
+        let id = PeerId::parse(&info.peer_id).ok();
         if let Some(id) = id {
             let _ = self.timed(|s, now| s.announce(&id, info, now));
         }
@@ -493,9 +524,9 @@ impl World {
     }
 
     fn announce(&mut self, i: NodeIx) {
-        if i == self.seed {
+        if self.is_seed(i) {
             if !self.seed_left {
-                self.announce_seed();
+                self.announce_seed(i);
                 self.after(ANNOUNCE_EVERY, Ev::Announce(i));
             }
             return;
@@ -586,7 +617,7 @@ impl World {
     }
 
     fn holds(&self, up: NodeIx, piece: u32) -> bool {
-        if up == self.seed {
+        if self.is_seed(up) {
             return !self.seed_left;
         }
         !matches!(self.nodes[up].phase, Phase::Left) && self.nodes[up].held.has(piece)
@@ -619,8 +650,8 @@ impl World {
     }
 
     fn zone_of(&self, ix: NodeIx) -> u32 {
-        if ix == self.seed {
-            0
+        if self.is_seed(ix) {
+            (ix - self.seed) as u32
         } else {
             self.nodes[ix].zone
         }
@@ -659,8 +690,8 @@ impl World {
     }
 
     fn parent_name(&self, ix: NodeIx) -> String {
-        if ix == self.seed {
-            SEED_PARENT.to_owned()
+        if self.is_seed(ix) {
+            self.seed_infos[ix - self.seed].peer_id.clone()
         } else {
             self.nodes[ix].info.peer_id.clone()
         }
@@ -672,7 +703,7 @@ impl World {
         }
         let now = self.tokio_now();
         let name = self.parent_name(parent);
-        let from_seed = parent == self.seed;
+        let from_seed = self.is_seed(parent);
         let how = if how == Ended::Done && self.nodes[i].held.has(piece) {
             Ended::Dropped
         } else {
@@ -709,7 +740,7 @@ impl World {
     }
 
     fn leave(&mut self, i: NodeIx) {
-        if i == self.seed {
+        if self.is_seed(i) {
             self.seed_left = true;
         } else {
             match self.nodes[i].phase {
@@ -774,7 +805,7 @@ impl World {
             churned,
             incomplete,
             upstream_copies: self.upstream_bytes / s,
-            seed_copies: self.links[self.seed].sent / s,
+            seed_copies: self.links[self.seed..].iter().map(|l| l.sent).sum::<f64>() / s,
             cross_zone_copies_per_zone: self.cross_zone.iter().copied().fold(0.0, f64::max) / s,
             scheduler_calls: self.sched_calls,
             scheduler_cpu_secs: self.sched_time.as_secs_f64(),

@@ -202,9 +202,14 @@ impl Planner {
     /// How long the driver may sleep before planning again with nothing
     /// else happening: until the nearest busy parent may be asked again.
     pub fn wake_in(&self, now: Instant, otherwise: Duration) -> Duration {
+        // Only backoffs still running: one that ended while every transfer
+        // slot was taken (and `next` had no reason to clear it) would
+        // otherwise wake the driver at once, again and again, until a
+        // transfer finished: a busy loop.
         self.busy
             .values()
-            .map(|t| t.saturating_duration_since(now))
+            .filter(|t| **t > now)
+            .map(|t| t.duration_since(now))
             .min()
             .map_or(otherwise, |d| d.min(otherwise))
     }
@@ -495,6 +500,30 @@ mod tests {
         let (i, parent) = p.next(now, |_| false, &none(), &none(), true).unwrap();
         p.ended(i, &parent.id, Ended::Busy, now);
         assert_eq!(p.wake_in(now, Duration::from_secs(1)).as_millis(), 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_backoff_never_wakes_the_driver_at_once() {
+        // Every transfer slot taken, then a refusal whose backoff runs out
+        // while they still are: the driver sleeps its full interval.
+        let pieces = CONCURRENCY as u32 + 2;
+        let all: Vec<u32> = (0..pieces).collect();
+        let names: Vec<String> = (0..=CONCURRENCY).map(|k| format!("p{k}")).collect();
+        let mut p = planner(pieces, names.iter().map(|n| peer(n, &all, 1.0)).collect());
+        let now = Instant::now();
+        let (i, parent) = p.next(now, |_| false, &none(), &none(), true).unwrap();
+        p.ended(i, &parent.id, Ended::Busy, now);
+        let mut asked = 0;
+        while p.next(now, |_| false, &none(), &none(), true).is_some() {
+            asked += 1;
+        }
+        assert_eq!(asked, CONCURRENCY, "every slot taken");
+        let later = now + BUSY_BACKOFF * 2;
+        assert!(p.next(later, |_| false, &none(), &none(), true).is_none());
+        assert_eq!(
+            p.wake_in(later, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
     }
 
     #[tokio::test(start_paused = true)]

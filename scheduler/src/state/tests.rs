@@ -861,3 +861,33 @@ fn a_zone_served_by_its_own_gateway_gets_its_own_first_copies_hinted() {
         "a zone without a gateway takes them from zone a's peers"
     );
 }
+
+#[test]
+fn a_download_only_peer_is_nobodys_parent_and_frees_its_hints() {
+    let now = Instant::now();
+    let (m, blob) = task();
+    let mut s = SchedulerState::default();
+    s.register(m);
+    s.announce(&id("gw"), peer("gw", "", 0, true), now).unwrap();
+    let mut taker = peer("taker", "", 0, false);
+    taker.upload_addr = String::new();
+    s.announce(&id("taker"), taker, now).unwrap();
+    announce(&mut s, "b", now);
+    // The taker is hinted pieces 0 and 1 and fetches them.
+    let first = s.task_for(&blob, &id("taker"), 2, now).unwrap().2;
+    assert_eq!(first.len(), 2);
+    s.report_pieces(&id("taker"), &blob, &first, None).unwrap();
+    // It is nobody's parent, and what it took is hinted to the next peer
+    // at once (only the seed can send it), never to itself again.
+    assert_eq!(offered(&mut s, &blob, "b", now), ["gw"]);
+    let mut next = Vec::new();
+    for _ in 0..3 {
+        next.extend(s.task_for(&blob, &id("b"), 2, now).unwrap().2);
+    }
+    assert!(
+        first.iter().all(|p| next.contains(p)),
+        "{first:?} not in {next:?}"
+    );
+    let again = s.task_for(&blob, &id("taker"), 3, now).unwrap().2;
+    assert!(again.iter().all(|p| !first.contains(p)), "{again:?}");
+}

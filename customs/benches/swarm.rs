@@ -191,6 +191,32 @@ fn main() {
         "gateway had sent S bytes after {:.2} s (swarm) / {:.2} s (baseline); S/B = {sb:.2} s",
         sw.gateway_done, base.gateway_done
     );
+    // Calibration (issue 13): the fleet simulation with this run's N, S
+    // and B, beside the real run.
+    let sim = customs_sim::simulate(&customs_sim::SimConfig::new(
+        u32::from(peers),
+        layer,
+        limit as f64,
+    ))
+    .expect("simulation");
+    let within = |real: f64, model: f64| {
+        if (real - model).abs() <= 0.10 * real {
+            "OK"
+        } else {
+            "MISSED"
+        }
+    };
+    println!(
+        "{:<26} {:>8.2} {:>8.2} {:>9.2} {:>9.2}   (same N, S, B; rtt 0.5 ms)",
+        "simulation (fleet-sim)", sim.p50_secs, sim.max_secs, sim.p50_ratio, sim.max_ratio
+    );
+    println!(
+        "calibration: simulated/real p50 {:.3}, max {:.3}; within 10%: p50 {}, max {}",
+        sim.p50_secs / sw.p50,
+        sim.max_secs / sw.max,
+        within(sw.p50, sim.p50_secs),
+        within(sw.max, sim.max_secs)
+    );
     // CPU per GiB delivered to clients (N copies of S), all Customs
     // processes, clients excluded.
     let gib = f64::from(peers) * s / f64::from(1u32 << 30);

@@ -134,6 +134,9 @@ struct Task {
 /// Everything the scheduler knows; lost on restart by design.
 pub struct SchedulerState {
     peers: HashMap<PeerId, PeerEntry>,
+    /// The announced seeds (gateways), a handful: a parent query looks at
+    /// these, never at every peer.
+    seeds: std::collections::BTreeSet<PeerId>,
     tasks: HashMap<Digest, Task>,
     /// Parents handed to each requester: (blob, parent) until it expires.
     /// (Fingerprints of blob and parent, see [`SchedulerState::handout`]:
@@ -155,6 +158,7 @@ impl Default for SchedulerState {
     fn default() -> Self {
         SchedulerState {
             peers: HashMap::new(),
+            seeds: std::collections::BTreeSet::new(),
             tasks: HashMap::new(),
             handouts: Ledger::new(MAX_HANDOUTS_PER_PEER, MAX_HANDOUTS),
             private_blocks: Ledger::new(MAX_PRIVATE_BLOCKS_PER_REPORTER, MAX_PRIVATE_BLOCKS),
@@ -421,6 +425,11 @@ impl SchedulerState {
             blocked_until: None,
             reporters: HashMap::new(),
         });
+        if info.seed {
+            self.seeds.insert(id.clone());
+        } else {
+            self.seeds.remove(id);
+        }
         e.info = info;
         e.last_seen = now;
         Ok(())
@@ -577,6 +586,7 @@ impl SchedulerState {
             .retain(|_, e| now.duration_since(e.last_seen) < PEER_FORGET_AFTER || e.blocked(now));
         if self.peers.len() != before {
             let peers = &self.peers;
+            self.seeds.retain(|id| peers.contains_key(id));
             for t in self.tasks.values_mut() {
                 t.takers.retain(|id, _| peers.contains_key(id));
                 t.holders.retain(
@@ -663,15 +673,18 @@ impl SchedulerState {
         // the zone once (its gateway's fetch from the zone owner), not once
         // per peer. Until that gateway holds the task the peer gets none and
         // asks its gateway, which fetches it through the zone.
+        let seed_entries: Vec<(&PeerId, &PeerEntry)> = self
+            .seeds
+            .iter()
+            .filter_map(|id| Some((id, self.peers.get(id)?)))
+            .collect();
         let zone_served = !my_zone.is_empty()
-            && self
-                .peers
+            && seed_entries
                 .iter()
                 .any(|(id, e)| e.info.seed && e.info.zone == my_zone && usable(id, e));
         let task = self.tasks.get(blob)?;
-        let seeds: Vec<(&PeerId, &PeerEntry)> = self
-            .peers
-            .iter()
+        let seeds: Vec<(&PeerId, &PeerEntry)> = seed_entries
+            .into_iter()
             .filter(|(id, e)| {
                 e.info.seed
                     && usable(id, e)

@@ -10,6 +10,8 @@ use customs_sim::{SimConfig, SimReport, simulate};
 pub enum BenchCommand {
     /// Simulate a rollout to N nodes on the real scheduler and planner code.
     FleetSim(FleetSimArgs),
+    /// Load the real scheduler process (gRPC over mTLS on loopback).
+    SchedulerLoad(super::bench_load::SchedulerLoadArgs),
 }
 
 /// `customs bench fleet-sim`.
@@ -84,9 +86,10 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 }
 
 /// Runs the chosen benchmark.
-pub fn run(c: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::FleetSim(a) => fleet_sim(a),
+        BenchCommand::SchedulerLoad(a) => super::bench_load::scheduler_load(a).await,
     }
 }
 

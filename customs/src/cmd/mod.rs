@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod bench_load;
 mod certs;
 mod containerd_config;
 mod gateway;
@@ -64,7 +65,7 @@ enum Command {
     /// Policy-repository tools: `test`, `check`.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Benchmarks that need no cluster: `fleet-sim`.
+    /// Benchmarks that need no cluster: `fleet-sim`, `scheduler-load`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
@@ -108,7 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VerifyBundle(a) => verify_bundle::run(a),
         Command::Verify(a) => exit_on_false(verify::run(a).await?),
         Command::Policy(c) => exit_on_false(policy::run(c)?),
-        Command::Bench(c) => bench::run(c),
+        Command::Bench(c) => bench::run(c).await,
         Command::Preheat(a) => exit_on_false(preheat::run(a).await?),
         Command::Audit(c) => exit_on_false(audit::run(c)?),
         Command::Status(a) => exit_on_false(status::run(a).await?),

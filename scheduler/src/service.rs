@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::CertificateDer;
 use tonic::{Request, Response, Status};
+use verdicts::{Question, Verdicts};
 
 /// The id gateways announce under as seed (`customs_gateway::seed::SEED_ID`).
 /// Only a certificate with the gateway role speaks for it: every gateway
@@ -42,6 +43,8 @@ pub struct SchedulerService {
     keys: TrustedGatewayKeys,
     audit: Option<AuditLog>,
     aggregate_interval: Duration,
+    /// Certificate checks already made.
+    verdicts: Verdicts,
 }
 
 /// The `bad_piece` aggregate audit event.
@@ -82,6 +85,45 @@ impl SchedulerService {
             keys,
             audit,
             aggregate_interval,
+            verdicts: Verdicts::default(),
+        }
+    }
+
+    /// Whether the caller's certificate holds exactly `role`.
+    fn caller_is<T>(&self, req: &Request<T>, role: Role) -> bool {
+        req.peer_certs().is_some_and(|c| {
+            c.first().is_some_and(|cert| {
+                self.verdicts
+                    .answer(cert, Question::HasRole(role.into()), |c, _| {
+                        has_role(c, role)
+                    })
+            })
+        })
+    }
+
+    /// Whether the caller holds the gateway role (only gateways are seeds).
+    fn caller_is_gateway<T>(&self, req: &Request<T>) -> bool {
+        self.caller_is(req, Role::Gateway)
+    }
+
+    /// Parses the id a request speaks for and checks the caller may.
+    fn require_peer<T>(&self, req: &Request<T>, peer_id: &str) -> Result<PeerId, Status> {
+        let id = PeerId::parse(peer_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let allowed = req.peer_certs().is_some_and(|c| {
+            c.first().is_some_and(|cert| {
+                self.verdicts
+                    .answer(cert, Question::SpeaksFor(id.clone()), |c, _| {
+                        may_speak_for(c, &id)
+                    })
+            })
+        });
+        if allowed {
+            Ok(id)
+        } else {
+            tracing::warn!(peer = %id, "request refused: the client certificate does not name this peer");
+            Err(Status::permission_denied(format!(
+                "the client certificate does not name peer {id:?}"
+            )))
         }
     }
 
@@ -176,11 +218,6 @@ impl SchedulerService {
     }
 }
 
-fn caller_has<T>(req: &Request<T>, check: impl Fn(&CertificateDer<'static>) -> bool) -> bool {
-    req.peer_certs()
-        .is_some_and(|c| c.first().is_some_and(check))
-}
-
 /// Whether a certificate may speak for `id`: the seed id needs the gateway
 /// role; any other id needs the peer or gateway role and the identity SAN
 /// `<id>.node.customs.internal` (`customs_tls::is_named`), which no role SAN
@@ -192,24 +229,6 @@ pub fn may_speak_for(cert: &CertificateDer<'_>, id: &PeerId) -> bool {
     // A gateway of a fleet seeds under its own member id, named by its
     // certificate like a peer's.
     (has_role(cert, Role::Peer) || has_role(cert, Role::Gateway)) && is_named(cert, id.as_str())
-}
-
-/// Whether the caller holds the gateway role (only gateways are seeds).
-fn from_gateway<T>(req: &Request<T>) -> bool {
-    caller_has(req, |c| has_role(c, Role::Gateway))
-}
-
-/// Parses the id a request speaks for and checks the caller may.
-fn require_peer<T>(req: &Request<T>, peer_id: &str) -> Result<PeerId, Status> {
-    let id = PeerId::parse(peer_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if caller_has(req, |c| may_speak_for(c, &id)) {
-        Ok(id)
-    } else {
-        tracing::warn!(peer = %id, "request refused: the client certificate does not name this peer");
-        Err(Status::permission_denied(format!(
-            "the client certificate does not name peer {id:?}"
-        )))
-    }
 }
 
 fn parse_digest(s: &str) -> Result<Digest, Status> {
@@ -228,7 +247,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::RegisterTaskRequest>,
     ) -> Result<Response<pb::RegisterTaskResponse>, Status> {
-        if !caller_has(&req, |c| has_role(c, Role::Gateway)) {
+        if !self.caller_is(&req, Role::Gateway) {
             tracing::warn!("task registration refused: caller is not a gateway");
             return Err(Status::permission_denied("only gateways register tasks"));
         }
@@ -236,7 +255,7 @@ impl Scheduler for SchedulerService {
         // name it); one outside a fleet seeds as `gateway` for every task.
         let seed = match req.get_ref().seed_id.as_str() {
             "" => None,
-            id => Some(require_peer(&req, id)?),
+            id => Some(self.require_peer(&req, id)?),
         };
         let signed = to_signed(req.into_inner().manifest)?;
         // The blob the manifest claims is checked against itself here; the
@@ -266,7 +285,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::WithdrawTaskRequest>,
     ) -> Result<Response<pb::WithdrawTaskResponse>, Status> {
-        if !caller_has(&req, |c| has_role(c, Role::Gateway)) {
+        if !self.caller_is(&req, Role::Gateway) {
             return Err(Status::permission_denied("only gateways withdraw tasks"));
         }
         let r = req.into_inner();
@@ -286,7 +305,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ListPeersRequest>,
     ) -> Result<Response<pb::ListPeersResponse>, Status> {
-        if !caller_has(&req, |c| has_role(c, Role::Gateway)) {
+        if !self.caller_is(&req, Role::Gateway) {
             return Err(Status::permission_denied("only gateways list peers"));
         }
         let peers = self.state().live_peers(Instant::now());
@@ -302,8 +321,8 @@ impl Scheduler for SchedulerService {
             .peer
             .clone()
             .ok_or_else(|| Status::invalid_argument("missing peer"))?;
-        let id = require_peer(&req, &info.peer_id)?;
-        if info.seed != from_gateway(&req) {
+        let id = self.require_peer(&req, &info.peer_id)?;
+        if info.seed != self.caller_is_gateway(&req) {
             return Err(Status::permission_denied(
                 "only gateways announce as seeds, and gateways only as seeds",
             ));
@@ -325,7 +344,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let id = require_peer(&req, &req.get_ref().peer_id)?;
+        let id = self.require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let blob = parse_digest(&r.blob_digest)?;
         let mut state = self.state();
@@ -353,7 +372,7 @@ impl Scheduler for SchedulerService {
         // a newer provisional one (of its fetch, or of a newer fetch), as
         // soon as there is one.
         let newer = r.holds_provisional
-            && match &m {
+            && match m.as_ref() {
                 Statement::Final(_) => true,
                 Statement::Provisional(p) => {
                     let c = p.content();
@@ -373,7 +392,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ReportPiecesRequest>,
     ) -> Result<Response<pb::ReportPiecesResponse>, Status> {
-        let id = require_peer(&req, &req.get_ref().peer_id)?;
+        let id = self.require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let blob = parse_digest(&r.blob_digest)?;
         let fetch: Option<FetchId> = if r.fetch_id.is_empty() {
@@ -402,12 +421,12 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<pb::ReportBadPieceResponse>, Status> {
         // Gateways download no pieces; one that could report under its
         // member id and as `gateway` would count as two reporters.
-        if from_gateway(&req) {
+        if self.caller_is_gateway(&req) {
             return Err(Status::permission_denied(
                 "gateways do not report bad pieces",
             ));
         }
-        let reporter = require_peer(&req, &req.get_ref().peer_id)?;
+        let reporter = self.require_peer(&req, &req.get_ref().peer_id)?;
         let r = req.into_inner();
         let parent = PeerId::parse(&r.parent_id)
             .map_err(|e| Status::invalid_argument(format!("parent_id: {e}")))?;
@@ -482,3 +501,4 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests;
+mod verdicts;

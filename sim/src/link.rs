@@ -2,9 +2,15 @@
 //! upload and one waiting request per requester, a bounded queue with a
 //! wait limit) in front of an upload link of fixed rate shared equally by
 //! the active uploads (processor sharing: what a token-bucket limiter over
-//! concurrent TCP streams converges to).
+//! concurrent TCP streams converges to). Like the real limiter
+//! (`customs_mirror::rate`), an idle link banks up to [`BURST`] of its
+//! rate: the first bytes after a pause leave at once.
 
 use std::collections::VecDeque;
+
+/// Idle time the real rate limiter banks (`customs_mirror::rate`: "never
+/// bank more than a short burst of idle time").
+pub const BURST: f64 = 0.020;
 
 /// A node index in the simulation (peers `0..N`, the seed `N`).
 pub type NodeIx = usize;
@@ -50,6 +56,8 @@ pub struct Uploader {
     active: Vec<Flow>,
     queue: VecDeque<Waiting>,
     last: f64,
+    /// Idle seconds banked (at most [`BURST`]).
+    bank: f64,
     /// Bumped whenever the next completion time may have changed; an
     /// event carrying an older value is stale.
     pub generation: u64,
@@ -68,6 +76,7 @@ impl Uploader {
             active: Vec::new(),
             queue: VecDeque::new(),
             last: 0.0,
+            bank: BURST,
             generation: 0,
             sent: 0.0,
         }
@@ -80,6 +89,9 @@ impl Uploader {
 
     fn advance(&mut self, now: f64) {
         let dt = now - self.last;
+        if dt > 0.0 && self.active.is_empty() {
+            self.bank = (self.bank + dt).min(BURST);
+        }
         if dt > 0.0 && !self.active.is_empty() {
             let each = self.rate / self.active.len() as f64 * dt;
             for f in &mut self.active {
@@ -102,10 +114,11 @@ impl Uploader {
         }
         self.advance(now);
         if self.active.len() < self.slots && !self.uploading_to(from) {
+            let remaining = self.spend_bank(len);
             self.active.push(Flow {
                 to: from,
                 piece,
-                remaining: len,
+                remaining,
             });
             self.generation += 1;
             return Offer::Started;
@@ -121,6 +134,18 @@ impl Uploader {
             return Offer::Queued;
         }
         Offer::Busy
+    }
+
+    /// What is left of `len` bytes once a link that was idle spends its
+    /// banked burst on them.
+    fn spend_bank(&mut self, len: f64) -> f64 {
+        if !self.active.is_empty() {
+            return len;
+        }
+        let burst = (self.bank * self.rate).min(len);
+        self.bank = 0.0;
+        self.sent += burst;
+        len - burst
     }
 
     /// When the next upload ends, if one runs.

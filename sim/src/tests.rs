@@ -136,9 +136,24 @@ fn with_a_gateway_per_zone_one_copy_enters_each_zone() {
 #[ignore]
 fn debug_small() {
     let n: u32 = std::env::var("N").unwrap().parse().unwrap();
-    let mut cfg = SimConfig::new(n, 16 * MIB, B);
+    let size = std::env::var("SIZE_MIB").map_or(16, |s| s.parse().unwrap());
+    let b = std::env::var("B").map_or(B, |s| s.parse().unwrap());
+    let mut cfg = SimConfig::new(n, size * MIB, b);
+    if let Ok(x) = std::env::var("SEEDX") {
+        cfg.seed_upload_limit = b * x.parse::<f64>().unwrap();
+    }
     cfg.horizon =
         std::time::Duration::from_secs(std::env::var("H").map_or(30, |h| h.parse().unwrap()));
     let r = simulate(&cfg).unwrap();
-    println!("{r:#?}");
+    println!(
+        "p50 {:.3} p99 {:.3} max {:.3} seed {:.2} bytes/peer-task {:.0} us/call {:.1} events {} wall {:.1}",
+        r.p50_ratio,
+        r.p99_ratio,
+        r.max_ratio,
+        r.seed_copies,
+        r.scheduler_bytes_per_peer_task,
+        r.scheduler_cpu_us_per_call,
+        r.events,
+        r.wall_secs
+    );
 }

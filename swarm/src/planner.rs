@@ -169,9 +169,14 @@ impl Planner {
     /// Drops hints for pieces held or being fetched; returns how many new
     /// hints the free seed slots can take.
     pub fn hints_wanted(&mut self, held: impl Fn(u32) -> bool) -> u32 {
-        let in_progress = &self.in_progress;
-        self.hints
-            .retain(|i| !held(*i) && !in_progress.contains_key(i));
+        let (in_progress, parents) = (&self.in_progress, &self.parents);
+        // A hinted piece a peer parent now holds is no first copy any
+        // more: it comes from that peer, and the seed never sends it twice.
+        self.hints.retain(|i| {
+            !held(*i)
+                && !in_progress.contains_key(i)
+                && !parents.iter().any(|p| !p.seed && p.pieces.has(*i))
+        });
         SEED_CONCURRENCY.saturating_sub(self.seeds_busy() + self.hints.len()) as u32
     }
 
@@ -444,7 +449,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn hints_go_to_the_seed_first_and_a_refused_hint_stays_ours() {
-        let mut p = planner(4, vec![peer("a", &[0, 1, 2, 3], 1.0), seed()]);
+        let mut p = planner(4, vec![peer("a", &[0, 1, 2], 1.0), seed()]);
         p.add_hints([3, 99]);
         let now = Instant::now();
         let (piece, parent) = p.next(now, |_| false, &none(), &none(), true).unwrap();
@@ -476,6 +481,23 @@ mod tests {
         }
         let (piece, parent) = p.next(later, |i| i != 3, &none(), &none(), true).unwrap();
         assert_eq!((piece, parent.seed), (3, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_a_peer_parent_now_holds_comes_from_that_peer() {
+        let mut p = planner(2, vec![peer("a", &[0], 1.0), seed()]);
+        p.add_hints([1]);
+        // The scheduler now says peer "a" holds piece 1: no first copy.
+        p.set_parents(vec![peer("a", &[0, 1], 1.0), seed()]);
+        assert_eq!(p.hints_wanted(|_| false), SEED_CONCURRENCY as u32);
+        let mut asked = Vec::new();
+        while let Some((i, parent)) = p.next(Instant::now(), |_| false, &none(), &none(), true) {
+            asked.push((i, parent.seed));
+        }
+        assert!(
+            asked.iter().all(|(_, s)| !s),
+            "the seed sent a piece a peer holds: {asked:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -54,13 +54,18 @@ fn task(t: &Task) -> usize {
             .iter()
             .map(|s| size_of::<PeerId>() + 16 + id(s))
             .sum::<usize>()
-        + table::<u32, std::time::Instant>(t.hinted.capacity())
+        + table::<String, Vec<Option<std::time::Instant>>>(t.hinted.capacity())
+        + t.hinted
+            .iter()
+            .map(|(z, v)| z.len() + v.capacity() * size_of::<Option<std::time::Instant>>())
+            .sum::<usize>()
 }
 
 impl SchedulerState {
     /// The heap bytes this state holds (see the module docs).
     pub fn heap_bytes(&self) -> usize {
-        let peers = table::<PeerId, PeerEntry>(self.peers.capacity())
+        let peers = table::<PeerId, Box<PeerEntry>>(self.peers.capacity())
+            + self.peers.len() * size_of::<PeerEntry>()
             + self
                 .peers
                 .iter()
@@ -80,7 +85,7 @@ impl SchedulerState {
                 .sum::<usize>();
         peers
             + tasks
-            + self.handouts.heap_bytes(|_| 0)
+            + self.handouts.heap_bytes()
             + self.private_blocks.heap_bytes(id)
             + self.tally.heap_bytes()
             + withdrawn

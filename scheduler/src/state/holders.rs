@@ -44,18 +44,37 @@ impl Holders {
             }
         };
         let bits = &mut self.list[at].1;
+        let mut added = Vec::new();
         for p in pieces {
-            bits.set(p);
-            self.any.entry(String::new()).or_default().set(p);
-            if !zone.is_empty() {
-                self.any.entry(zone.to_owned()).or_default().set(p);
+            if !bits.has(p) {
+                bits.set(p);
+                added.push(p);
+            }
+        }
+        if added.is_empty() {
+            // A report repeats the whole held set: usually nothing is new.
+            return;
+        }
+        let everyone = self.any.entry(String::new()).or_default();
+        for p in &added {
+            everyone.set(*p);
+        }
+        if !zone.is_empty() {
+            if !self.any.contains_key(zone) {
+                self.any.insert(zone.to_owned(), PieceBitmap::new());
+            }
+            if let Some(local) = self.any.get_mut(zone) {
+                for p in &added {
+                    local.set(*p);
+                }
             }
         }
     }
 
-    /// Whether anyone (in `zone`, or anywhere for "") holds piece `i`.
-    pub(super) fn anyone_has(&self, zone: &str, i: u32) -> bool {
-        self.any.get(zone).is_some_and(|b| b.has(i))
+    /// The pieces anyone (in `zone`, or anywhere for "") holds; `None`
+    /// when nobody there holds any. One lookup for many pieces.
+    pub(super) fn held_in(&self, zone: &str) -> Option<&PieceBitmap> {
+        self.any.get(zone)
     }
 
     /// What `peer` holds, if it holds anything.

@@ -6,7 +6,7 @@
 //! the per-reporter blocklists, the reporters counted against a parent and
 //! the bad-piece tally between two audit events. A bad-piece report counts
 //! only for a transfer the scheduler arranged: that parent handed to that
-//! reporter for that blob within [`HANDOUT_TTL`].
+//! reporter for that blob within [`HANDOUT_TTL`] (at least half of it).
 
 mod footprint;
 mod handouts;
@@ -56,15 +56,18 @@ pub const MAX_REPORTERS_PER_PARENT: usize = 16;
 pub const MAX_PARENTS: usize = 16;
 /// Seeds (gateways) remembered per task.
 pub const MAX_TASK_SEEDS: usize = 64;
-/// How long a parent handed to a peer stays reportable by it: a transfer
-/// arranged by one `GetTask` is over well within this (peers ask again for
-/// every blob they fetch), and it matches [`BLOCKLIST_FOR`].
+/// How long a parent handed to a peer stays reportable by it, at most: a
+/// hand-out counts for at least half of this after it was last handed out
+/// and at most all of it (the book keeps two generations of half this
+/// length, see `handouts`). A transfer arranged by one `GetTask` is over
+/// well within half (peers ask again every refresh), and it matches
+/// [`BLOCKLIST_FOR`].
 pub const HANDOUT_TTL: Duration = Duration::from_secs(600);
 /// Hand-outs remembered per requester: 64 blobs in flight with a full
 /// parent list each. Beyond that a peer's oldest hand-outs are forgotten
 /// (only its own reports stop counting).
 pub const MAX_HANDOUTS_PER_PEER: usize = 64 * (MAX_PARENTS + 1);
-/// Hand-outs remembered in total (8 bytes each: 8 MiB at most; 100 per
+/// Hand-outs remembered in total (4 bytes each: 4 MiB at most; 100 per
 /// peer at [`MAX_PEERS`]).
 pub const MAX_HANDOUTS: usize = 1 << 20;
 /// Parents blocklisted for one reporter at a time; the oldest gives way.
@@ -95,8 +98,10 @@ struct PeerEntry {
     last_seen: Instant,
     blocked_until: Option<Instant>,
     /// Reporters whose genuine bad-piece report against this peer still
-    /// counts, with when it stops counting.
-    reporters: HashMap<PeerId, Instant>,
+    /// counts, with when it stops counting (at most
+    /// [`MAX_REPORTERS_PER_PARENT`]: a vector, 24 bytes when empty, as
+    /// nearly every peer's is).
+    reporters: Vec<(PeerId, Instant)>,
 }
 
 impl PeerEntry {
@@ -110,7 +115,7 @@ impl PeerEntry {
             self.blocked_until = None;
             self.reporters.clear();
         }
-        self.reporters.retain(|_, t| *t > now);
+        self.reporters.retain(|(_, t)| *t > now);
     }
 }
 
@@ -174,7 +179,7 @@ impl Default for SchedulerState {
             peers: HashMap::new(),
             seeds: std::collections::BTreeSet::new(),
             tasks: HashMap::new(),
-            handouts: HandoutBook::new(MAX_HANDOUTS_PER_PEER, MAX_HANDOUTS),
+            handouts: HandoutBook::new(MAX_HANDOUTS_PER_PEER, MAX_HANDOUTS, HANDOUT_TTL / 2),
             private_blocks: Ledger::new(MAX_PRIVATE_BLOCKS_PER_REPORTER, MAX_PRIVATE_BLOCKS),
             tally: Tally::default(),
             withdrawn: std::collections::VecDeque::new(),
@@ -448,7 +453,7 @@ impl SchedulerState {
                 info: info.clone(),
                 last_seen: now,
                 blocked_until: None,
-                reporters: HashMap::new(),
+                reporters: Vec::new(),
             })
         });
         if info.seed {
@@ -566,17 +571,23 @@ impl SchedulerState {
         };
         if let Some(e) = self.peers.get_mut(parent) {
             e.lapse(now);
-            if !e.reporters.contains_key(reporter)
-                && e.reporters.len() >= MAX_REPORTERS_PER_PARENT
-                && let Some(oldest) = e
-                    .reporters
-                    .iter()
-                    .min_by_key(|(_, t)| **t)
-                    .map(|(k, _)| k.clone())
-            {
-                e.reporters.remove(&oldest);
+            let until = now + BLOCKLIST_FOR;
+            match e.reporters.iter_mut().find(|(k, _)| k == reporter) {
+                Some(r) => r.1 = until,
+                None => {
+                    if e.reporters.len() >= MAX_REPORTERS_PER_PARENT
+                        && let Some(oldest) = e
+                            .reporters
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, (_, t))| *t)
+                            .map(|(k, _)| k)
+                    {
+                        e.reporters.swap_remove(oldest);
+                    }
+                    e.reporters.push((reporter.clone(), until));
+                }
             }
-            e.reporters.insert(reporter.clone(), now + BLOCKLIST_FOR);
             if e.reporters.len() >= GLOBAL_BLOCKLIST_REPORTERS && !e.info.seed && !e.blocked(now) {
                 e.blocked_until = Some(now + BLOCKLIST_FOR);
                 return ReportOutcome::Global;
@@ -846,7 +857,7 @@ impl SchedulerState {
         let manifest = task.statement.clone();
         for (id, _) in &out {
             let key = self.handout(blob, id);
-            if self.handouts.insert(peer, key, now + HANDOUT_TTL, now) == Recorded::Full {
+            if self.handouts.insert(peer, key, now) == Recorded::Full {
                 tracing::warn!(%peer, parent = %id, "hand-out table full; a report of this parent will not count");
             }
         }

@@ -38,8 +38,8 @@ fn info(i: &PeerInfo) -> usize {
 
 fn peer(e: &PeerEntry) -> usize {
     info(&e.info)
-        + table::<PeerId, std::time::Instant>(e.reporters.capacity())
-        + e.reporters.keys().map(id).sum::<usize>()
+        + e.reporters.capacity() * size_of::<(PeerId, std::time::Instant)>()
+        + e.reporters.iter().map(|(k, _)| id(k)).sum::<usize>()
 }
 
 fn task(t: &Task) -> usize {

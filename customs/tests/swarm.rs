@@ -226,6 +226,28 @@ fn hostile_peers_are_caught_blocklisted_and_bypassed() {
             assert_eq!(spoof.code(), tonic::Code::PermissionDenied);
         }
     });
+    // Like a live peer, each keeps announcing itself (a holder silent for
+    // three announcements is handed out no more).
+    for (name, addr) in evil.clone() {
+        let pki = pki.to_path_buf();
+        let scheduler = fleet.scheduler;
+        rt.spawn(async move {
+            let mut c = scheduler_as(&pki, name, scheduler).await;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let _ = c
+                    .announce_peer(pb::AnnouncePeerRequest {
+                        peer: Some(pb::PeerInfo {
+                            peer_id: name.into(),
+                            upload_addr: addr.to_string(),
+                            upload_capacity: 0,
+                            ..Default::default()
+                        }),
+                    })
+                    .await;
+            }
+        });
+    }
 
     // peer-2 and then peer-3 pull: both complete with the right bytes.
     for (i, name) in [(1usize, "p2"), (2, "p3")] {

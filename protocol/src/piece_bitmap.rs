@@ -42,6 +42,16 @@ impl PieceBitmap {
         self.0[byte] |= 1 << (i % 8);
     }
 
+    /// Sets every piece `other` has.
+    pub fn union_with(&mut self, other: &PieceBitmap) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
     /// How many pieces are set.
     pub fn count(&self) -> usize {
         self.0.iter().map(|b| b.count_ones() as usize).sum()

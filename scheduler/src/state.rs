@@ -143,6 +143,10 @@ struct Task {
     /// own first copies (the zone is empty for everyone else).
     /// Per zone scope, per piece: when it was hinted.
     hinted: HashMap<String, Vec<Option<Instant>>>,
+    /// Per zone scope: the pieces only holders not heard from lately hold,
+    /// and when that was worked out (at most every [`LIVE_HELD_EVERY`]).
+    /// Such a piece is a first copy again.
+    orphaned: HashMap<String, (Instant, PieceBitmap)>,
 }
 
 /// Everything the scheduler knows; lost on restart by design.
@@ -342,6 +346,7 @@ impl SchedulerState {
                     seeds: seed.into_iter().cloned().collect(),
                     seed_cursor: 0,
                     hinted: HashMap::new(),
+                    orphaned: HashMap::new(),
                 },
             );
             return true;
@@ -717,7 +722,7 @@ impl SchedulerState {
         let my_zone = me.as_ref().map_or(said, |m| m.zone.as_str());
         let usable = |id: &PeerId, e: &PeerEntry| {
             id != peer
-                && now.duration_since(e.last_seen) < PEER_TTL
+                && now.saturating_duration_since(e.last_seen) < HOLDER_SILENT_AFTER
                 && !e.blocked(now)
                 && !self.private_blocks.contains(peer, id, now)
         };
@@ -891,10 +896,38 @@ impl SchedulerState {
         // In a zone served by its own gateway only the zone's holders
         // count: a piece held in another zone only is a first copy here.
         let scope = zone.unwrap_or_default();
+        if wanted == 0 {
+            return Vec::new();
+        }
+        let fresh = task
+            .orphaned
+            .get(scope)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < LIVE_HELD_EVERY);
+        if !fresh {
+            let peers = &self.peers;
+            let live = task.holders.union_where(scope, |id| {
+                peers.get(id).is_some_and(|e| {
+                    now.saturating_duration_since(e.last_seen) < HOLDER_SILENT_AFTER
+                        && !e.blocked(now)
+                })
+            });
+            let mut orphaned = PieceBitmap::new();
+            if let Some(any) = task.holders.held_in(scope) {
+                for i in 0..n {
+                    if any.has(i) && !live.has(i) {
+                        orphaned.set(i);
+                    }
+                }
+            }
+            task.orphaned.insert(scope.to_owned(), (now, orphaned));
+        }
         let mine = task.holders.of(asker).or_else(|| task.takers.get(asker));
-        let holders = &task.holders;
-        let anyone = holders.held_in(scope);
-        let held = |i: u32| anyone.is_some_and(|b| b.has(i)) || mine.is_some_and(|m| m.has(i));
+        let anyone = task.holders.held_in(scope);
+        let orphaned = task.orphaned.get(scope).map(|(_, b)| b);
+        let held = |i: u32| {
+            (anyone.is_some_and(|b| b.has(i)) && !orphaned.is_some_and(|o| o.has(i)))
+                || mine.is_some_and(|m| m.has(i))
+        };
         if !task.hinted.contains_key(scope) {
             task.hinted.insert(scope.to_owned(), Vec::new());
         }
@@ -918,6 +951,14 @@ impl SchedulerState {
         hints
     }
 }
+
+/// A holder not heard from for this long (three announcements missed) no
+/// longer makes its pieces "held" for seed hints: the seed sends them to
+/// someone else, once, instead of every peer fetching them on its own once
+/// it finds the holder gone.
+pub const HOLDER_SILENT_AFTER: Duration = Duration::from_secs(6);
+/// How often the pieces live holders hold are worked out per task.
+pub const LIVE_HELD_EVERY: Duration = Duration::from_secs(1);
 
 /// Holders looked at per parent query: every one up to this many, else a
 /// random sample of this size (three quarters from the asking peer's zone

@@ -14,6 +14,8 @@ pub struct SimReport {
     pub size: u64,
     /// Upload cap per node, bytes/s.
     pub upload_limit: f64,
+    /// Upload cap of the seed (each zone's gateway), bytes/s.
+    pub seed_upload_limit: f64,
     /// Piece length (bytes).
     pub piece_length: u64,
     /// Zones peers were spread over (0: none).

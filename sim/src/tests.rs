@@ -139,6 +139,9 @@ fn debug_small() {
     let size = std::env::var("SIZE_MIB").map_or(16, |s| s.parse().unwrap());
     let b = std::env::var("B").map_or(B, |s| s.parse().unwrap());
     let mut cfg = SimConfig::new(n, size * MIB, b);
+    if let Ok(c) = std::env::var("CHURN") {
+        cfg.churn = c.parse().unwrap();
+    }
     if let Ok(x) = std::env::var("SEEDX") {
         cfg.seed_upload_limit = b * x.parse::<f64>().unwrap();
     }

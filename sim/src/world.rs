@@ -789,6 +789,7 @@ impl World {
             nodes: self.cfg.nodes,
             size: self.cfg.size,
             upload_limit: self.cfg.upload_limit,
+            seed_upload_limit: self.cfg.seed_upload_limit,
             piece_length: self.cfg.piece_length,
             zones: self.cfg.zones,
             racks: self.cfg.racks,

@@ -27,6 +27,11 @@ pub struct FleetSimArgs {
     /// KiB/MiB/GiB suffixes allowed).
     #[arg(long, default_value = "100MB", value_parser = parse_size)]
     upload_limit: u64,
+    /// Upload cap of the seed (each zone's gateway), bytes/s; default: the
+    /// nodes' cap, as the swarm bench has it. A real gateway takes no cap
+    /// by default (`customs gateway --upload-limit 0`): its NIC is the cap.
+    #[arg(long, value_parser = parse_size)]
+    seed_upload_limit: Option<u64>,
     /// Availability zones to spread peers over.
     #[arg(long, default_value_t = 0)]
     zones: u32,
@@ -95,6 +100,7 @@ pub async fn run(c: BenchCommand) -> anyhow::Result<()> {
 
 fn fleet_sim(a: FleetSimArgs) -> anyhow::Result<()> {
     let mut cfg = SimConfig::new(a.nodes, a.size, a.upload_limit as f64);
+    cfg.seed_upload_limit = a.seed_upload_limit.unwrap_or(a.upload_limit) as f64;
     cfg.zones = a.zones;
     cfg.racks = a.racks;
     cfg.churn = a.churn;
@@ -112,8 +118,16 @@ fn fleet_sim(a: FleetSimArgs) -> anyhow::Result<()> {
 /// The human-readable form of a run.
 pub fn print_table(r: &SimReport) {
     println!(
-        "fleet-sim: N={} S={} B={} B/s piece={} zones={} racks={} churn={} seed={}",
-        r.nodes, r.size, r.upload_limit, r.piece_length, r.zones, r.racks, r.churn, r.seed
+        "fleet-sim: N={} S={} B={} B/s seed cap={} B/s piece={} zones={} racks={} churn={} seed={}",
+        r.nodes,
+        r.size,
+        r.upload_limit,
+        r.seed_upload_limit,
+        r.piece_length,
+        r.zones,
+        r.racks,
+        r.churn,
+        r.seed
     );
     println!(
         "completion: p50 {:.2} s = {:.3}·S/B, p99 {:.2} s = {:.3}·S/B, max {:.2} s = {:.3}·S/B (S/B = {:.2} s)",

@@ -67,6 +67,9 @@ impl Owned {
         }
         self.split = self.keys.len() as u32;
         self.since = now;
+        if self.keys.capacity() > self.keys.len() + self.keys.len() / 4 + 4 {
+            self.keys.shrink_to(self.keys.len() + 4);
+        }
         before - self.keys.len()
     }
 
@@ -103,8 +106,8 @@ impl Owned {
             Err(at) => split + at,
         };
         if self.keys.len() == self.keys.capacity() {
-            // Grow by a quarter, not double: most peers keep a few dozen.
-            self.keys.reserve_exact((self.keys.len() / 4).max(4));
+            // Grow by an eighth, not double: most peers keep a few dozen.
+            self.keys.reserve_exact((self.keys.len() / 8).max(4));
         }
         self.keys.insert(at, key);
         true

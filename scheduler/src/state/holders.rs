@@ -77,6 +77,27 @@ impl Holders {
         self.any.get(zone)
     }
 
+    /// The pieces the holders (of `zone`, or all for "") that `keep`
+    /// accepts hold between them.
+    pub(super) fn union_where(&self, zone: &str, keep: impl Fn(&PeerId) -> bool) -> PieceBitmap {
+        let mut out = PieceBitmap::new();
+        let mut add = |(id, bits): &(PeerId, PieceBitmap)| {
+            if keep(id) {
+                out.union_with(bits);
+            }
+        };
+        if zone.is_empty() {
+            self.list.iter().for_each(&mut add);
+        } else {
+            for at in self.in_zone(zone) {
+                if let Some(h) = self.list.get(*at as usize) {
+                    add(h);
+                }
+            }
+        }
+        out
+    }
+
     /// What `peer` holds, if it holds anything.
     pub(super) fn of(&self, peer: &PeerId) -> Option<&PieceBitmap> {
         self.index.get(peer).map(|at| &self.list[*at as usize].1)

@@ -345,6 +345,10 @@ fn one_reporter_keeps_a_bounded_private_blocklist() {
     // window draws a sample of the holders, so over a few windows).
     let mut again = std::collections::BTreeSet::new();
     for _ in 0..5 {
+        for i in 0..n {
+            announce(&mut s, &format!("p{i}"), t);
+        }
+        announce(&mut s, "a", t);
         again.extend(offered(&mut s, &blob, "a", t));
         t += STICKY_WINDOW;
     }
@@ -457,6 +461,9 @@ fn a_blocklisted_peer_cannot_shed_its_blocklisting_by_going_quiet() {
     let (mut s, blob) = swarm(&["a", "b"], now);
     // Handed out while evil was live, reported late in the hand-outs' life.
     let handed = now + PEER_TTL / 2;
+    for p in ["a", "b", "evil"] {
+        announce(&mut s, p, handed);
+    }
     for r in ["a", "b"] {
         offered(&mut s, &blob, r, handed);
     }
@@ -629,6 +636,7 @@ fn seed_hints_spread_unheld_pieces_across_peers() {
     let (_, _, zero) = s.task_for(&blob, &id("c"), 0, now + HINT_LEASE).unwrap();
     assert!(zero.is_empty(), "no hints unless asked");
     s.report_pieces(&id("a"), &blob, &[0, 1], None).unwrap();
+    announce(&mut s, "a", now + HINT_LEASE);
     let (_, _, c) = s.task_for(&blob, &id("c"), 2, now + HINT_LEASE).unwrap();
     assert_eq!(
         c,
@@ -952,4 +960,32 @@ fn a_peers_parents_stay_put_within_a_window_and_differ_between_peers() {
         later.iter().collect::<std::collections::BTreeSet<_>>(),
         first.iter().collect::<std::collections::BTreeSet<_>>()
     );
+}
+
+#[test]
+fn pieces_only_a_silent_holder_held_are_first_copies_again() {
+    let now = Instant::now();
+    let (m, blob) = task();
+    let mut s = SchedulerState::default();
+    s.register(m);
+    for p in ["a", "gone"] {
+        announce(&mut s, p, now);
+    }
+    s.report_pieces(&id("gone"), &blob, &[0, 1, 2], None)
+        .unwrap();
+    // While it is heard from, its pieces are no first copies.
+    assert!(s.task_for(&blob, &id("a"), 1, now).unwrap().2.is_empty());
+    // Killed: no more announcements. Once it has missed three, the seed
+    // sends its pieces to someone else (once, under a lease).
+    let later = now + HOLDER_SILENT_AFTER;
+    announce(&mut s, "a", later);
+    assert_eq!(s.task_for(&blob, &id("a"), 1, later).unwrap().2, vec![0]);
+    // An announcement brings it back: its pieces count again (after the
+    // next recount).
+    let back = later + LIVE_HELD_EVERY;
+    for p in ["a", "gone"] {
+        announce(&mut s, p, back);
+    }
+    let hints = s.task_for(&blob, &id("a"), 1, back).unwrap().2;
+    assert!(hints.is_empty(), "{hints:?}");
 }

@@ -228,7 +228,7 @@ fn hostile_peers_are_caught_blocklisted_and_bypassed() {
     });
     // Like a live peer, each keeps announcing itself (a holder silent for
     // three announcements is handed out no more).
-    for (name, addr) in evil.clone() {
+    for (name, addr) in evil {
         let pki = pki.to_path_buf();
         let scheduler = fleet.scheduler;
         rt.spawn(async move {

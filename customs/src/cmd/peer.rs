@@ -39,7 +39,7 @@ pub struct PeerArgs {
     #[arg(long, env = "CUSTOMS_UPLOAD_SLOTS")]
     upload_slots: Option<usize>,
     /// Piece requests that may wait for a free upload slot; beyond them
-    /// requesters are answered "busy" and ask another parent (default 0).
+    /// requesters are answered "busy" and ask another parent (default 1).
     #[arg(long, env = "CUSTOMS_UPLOAD_QUEUE")]
     upload_queue: Option<usize>,
     /// Registry meant by requests without `ns` (match the gateway's upstream).

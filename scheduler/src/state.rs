@@ -141,12 +141,18 @@ struct Task {
     /// so the seed sends each first copy once.
     /// Keyed by (zone, piece): a zone served by its own gateway has its
     /// own first copies (the zone is empty for everyone else).
-    /// Per zone scope, per piece: when it was hinted.
-    hinted: HashMap<String, Vec<Option<Instant>>>,
+    /// Per zone scope, per piece: when it was hinted, and to whom.
+    hinted: HashMap<String, Vec<Option<Lease>>>,
     /// Per zone scope: the pieces only holders not heard from lately hold,
     /// and when that was worked out (at most every [`LIVE_HELD_EVERY`]).
     /// Such a piece is a first copy again.
     orphaned: HashMap<String, (Instant, PieceBitmap)>,
+}
+
+/// A piece hinted to one peer for a first copy from the seed.
+struct Lease {
+    at: Instant,
+    to: PeerId,
 }
 
 /// Everything the scheduler knows; lost on restart by design.
@@ -619,7 +625,10 @@ impl SchedulerState {
         for t in self.tasks.values_mut() {
             t.hinted.retain(|_, leases| {
                 for at in leases.iter_mut() {
-                    if at.is_some_and(|t| now.duration_since(t) >= HINT_LEASE) {
+                    if at
+                        .as_ref()
+                        .is_some_and(|l| now.duration_since(l.at) >= HINT_LEASE)
+                    {
                         *at = None;
                     }
                 }
@@ -934,8 +943,18 @@ impl SchedulerState {
         let Some(leases) = task.hinted.get_mut(scope) else {
             return Vec::new();
         };
-        leases.resize(n as usize, None);
-        let live = |at: &Option<Instant>| at.is_some_and(|t| now.duration_since(t) < HINT_LEASE);
+        leases.resize_with(n as usize, || None);
+        // A lease ends early when its peer falls silent (it left): its
+        // pieces would otherwise wait out the lease with nobody fetching.
+        let peers = &self.peers;
+        let live = |l: &Option<Lease>| {
+            l.as_ref().is_some_and(|l| {
+                now.duration_since(l.at) < HINT_LEASE
+                    && peers.get(&l.to).is_none_or(|e| {
+                        now.saturating_duration_since(e.last_seen) < HOLDER_SILENT_AFTER
+                    })
+            })
+        };
         let wanted = wanted.min(SEED_HINTS);
         let mut hints = Vec::new();
         let mut k = 0;
@@ -943,7 +962,10 @@ impl SchedulerState {
             let i = (task.seed_cursor + k) % n;
             if i < signed && !held(i) && !live(&leases[i as usize]) {
                 hints.push(i);
-                leases[i as usize] = Some(now);
+                leases[i as usize] = Some(Lease {
+                    at: now,
+                    to: asker.clone(),
+                });
             }
             k += 1;
         }

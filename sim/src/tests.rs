@@ -114,6 +114,10 @@ fn churned_peers_do_not_stop_the_others() {
     let r = simulate(&cfg).unwrap();
     assert_eq!(r.churned, 4);
     assert_eq!((r.completed, r.incomplete), (36, 0), "{r:?}");
+    // A leaver's first-copy leases end with its silence (6 s), not after
+    // the whole 10 s lease: the rest wait less than that for its pieces.
+    assert!(r.max_ratio < 3.5, "max {}·S/B", r.max_ratio);
+    assert!(r.seed_copies < 1.2, "seed sent {}·S", r.seed_copies);
 }
 
 #[test]

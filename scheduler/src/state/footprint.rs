@@ -54,10 +54,14 @@ fn task(t: &Task) -> usize {
             .iter()
             .map(|s| size_of::<PeerId>() + 16 + id(s))
             .sum::<usize>()
-        + table::<String, Vec<Option<std::time::Instant>>>(t.hinted.capacity())
+        + table::<String, Vec<Option<super::Lease>>>(t.hinted.capacity())
         + t.hinted
             .iter()
-            .map(|(z, v)| z.len() + v.capacity() * size_of::<Option<std::time::Instant>>())
+            .map(|(z, v)| {
+                z.len()
+                    + v.capacity() * size_of::<Option<super::Lease>>()
+                    + v.iter().flatten().map(|l| id(&l.to)).sum::<usize>()
+            })
             .sum::<usize>()
 }
 

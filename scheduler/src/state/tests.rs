@@ -989,3 +989,28 @@ fn pieces_only_a_silent_holder_held_are_first_copies_again() {
     let hints = s.task_for(&blob, &id("a"), 1, back).unwrap().2;
     assert!(hints.is_empty(), "{hints:?}");
 }
+
+#[test]
+fn a_lease_ends_when_its_peer_falls_silent() {
+    let now = Instant::now();
+    let (m, blob) = task();
+    let mut s = SchedulerState::default();
+    s.register(m);
+    for p in ["gone", "a"] {
+        announce(&mut s, p, now);
+    }
+    assert_eq!(s.task_for(&blob, &id("gone"), 1, now).unwrap().2, vec![0]);
+    // Still heard from: its lease holds.
+    let soon = now + HOLDER_SILENT_AFTER / 2;
+    announce(&mut s, "a", soon);
+    assert_eq!(s.task_for(&blob, &id("a"), 1, soon).unwrap().2, vec![1]);
+    // It left (no announcement since): its piece is hinted again well
+    // before the lease would have run out.
+    let later = now + HOLDER_SILENT_AFTER;
+    assert!(later < now + HINT_LEASE);
+    announce(&mut s, "a", later);
+    let mut again = s.task_for(&blob, &id("a"), 1, later).unwrap().2;
+    again.extend(s.task_for(&blob, &id("a"), 1, later).unwrap().2);
+    assert!(again.contains(&0), "{again:?}");
+    assert!(!again.contains(&1), "a live peer's lease holds: {again:?}");
+}

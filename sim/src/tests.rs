@@ -112,6 +112,12 @@ fn churned_peers_do_not_stop_the_others() {
     let mut cfg = SimConfig::new(40, 16 * MIB, B);
     cfg.churn = 0.1;
     let r = simulate(&cfg).unwrap();
+    let again = simulate(&cfg).unwrap();
+    assert_eq!(
+        (r.p50_secs, r.max_secs, r.events),
+        (again.p50_secs, again.max_secs, again.events),
+        "same seed and churn, another run"
+    );
     assert_eq!(r.churned, 4);
     assert_eq!((r.completed, r.incomplete), (36, 0), "{r:?}");
     // A leaver's first-copy leases end with its silence (6 s), not after

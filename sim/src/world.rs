@@ -250,6 +250,10 @@ impl World {
             while chosen.len() < leaving {
                 chosen.insert((rng.next() % n as u64) as usize);
             }
+            // In index order: a HashSet's order differs per process, and
+            // the same seed must repeat the run.
+            let mut chosen: Vec<usize> = chosen.into_iter().collect();
+            chosen.sort_unstable();
             for i in chosen {
                 presence[i].leave = Some(cfg.ideal_secs() * (0.1 + 0.8 * rng.unit()));
             }

@@ -35,10 +35,10 @@ pub const BUSY_BACKOFF: Duration = Duration::from_millis(50);
 /// once its holder has been silent for 6 s (or is blocklisted), pass it
 /// on, so the seed does not send it once per peer that found the holder
 /// gone (at 5% churn, N = 1,000 in the fleet simulation: 1.38·S of seed
-/// bytes and p50 1.43·S/B without the wait, 1.06 and 1.17 with 2 s, 1.07
-/// and 1.19 with 4 or 8 s). Without a scheduler an orphan is fetched at
-/// once.
-pub const ORPHAN_WAIT: Duration = Duration::from_secs(2);
+/// bytes and p50 1.43·S/B without the wait, about 1.05 and 1.17 with 2 to
+/// 8 s; at N = 10,000, 2 s measured 1.25·S and 1.33, 8 s 1.08 and 1.25).
+/// Without a scheduler an orphan is fetched at once.
+pub const ORPHAN_WAIT: Duration = Duration::from_secs(8);
 
 /// A parent as the scheduler described it.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,7 @@
 use super::ledger::Ledger;
 use super::{PeerEntry, SchedulerState, Task};
 use customs_protocol::Digest;
+use customs_protocol::PieceBitmap;
 use customs_protocol::peer_id::PeerId;
 use customs_protocol::scheduler_proto::PeerInfo;
 use std::collections::HashMap;
@@ -53,6 +54,11 @@ fn task(t: &Task) -> usize {
         + t.seeds
             .iter()
             .map(|s| size_of::<PeerId>() + 16 + id(s))
+            .sum::<usize>()
+        + table::<String, (std::time::Instant, PieceBitmap)>(t.orphaned.capacity())
+        + t.orphaned
+            .iter()
+            .map(|(z, (_, b))| z.len() + b.as_bytes().len())
             .sum::<usize>()
         + table::<String, Vec<Option<super::Lease>>>(t.hinted.capacity())
         + t.hinted

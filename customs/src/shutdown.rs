@@ -1,11 +1,46 @@
-//! Signal handling: SIGTERM or Ctrl-C cancels one token every task watches.
+//! Signal handling: SIGTERM or Ctrl-C begins the supervisor's shutdown,
+//! which every component watches (see [`customs_runtime::Supervisor`]).
 
-use tokio_util::sync::CancellationToken;
+use clap::Args;
+use customs_runtime::Supervisor;
+use std::time::Duration;
 
-/// Cancels `token` on SIGTERM or SIGINT. The SIGTERM handler is installed
-/// before this returns, so a SIGTERM sent as soon as the process says it is
-/// ready is never the default (immediate death without cleanup).
-pub fn on_signal(token: CancellationToken) {
+/// Flags every long-running component takes (`gateway`, `peer`,
+/// `scheduler`, `up`): how it stops.
+#[derive(Args, Clone, Debug)]
+pub struct ProcessFlags {
+    /// Seconds in-flight transfers get to finish after SIGTERM before the
+    /// process cuts them, writes its final audit checkpoint and exits 0.
+    /// Keep it below the pod's terminationGracePeriodSeconds (default 30).
+    #[arg(long, env = "CUSTOMS_DRAIN_SECS", default_value_t = customs_runtime::DEFAULT_DRAIN.as_secs())]
+    pub drain_secs: u64,
+    /// Stop when standard input closes (used by `customs up` for its fleet).
+    #[arg(long)]
+    pub exit_on_stdin_eof: bool,
+}
+
+impl ProcessFlags {
+    /// The drain deadline.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+
+    /// A supervisor that begins shutting down on SIGTERM, SIGINT and (with
+    /// --exit-on-stdin-eof) the end of standard input.
+    pub fn supervisor(&self) -> Supervisor {
+        let sup = Supervisor::new(self.drain());
+        on_signal(sup.clone());
+        if self.exit_on_stdin_eof {
+            on_stdin_eof(sup.clone());
+        }
+        sup
+    }
+}
+
+/// Begins `sup`'s shutdown on SIGTERM or SIGINT. The SIGTERM handler is
+/// installed before this returns, so a SIGTERM sent as soon as the process
+/// says it is ready is never the default (immediate death without cleanup).
+fn on_signal(sup: Supervisor) {
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tokio::spawn(async move {
         let term = async {
@@ -20,21 +55,21 @@ pub fn on_signal(token: CancellationToken) {
             }
         };
         tokio::select! {
-            _ = term => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+            _ = term => tracing::info!(drain_secs = sup.drain().as_secs(), "SIGTERM: draining, then shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!(drain_secs = sup.drain().as_secs(), "interrupt: draining, then shutting down"),
         }
-        token.cancel();
+        sup.begin_shutdown();
     });
 }
 
-/// Cancels `token` when standard input closes: `customs up` holds the
-/// write end of every child's stdin, so its fleet stops with it even when
-/// it is killed outright.
-pub fn on_stdin_eof(token: CancellationToken) {
+/// Begins `sup`'s shutdown when standard input closes: `customs up` holds
+/// the write end of every child's stdin, so its fleet stops with it even
+/// when it is killed outright.
+fn on_stdin_eof(sup: Supervisor) {
     tokio::spawn(async move {
         let mut sink = tokio::io::sink();
         let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
         tracing::info!("parent went away: shutting down");
-        token.cancel();
+        sup.begin_shutdown();
     });
 }

@@ -280,16 +280,17 @@ impl Exporter {
         )
     }
 
-    /// Runs until `shutdown`.
+    /// Runs until `shutdown`, then delivers what the log already holds
+    /// and returns (at once if the sink fails then).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut cursor = self.load_cursor();
         let mut conn: Option<Conn> = None;
         let mut backoff = Duration::from_millis(200);
         tracing::info!(sink = ?self.sink, log = %self.progress.log.display(), offset = cursor.offset, "audit export started");
+        // After `shutdown` the loop still delivers what is already written
+        // (the final checkpoint among it) and returns once caught up or at
+        // the first failure; the cursor resumes the rest at the next start.
         loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
             // A fresh stream connection first re-sends the recent window.
             let needs_window =
                 conn.is_none() && matches!(self.sink, Sink::SyslogTcp(_) | Sink::SyslogTls(_));

@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Why the gateway could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -416,13 +415,17 @@ impl Gateway {
 
     /// Serves the OCI pull API on `listener` and, with a scheduler
     /// configured, the mTLS endpoint for peers (OCI API, tasks, pieces) on
-    /// `upload`, until `shutdown`.
+    /// `upload`, until `sup` shuts down; then drains connections up to its
+    /// deadline, writes the final audit checkpoint and lets the exporters
+    /// deliver it (see [`customs_runtime::Supervisor`]).
     pub async fn serve(
         self,
         listener: TcpListener,
         upload: Option<TcpListener>,
-        shutdown: CancellationToken,
+        sup: customs_runtime::Supervisor,
     ) -> Result<(), GatewayError> {
+        let shutdown = sup.shutdown_token();
+        let limits = ListenerLimits::default().with_drain(sup.drain());
         let resolver = RegistryResolver {
             default: self.default_registry.clone(),
         };
@@ -544,32 +547,37 @@ impl Gateway {
             );
             let listener = TcpListener::bind(api.addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "operator API serving (preheat jobs, Harbor webhook, /metrics)");
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
+            let (token, abort) = (shutdown.clone(), sup.abort_token());
+            sup.spawn("operator API", async move {
+                let served = axum::serve(listener, app)
                     .with_graceful_shutdown(token.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "operator API stopped");
+                    .into_future();
+                tokio::select! {
+                    r = served => if let Err(e) = r {
+                        tracing::error!(error = %e, "operator API stopped");
+                    },
+                    _ = abort.cancelled() => {}
                 }
             });
         }
+        // Exporters run until the final checkpoint is written (or the drain
+        // deadline passed), then deliver what is left and stop.
+        let export_stop = sup.abort_token().child_token();
         for exporter in self.exporters()? {
             self.metrics.watch_export(exporter.progress());
-            tokio::spawn(exporter.run(shutdown.clone()));
+            sup.spawn("audit export", exporter.run(export_stop.clone()));
         }
-        tokio::spawn(self.admission.clone().aggregate_loop(
+        // Awaited before the final checkpoint: its last counts belong in it.
+        let aggregate = tokio::spawn(self.admission.clone().aggregate_loop(
             self.refused.clone(),
             self.aggregate_every,
             shutdown.clone(),
         ));
         if let Some((source, interval)) = self.policy_source.clone() {
-            tokio::spawn(reload_loop(
-                source,
-                self.admission.clone(),
-                interval,
-                shutdown.clone(),
-            ));
+            sup.spawn(
+                "policy reload",
+                reload_loop(source, self.admission.clone(), interval, shutdown.clone()),
+            );
         }
         let audit = self.admission.audit().clone();
         tracing::info!(addr = %listener.local_addr()?, default_registry = %self.default_registry,
@@ -580,17 +588,19 @@ impl Gateway {
         let oci = async move {
             match oci_tls {
                 Some(cfg) => {
-                    customs_tls::serve_tls(listener, cfg, app, oci_refused, oci_shutdown).await
-                }
-                None => {
-                    customs_tls::serve_http(
+                    customs_tls::serve_tls_with(
                         listener,
+                        cfg,
                         app,
                         oci_refused,
-                        ListenerLimits::default(),
+                        limits,
                         oci_shutdown,
                     )
                     .await
+                }
+                None => {
+                    customs_tls::serve_http(listener, app, oci_refused, limits, oci_shutdown)
+                        .await
                 }
             }
         };
@@ -630,7 +640,10 @@ impl Gateway {
                     }),
                 );
                 if let Some(views) = fleet_views.clone() {
-                    tokio::spawn(views.feed(seed.schedulers().clone(), shutdown.clone()));
+                    sup.spawn(
+                        "fleet view feed",
+                        views.feed(seed.schedulers().clone(), shutdown.clone()),
+                    );
                 }
                 let peer_app = with_revision_headers(
                     router(self.mirror.clone(), resolver, Some(self.limiter.clone())),
@@ -641,16 +654,20 @@ impl Gateway {
                 .merge(fleet_doc)
                 .merge(piece_server::router(provider));
                 let limiter = self.limiter.clone();
-                tokio::spawn(seed.announce_loop(
-                    self.mirror.store().clone(),
-                    move || limiter.active() as u32,
-                    shutdown.clone(),
-                ));
-                let peers = customs_tls::serve_mtls(
+                sup.spawn(
+                    "seed announce",
+                    seed.announce_loop(
+                        self.mirror.store().clone(),
+                        move || limiter.active() as u32,
+                        shutdown.clone(),
+                    ),
+                );
+                let peers = customs_tls::serve_tls_with(
                     upload,
                     identity.server_config()?,
                     peer_app,
                     self.refused.clone(),
+                    limits,
                     shutdown.clone(),
                 );
                 let (a, b) = tokio::join!(oci, peers);
@@ -661,7 +678,9 @@ impl Gateway {
         }
         // Shut down: a signed checkpoint covers every event of this run, so
         // the next start has nothing to record as recovered-unsigned.
+        let _ = aggregate.await;
         audit.close().await?;
+        export_stop.cancel();
         Ok(())
     }
 }

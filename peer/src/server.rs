@@ -286,13 +286,16 @@ impl Peer {
     }
 
     /// Serves containerd's pull API on `listener` and, in swarm mode, pieces
-    /// over mTLS on `upload`, until `shutdown`.
+    /// over mTLS on `upload`, until `sup` shuts down; then drains open
+    /// transfers up to its deadline (see [`customs_runtime::Supervisor`]).
     pub async fn serve(
         self,
         listener: TcpListener,
         upload: Option<TcpListener>,
-        shutdown: CancellationToken,
+        sup: customs_runtime::Supervisor,
     ) -> Result<(), PeerError> {
+        let shutdown = sup.shutdown_token();
+        let limits = customs_tls::ListenerLimits::default().with_drain(sup.drain());
         let app = router(
             self.mirror.clone(),
             RegistryResolver {
@@ -310,11 +313,14 @@ impl Peer {
                 async move { crate::metrics::render(swarm.as_ref(), &refusals) }
             }),
         );
-        tokio::spawn(poll_revision(
-            self.gateway.clone(),
-            self.revisions.clone(),
-            shutdown.clone(),
-        ));
+        sup.spawn(
+            "policy revision poll",
+            poll_revision(
+                self.gateway.clone(),
+                self.revisions.clone(),
+                shutdown.clone(),
+            ),
+        );
         let swarm_for_status = self.swarm.as_ref().map(|(s, ..)| s.clone());
         let app = app.route(
             "/customs/v1/status",
@@ -340,16 +346,15 @@ impl Peer {
             listener,
             app,
             self.refused.clone(),
-            customs_tls::ListenerLimits::default(),
+            limits,
             shutdown.clone(),
         );
         match (self.swarm, upload) {
             (Some((swarm, identity, limiter, schedulers)), Some(upload)) => {
-                tokio::spawn(learn_fleet(
-                    self.gateway.clone(),
-                    schedulers,
-                    shutdown.clone(),
-                ));
+                sup.spawn(
+                    "fleet refresh",
+                    learn_fleet(self.gateway.clone(), schedulers, shutdown.clone()),
+                );
                 tracing::info!(addr = %upload.local_addr()?, "peer serving pieces over mTLS");
                 let provider = PieceProvider {
                     store: self.mirror.store().clone(),
@@ -359,15 +364,16 @@ impl Peer {
                     queue: crate::swarm::piece_server::UploadQueue::new(self.upload_queue),
                     geometry: Default::default(),
                 };
-                let pieces = customs_tls::serve_mtls(
+                let pieces = customs_tls::serve_tls_with(
                     upload,
                     identity.server_config()?,
                     piece_server::router(provider)
                         .merge(crate::preheat::router(self.mirror.clone())),
                     self.refused.clone(),
+                    limits,
                     shutdown.clone(),
                 );
-                tokio::spawn(swarm.announce_loop(shutdown.clone()));
+                sup.spawn("swarm announce", swarm.announce_loop(shutdown.clone()));
                 let (a, b) = tokio::join!(oci, pieces);
                 a?;
                 b?;

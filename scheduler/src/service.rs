@@ -466,7 +466,9 @@ pub const CONCURRENCY_PER_CONNECTION: usize = 64;
 /// timeout used as the ping's answer deadline.
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Serves the scheduler over mTLS on a bound listener until `shutdown`.
+/// Serves the scheduler over mTLS on a bound listener until `shutdown`,
+/// then lets open RPCs finish for up to `drain` (every RPC is bounded by
+/// [`RPC_TIMEOUT`] anyway).
 /// TLS is accepted here, not by tonic, so that every connection is bounded
 /// like the other listeners: a handshake that does not finish within
 /// [`customs_tls::TLS_HANDSHAKE_TIMEOUT`] is dropped and at most
@@ -477,6 +479,7 @@ pub async fn serve(
     identity: &TlsIdentity,
     service: Arc<SchedulerService>,
     shutdown: CancellationToken,
+    drain: std::time::Duration,
 ) -> Result<(), ServeError> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "scheduler serving gRPC over mTLS");
@@ -484,18 +487,28 @@ pub async fn serve(
     let incoming = customs_tls::tls_incoming(
         listener,
         identity.grpc_server_config()?,
-        customs_tls::ListenerLimits::default(),
+        customs_tls::ListenerLimits::default().with_drain(drain),
         Arc::default(),
         shutdown.clone(),
     );
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .timeout(RPC_TIMEOUT)
         .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(customs_tls::TLS_HANDSHAKE_TIMEOUT))
         .add_service(SchedulerServer::from_arc(service))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    tokio::pin!(served);
+    // tonic's graceful shutdown waits for every connection to close: the
+    // drain deadline bounds it.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        r = &mut served => r?,
+        _ = deadline => tracing::warn!("scheduler connections still open at the drain deadline"),
+    }
     Ok(())
 }
 

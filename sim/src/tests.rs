@@ -155,6 +155,11 @@ fn debug_small() {
     if let Ok(x) = std::env::var("SEEDX") {
         cfg.seed_upload_limit = b * x.parse::<f64>().unwrap();
     }
+    if let Ok(k) = std::env::var("PIECE_KIB") {
+        cfg.piece_length = k.parse::<u64>().unwrap() * 1024;
+        cfg.piece_overhead =
+            std::time::Duration::from_secs_f64(2e-4 + cfg.piece_length as f64 / 1e9);
+    }
     cfg.horizon =
         std::time::Duration::from_secs(std::env::var("H").map_or(30, |h| h.parse().unwrap()));
     let r = simulate(&cfg).unwrap();

@@ -149,9 +149,16 @@ async fn serve_connection<IO>(
         builder.http1_only()
     };
     let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
     tokio::select! {
-        _ = conn => {}
+        _ = conn.as_mut() => return,
         _ = shutdown.cancelled() => {}
+    }
+    // Draining: the response in flight finishes (HTTP/1 then closes; HTTP/2
+    // sends GOAWAY and finishes its open streams), up to the deadline.
+    conn.as_mut().graceful_shutdown();
+    if tokio::time::timeout(limits.drain, conn).await.is_err() {
+        tracing::debug!("connection cut at the drain deadline");
     }
 }
 

@@ -64,6 +64,18 @@ pub struct ListenerLimits {
     pub header_read_timeout: Duration,
     /// See [`WRITE_STALL_TIMEOUT`].
     pub write_stall_timeout: Duration,
+    /// How long open connections may finish what is in flight once
+    /// shutdown began ([`customs_runtime::DEFAULT_DRAIN`] by default,
+    /// `--drain-secs`); new connections are refused from the moment it
+    /// begins.
+    pub drain: Duration,
+}
+
+impl ListenerLimits {
+    /// These limits with `drain` as the drain deadline.
+    pub fn with_drain(self, drain: Duration) -> Self {
+        ListenerLimits { drain, ..self }
+    }
 }
 
 impl Default for ListenerLimits {
@@ -73,6 +85,7 @@ impl Default for ListenerLimits {
             max_connections: MAX_CONNECTIONS,
             header_read_timeout: HTTP_HEADER_READ_TIMEOUT,
             write_stall_timeout: WRITE_STALL_TIMEOUT,
+            drain: customs_runtime::DEFAULT_DRAIN,
         }
     }
 }
@@ -247,7 +260,12 @@ impl tonic::transport::server::Connected for Capped<TcpStream> {
 
 /// Accepts connections on `listener` until `shutdown`, giving each a slot
 /// (or closing it at once and counting it when none is free) and handing it
-/// to `handle` in its own task.
+/// to `handle` in its own task. After `shutdown` the listener is closed at
+/// once (new connections are refused) and this returns when every
+/// connection task has ended: `handle` must bound its own drain by
+/// `limits.drain` (the HTTP servers here do), and a connection task still
+/// running `limits.drain` plus the handshake timeout after shutdown is
+/// left behind, so shutdown never hangs on one.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limits: ListenerLimits,
@@ -292,7 +310,17 @@ pub(crate) async fn accept_loop<F, Fut>(
             remote,
         ));
     }
+    drop(listener);
     tracker.close();
+    if tokio::time::timeout(limits.drain + limits.handshake_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.len(),
+            "connections still open past the drain deadline"
+        );
+    }
 }
 
 /// Performs the TLS handshake of `tcp` within `limits.handshake_timeout`;

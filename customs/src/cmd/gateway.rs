@@ -6,7 +6,6 @@ use clap::Args;
 use customs_gateway::{Gateway, GatewayConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tokio_util::sync::CancellationToken;
 
 /// Flags shared by `customs gateway` and `customs up`; each overrides the
 /// config file's value when given.
@@ -322,9 +321,8 @@ impl GatewayFlags {
 pub struct GatewayArgs {
     #[command(flatten)]
     flags: GatewayFlags,
-    /// Stop when standard input closes (used by `customs up` for its fleet).
-    #[arg(long)]
-    exit_on_stdin_eof: bool,
+    #[command(flatten)]
+    process: shutdown::ProcessFlags,
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -342,12 +340,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let token = CancellationToken::new();
-    shutdown::on_signal(token.clone());
-    if args.exit_on_stdin_eof {
-        shutdown::on_stdin_eof(token.clone());
-    }
+    let sup = args.process.supervisor();
     tracing::info!(gateway = %args.flags.listen, "customs gateway ready");
-    gw.serve(listener, upload, token).await?;
+    gw.serve(listener, upload, sup.clone()).await?;
+    sup.drained().await;
+    tracing::info!("customs gateway stopped");
     Ok(())
 }

@@ -1,12 +1,10 @@
 //! `customs peer`.
 
-use crate::shutdown;
 use anyhow::Context;
 use clap::Args;
 use customs_peer::{Peer, PeerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tokio_util::sync::CancellationToken;
 
 /// `customs peer` flags; each overrides the config file.
 #[derive(Args)]
@@ -84,9 +82,8 @@ pub struct PeerArgs {
     /// last confirmation (e.g. `10m`), then refuse.
     #[arg(long, env = "CUSTOMS_ADMISSION_STALE_MAX", value_parser = humantime::parse_duration)]
     admission_stale_max: Option<std::time::Duration>,
-    /// Stop when standard input closes (used by `customs up` for its fleet).
-    #[arg(long)]
-    exit_on_stdin_eof: bool,
+    #[command(flatten)]
+    process: crate::shutdown::ProcessFlags,
 }
 
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
@@ -146,12 +143,10 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let token = CancellationToken::new();
-    shutdown::on_signal(token.clone());
-    if args.exit_on_stdin_eof {
-        shutdown::on_stdin_eof(token.clone());
-    }
+    let sup = args.process.supervisor();
     tracing::info!(peer = %args.listen, upload = ?cfg.upload_addr, "customs peer ready");
-    peer.serve(listener, upload, token).await?;
+    peer.serve(listener, upload, sup.clone()).await?;
+    sup.drained().await;
+    tracing::info!("customs peer stopped");
     Ok(())
 }

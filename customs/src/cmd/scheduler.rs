@@ -1,6 +1,5 @@
 //! `customs scheduler`.
 
-use crate::shutdown;
 use anyhow::Context;
 use clap::Args;
 use customs_protocol::piece_manifest::TrustedGatewayKeys;
@@ -10,7 +9,6 @@ use customs_tls::{TlsIdentity, TlsPaths};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// `customs scheduler` flags. TLS files and the gateway key default to what
 /// `customs up` / `customs certs` create under `--pki-dir`.
@@ -53,9 +51,8 @@ pub struct SchedulerArgs {
     /// port).
     #[arg(long, env = "CUSTOMS_SCHEDULER_ID")]
     scheduler_id: Option<String>,
-    /// Stop when standard input closes (used by `customs up` for its fleet).
-    #[arg(long)]
-    exit_on_stdin_eof: bool,
+    #[command(flatten)]
+    process: crate::shutdown::ProcessFlags,
 }
 
 /// Loads trusted gateway public keys from PEM files.
@@ -94,11 +91,8 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let token = CancellationToken::new();
-    shutdown::on_signal(token.clone());
-    if args.exit_on_stdin_eof {
-        shutdown::on_stdin_eof(token.clone());
-    }
+    let sup = args.process.supervisor();
+    let token = sup.shutdown_token();
     tracing::info!(scheduler = %args.listen, "customs scheduler ready");
     let aggregate = tokio::spawn(service.clone().aggregate_loop(token.clone()));
     let heartbeat = match &args.fleet_redis {
@@ -129,10 +123,11 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let served = customs_scheduler::serve(listener, &identity, service, token.clone()).await;
+    let served =
+        customs_scheduler::serve(listener, &identity, service, token.clone(), sup.drain()).await;
     // The last bad-piece counts are written, then the log is checkpointed,
     // before the process exits.
-    token.cancel();
+    sup.begin_shutdown();
     let _ = aggregate.await;
     if let Some(h) = heartbeat {
         let _ = h.await;
@@ -141,5 +136,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     if let Some(audit) = closing {
         audit.close().await?;
     }
+    sup.drained().await;
+    tracing::info!("customs scheduler stopped");
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! plus an optional local fleet of peer processes for trying the swarm.
 
 use super::gateway::GatewayFlags;
-use crate::shutdown;
 use anyhow::Context;
 use clap::Args;
 use customs_gateway::Gateway;
@@ -13,7 +12,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// `customs up` flags.
 #[derive(Args)]
@@ -40,6 +38,8 @@ pub struct UpArgs {
     /// (needs --fleet-redis; 0: no zones).
     #[arg(long, default_value_t = 0, requires = "fleet_redis")]
     pub(super) zones: u16,
+    #[command(flatten)]
+    pub(super) process: crate::shutdown::ProcessFlags,
 }
 
 impl UpArgs {
@@ -51,9 +51,21 @@ impl UpArgs {
 
 pub(super) struct Fleet {
     pub(super) children: Vec<tokio::process::Child>,
+    /// The children's drain deadline (`--drain-secs`, passed on to them).
+    pub(super) drain: std::time::Duration,
 }
 
 impl Fleet {
+    /// `cmd` with this fleet's drain deadline (children inherit it).
+    pub(super) fn command<'a>(
+        &self,
+        cmd: &'a mut tokio::process::Command,
+    ) -> &'a mut tokio::process::Command {
+        cmd.env("CUSTOMS_DRAIN_SECS", self.drain.as_secs().to_string())
+    }
+
+    /// SIGTERMs every child and waits for it to drain and exit (killing it
+    /// a few seconds past its drain deadline).
     pub(super) async fn stop(mut self) {
         for c in &self.children {
             if let Some(pid) = c.id() {
@@ -65,7 +77,7 @@ impl Fleet {
             }
         }
         for c in &mut self.children {
-            if tokio::time::timeout(std::time::Duration::from_secs(10), c.wait())
+            if tokio::time::timeout(self.drain + std::time::Duration::from_secs(5), c.wait())
                 .await
                 .is_err()
             {
@@ -222,24 +234,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         customs_scheduler::service::BAD_PIECE_AGGREGATE_INTERVAL,
     ));
 
-    let token = CancellationToken::new();
-    shutdown::on_signal(token.clone());
-    let gw_token = token.clone();
+    let sup = args.process.supervisor();
+    let token = sup.shutdown_token();
+    let gw_sup = sup.clone();
     let mut gw_task = tokio::spawn(async move {
-        gw.serve(gw_listener, Some(upload_listener), gw_token)
+        gw.serve(gw_listener, Some(upload_listener), gw_sup)
             .await
             .map_err(anyhow::Error::from)
     });
     let aggregate = tokio::spawn(service.clone().aggregate_loop(token.clone()));
-    let sched_token = token.clone();
+    let (sched_token, drain) = (token.clone(), sup.drain());
     let mut sched_task = tokio::spawn(async move {
-        customs_scheduler::serve(sched_listener, &sched_identity, service, sched_token)
+        customs_scheduler::serve(sched_listener, &sched_identity, service, sched_token, drain)
             .await
             .map_err(anyhow::Error::from)
     });
 
     let mut fleet = Fleet {
         children: Vec::new(),
+        drain: sup.drain(),
     };
     let gateway_url = format!("https://{upload_addr}");
     for i in 1..=args.peers {
@@ -250,21 +263,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.gateway.listen.ip(),
             args.gateway.listen.port() + args.peers + i,
         );
-        fleet.children.push(
-            peer_command(
-                i,
-                listen,
-                upload,
-                &cfg.data_dir,
-                &pki,
-                &gateway_url,
-                &scheduler_url,
-                std::slice::from_ref(&key_pub),
-                &default_registry,
-                args.gateway.upload_limit,
-            )?
-            .spawn()?,
-        );
+        let mut cmd = peer_command(
+            i,
+            listen,
+            upload,
+            &cfg.data_dir,
+            &pki,
+            &gateway_url,
+            &scheduler_url,
+            std::slice::from_ref(&key_pub),
+            &default_registry,
+            args.gateway.upload_limit,
+        )?;
+        let child = fleet.command(&mut cmd).spawn()?;
+        fleet.children.push(child);
     }
     tracing::info!(
         gateway = %args.gateway.listen, peers_endpoint = %upload_addr, scheduler = %sched_addr,
@@ -276,18 +288,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         r = &mut gw_task => (r, sched_task),
         r = &mut sched_task => (r, gw_task),
     };
-    token.cancel();
+    sup.begin_shutdown();
     fleet.stop().await;
     let _ = aggregate.await;
-    if tokio::time::timeout(std::time::Duration::from_secs(10), rest)
-        .await
-        .is_err()
-    {
-        tracing::warn!("components did not stop within 10 s");
+    let grace = sup.drain() + std::time::Duration::from_secs(5);
+    if tokio::time::timeout(grace, rest).await.is_err() {
+        tracing::warn!(
+            secs = grace.as_secs(),
+            "components did not stop within the drain deadline"
+        );
     }
     // The gateway closes its own log; the scheduler's gets its final
     // signed checkpoint here.
     sched_audit.close().await?;
+    sup.drained().await;
     first.context("component task failed")??;
     tracing::info!("customs stopped");
     Ok(())

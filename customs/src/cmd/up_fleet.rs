@@ -10,7 +10,6 @@
 //! working, and stopping `customs up` stops them all.
 
 use super::up::{Fleet, UpArgs, ensure_dev_pki, peer_command};
-use crate::shutdown;
 use anyhow::Context;
 use customs_gateway::GatewayConfig;
 use customs_tls::{Role, TlsPaths};
@@ -19,7 +18,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// How long every member gets to answer before `customs up` gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -154,9 +152,10 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
 
     let mut fleet = Fleet {
         children: Vec::new(),
+        drain: args.process.drain(),
     };
-    let token = CancellationToken::new();
-    shutdown::on_signal(token.clone());
+    let sup = args.process.supervisor();
+    let token = sup.shutdown_token();
     let started = async {
         let mut file = FleetFile {
             gateways: Vec::new(),
@@ -189,7 +188,7 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 .arg("--scheduler-id")
                 .arg(&name)
                 .env("CUSTOMS_FLEET_REDIS", fleet_url.expose_for_child());
-            let mut c = cmd.spawn().with_context(|| format!("starting {name}"))?;
+            let mut c = fleet.command(&mut cmd).spawn().with_context(|| format!("starting {name}"))?;
             wait_ready(&name, &mut c, async || {
                 tokio::net::TcpStream::connect(listen).await.is_ok()
             })
@@ -245,7 +244,7 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 .arg("--upload-listen")
                 .arg(upload.to_string())
                 .env("CUSTOMS_FLEET_REDIS", fleet_url.expose_for_child());
-            let mut c = cmd.spawn().with_context(|| format!("starting {name}"))?;
+            let mut c = fleet.command(&mut cmd).spawn().with_context(|| format!("starting {name}"))?;
             let scheme = if own.listen_tls_cert.is_some() {
                 "https"
             } else {
@@ -338,7 +337,7 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             if !zone.is_empty() {
                 cmd.arg("--zone").arg(&zone);
             }
-            let mut c = cmd.spawn().with_context(|| format!("starting {name}"))?;
+            let mut c = fleet.command(&mut cmd).spawn().with_context(|| format!("starting {name}"))?;
             let probe = format!("http://{listen}/v2/");
             wait_ready(&name, &mut c, async || http_ok(&http, &probe).await).await?;
             file.peers.push(PeerEntry {

@@ -461,3 +461,95 @@ async fn a_client_that_stops_reading_loses_its_connection_at_the_write_stall_tim
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!closed_by_server(&mut held, Duration::from_millis(300)).await);
 }
+
+/// A plain-HTTP server of one slow response: `chunks` chunks of 1 KiB,
+/// one every 100 ms, until `shutdown`; returns its address and the task.
+async fn slow_server(
+    chunks: usize,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let app = Router::new().route(
+        "/slow",
+        axum::routing::get(move || async move {
+            let s = futures_util::stream::unfold(0usize, move |i| async move {
+                if i == chunks {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((Ok::<_, std::io::Error>(vec![b'x'; 1024]), i + 1))
+            });
+            axum::body::Body::from_stream(s)
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(serve_http(
+        listener,
+        app,
+        Arc::default(),
+        limits,
+        shutdown,
+    ));
+    (addr, task)
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_response_in_flight_and_refuses_new_connections() {
+    let shutdown = CancellationToken::new();
+    let (addr, server) = slow_server(20, ListenerLimits::default(), shutdown.clone()).await;
+    let mut resp = reqwest::get(format!("http://{addr}/slow")).await.unwrap();
+    let mut got = resp.chunk().await.unwrap().unwrap().len();
+    let began = Instant::now();
+    shutdown.cancel();
+    // The listener closes at once: a new connection is refused.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a new connection was accepted after shutdown began"
+    );
+    // The response in flight still arrives whole.
+    while let Some(c) = resp.chunk().await.unwrap() {
+        got += c.len();
+    }
+    assert_eq!(got, 20 * 1024);
+    // And the server returns once it was sent.
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(began.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_response_longer_than_the_drain_deadline_is_cut_at_it() {
+    let shutdown = CancellationToken::new();
+    let limits = ListenerLimits::default().with_drain(Duration::from_millis(500));
+    // 600 chunks at 100 ms: a minute, far past the deadline.
+    let (addr, server) = slow_server(600, limits, shutdown.clone()).await;
+    let mut resp = reqwest::get(format!("http://{addr}/slow")).await.unwrap();
+    resp.chunk().await.unwrap().unwrap();
+    let began = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server outlived its drain deadline")
+        .unwrap()
+        .unwrap();
+    let took = began.elapsed();
+    assert!(took >= Duration::from_millis(450), "cut before the deadline: {took:?}");
+    // The client sees the body end early, as an error, not as a whole body.
+    let mut cut = false;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "a cut-off body read as complete");
+}

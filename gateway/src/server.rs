@@ -599,8 +599,7 @@ impl Gateway {
                     .await
                 }
                 None => {
-                    customs_tls::serve_http(listener, app, oci_refused, limits, oci_shutdown)
-                        .await
+                    customs_tls::serve_http(listener, app, oci_refused, limits, oci_shutdown).await
                 }
             }
         };

@@ -188,7 +188,10 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 .arg("--scheduler-id")
                 .arg(&name)
                 .env("CUSTOMS_FLEET_REDIS", fleet_url.expose_for_child());
-            let mut c = fleet.command(&mut cmd).spawn().with_context(|| format!("starting {name}"))?;
+            let mut c = fleet
+                .command(&mut cmd)
+                .spawn()
+                .with_context(|| format!("starting {name}"))?;
             wait_ready(&name, &mut c, async || {
                 tokio::net::TcpStream::connect(listen).await.is_ok()
             })
@@ -244,7 +247,10 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 .arg("--upload-listen")
                 .arg(upload.to_string())
                 .env("CUSTOMS_FLEET_REDIS", fleet_url.expose_for_child());
-            let mut c = fleet.command(&mut cmd).spawn().with_context(|| format!("starting {name}"))?;
+            let mut c = fleet
+                .command(&mut cmd)
+                .spawn()
+                .with_context(|| format!("starting {name}"))?;
             let scheme = if own.listen_tls_cert.is_some() {
                 "https"
             } else {
@@ -337,7 +343,10 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             if !zone.is_empty() {
                 cmd.arg("--zone").arg(&zone);
             }
-            let mut c = fleet.command(&mut cmd).spawn().with_context(|| format!("starting {name}"))?;
+            let mut c = fleet
+                .command(&mut cmd)
+                .spawn()
+                .with_context(|| format!("starting {name}"))?;
             let probe = format!("http://{listen}/v2/");
             wait_ready(&name, &mut c, async || http_ok(&http, &probe).await).await?;
             file.peers.push(PeerEntry {

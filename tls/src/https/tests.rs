@@ -468,7 +468,10 @@ async fn slow_server(
     chunks: usize,
     limits: ListenerLimits,
     shutdown: CancellationToken,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let app = Router::new().route(
         "/slow",
         axum::routing::get(move || async move {
@@ -484,13 +487,7 @@ async fn slow_server(
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(serve_http(
-        listener,
-        app,
-        Arc::default(),
-        limits,
-        shutdown,
-    ));
+    let task = tokio::spawn(serve_http(listener, app, Arc::default(), limits, shutdown));
     (addr, task)
 }
 
@@ -538,7 +535,10 @@ async fn a_response_longer_than_the_drain_deadline_is_cut_at_it() {
         .unwrap()
         .unwrap();
     let took = began.elapsed();
-    assert!(took >= Duration::from_millis(450), "cut before the deadline: {took:?}");
+    assert!(
+        took >= Duration::from_millis(450),
+        "cut before the deadline: {took:?}"
+    );
     // The client sees the body end early, as an error, not as a whole body.
     let mut cut = false;
     loop {

@@ -5,12 +5,12 @@
 
 mod cmd;
 mod shutdown;
+mod telemetry;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse();
-    cmd::init_tracing(&cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,7 +21,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cmd::run(cli)) {
+    let result = rt.block_on(async {
+        // Inside the runtime: the OTLP exporter's channel lives on it.
+        let telemetry = telemetry::init(&cli.log_format, cli.otlp_target())?;
+        let result = cmd::run(cli).await;
+        telemetry.shutdown().await;
+        result
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("customs: {e:#}");

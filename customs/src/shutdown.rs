@@ -17,9 +17,49 @@ pub struct ProcessFlags {
     /// Stop when standard input closes (used by `customs up` for its fleet).
     #[arg(long)]
     pub exit_on_stdin_eof: bool,
+    /// Export traces over OTLP/gRPC to this collector: `http://HOST:4317`
+    /// or `https://HOST:4317` (with --otlp-ca). `customs up` passes it on
+    /// to the processes it starts.
+    #[arg(long, env = "CUSTOMS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// PEM CA bundle of an https:// --otlp-endpoint.
+    #[arg(long, env = "CUSTOMS_OTLP_CA", requires = "otlp_endpoint")]
+    pub otlp_ca: Option<std::path::PathBuf>,
 }
 
 impl ProcessFlags {
+    /// Where this process exports traces, as `service` on node `instance`
+    /// (the host name when none is configured).
+    pub fn otlp(
+        &self,
+        service: &'static str,
+        instance: Option<&str>,
+    ) -> Option<crate::telemetry::OtlpTarget> {
+        let endpoint = self.otlp_endpoint.clone()?;
+        Some(crate::telemetry::OtlpTarget {
+            endpoint,
+            ca: self.otlp_ca.clone(),
+            service,
+            instance: instance.map_or_else(crate::telemetry::host_name, str::to_owned),
+        })
+    }
+
+    /// `cmd` (a child of `customs up`) with these settings, passed in its
+    /// environment: the same drain deadline and trace collector.
+    pub fn pass_on<'a>(
+        &self,
+        cmd: &'a mut tokio::process::Command,
+    ) -> &'a mut tokio::process::Command {
+        cmd.env("CUSTOMS_DRAIN_SECS", self.drain_secs.to_string());
+        if let Some(e) = &self.otlp_endpoint {
+            cmd.env("CUSTOMS_OTLP_ENDPOINT", e);
+        }
+        if let Some(ca) = &self.otlp_ca {
+            cmd.env("CUSTOMS_OTLP_CA", ca);
+        }
+        cmd
+    }
+
     /// The drain deadline.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_secs)

@@ -273,3 +273,206 @@ async fn every_component_drains_on_sigterm_and_exits_0() {
     let (ok, out) = audit_verifies(&dir.join("gw"), Some(&dir.join("gw/key.pub")));
     assert!(ok, "{out}");
 }
+
+/// A small OTLP/gRPC trace receiver on the published protobufs (what an
+/// OpenTelemetry collector's `otlp` receiver accepts): every exported span
+/// with its resource's `service.name`.
+mod otlp_receiver {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use std::sync::{Arc, Mutex};
+
+    /// One received span.
+    #[derive(Debug, Clone)]
+    pub struct Span {
+        pub service: String,
+        pub instance: String,
+        pub name: String,
+        pub kind: i32,
+        pub trace_id: Vec<u8>,
+        pub span_id: Vec<u8>,
+        pub parent_span_id: Vec<u8>,
+    }
+
+    #[derive(Default, Clone)]
+    pub struct Receiver(Arc<Mutex<Vec<Span>>>);
+
+    fn attr(attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> String {
+        attrs
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.clone())
+            .map(|v| match v {
+                Value::StringValue(s) => s,
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default()
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.0.lock().unwrap();
+            for rs in req.into_inner().resource_spans {
+                let attrs = rs.resource.map(|r| r.attributes).unwrap_or_default();
+                let (service, instance) = (
+                    attr(&attrs, "service.name"),
+                    attr(&attrs, "service.instance.id"),
+                );
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        spans.push(Span {
+                            service: service.clone(),
+                            instance: instance.clone(),
+                            name: s.name,
+                            kind: s.kind,
+                            trace_id: s.trace_id,
+                            span_id: s.span_id,
+                            parent_span_id: s.parent_span_id,
+                        });
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    impl Receiver {
+        /// Serves on a loopback port; returns the receiver and its endpoint.
+        pub async fn start() -> (Receiver, String) {
+            let r = Receiver::default();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let svc = TraceServiceServer::new(r.clone());
+            tokio::spawn(async move {
+                let incoming = futures_util::stream::unfold(listener, |l| async move {
+                    let conn = l.accept().await.map(|(s, _)| s);
+                    Some((conn, l))
+                });
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(incoming)
+                    .await
+                    .unwrap();
+            });
+            (r, format!("http://{addr}"))
+        }
+
+        pub fn spans(&self) -> Vec<Span> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+}
+
+/// SPAN_KIND_SERVER and SPAN_KIND_CLIENT in the OTLP protobuf.
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cold_pull_is_one_trace_across_peer_gateway_and_upstream() {
+    let (receiver, endpoint) = otlp_receiver::Receiver::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    make_image(&dir.join("app"), "v1", &[200_000], &[], 10);
+    push(&dir.join("app"), "v1", registry.addr, "traced/app");
+    let (digest, _) = biggest_blob(&dir.join("app"));
+    let gw_data = dir.join("gw");
+    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut gw = Customs::spawn(
+        &strings(&[
+            "gateway",
+            "--data-dir",
+            gw_data.to_str().unwrap(),
+            "--listen",
+            &gw_addr.to_string(),
+            "--upstream",
+            &registry.url(),
+            "--gateway-id",
+            "gw-a",
+            "--otlp-endpoint",
+            &endpoint,
+        ]),
+        gw_addr,
+        &gw_data,
+    );
+    let peer_data = dir.join("peer");
+    let peer_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut peer = Customs::spawn(
+        &strings(&[
+            "peer",
+            "--gateway",
+            &format!("http://{gw_addr}"),
+            "--listen",
+            &peer_addr.to_string(),
+            "--data-dir",
+            peer_data.to_str().unwrap(),
+            "--default-registry",
+            &registry.addr.to_string(),
+            "--peer-id",
+            "node-7",
+            "--otlp-endpoint",
+            &endpoint,
+        ]),
+        peer_addr,
+        &peer_data,
+    );
+    let (resp, first) =
+        start_download(&format!("http://{peer_addr}"), "traced/app", &digest, "").await;
+    let (got, _, clean) = read_body(resp, first).await;
+    assert!(clean && got == digest);
+    // Spans are batched: a clean stop flushes them.
+    for p in [&mut peer.proc, &mut gw.proc] {
+        sigterm(p.child.id());
+        assert!(wait_exit(p, Duration::from_secs(20)).0.success());
+    }
+    let spans = receiver.spans();
+    let of = |service: &str| -> Vec<&otlp_receiver::Span> {
+        spans.iter().filter(|s| s.service == service).collect()
+    };
+    let (peer_spans, gw_spans) = (of("customs-peer"), of("customs-gateway"));
+    assert!(
+        peer_spans.iter().all(|s| s.instance == "node-7")
+            && gw_spans.iter().all(|s| s.instance == "gw-a"),
+        "resources name the node: {spans:#?}"
+    );
+    // The blob request containerd made to the peer...
+    let pull = peer_spans
+        .iter()
+        .find(|s| s.kind == SERVER && s.name == "GET blob")
+        .unwrap_or_else(|| panic!("no peer blob span: {spans:#?}"));
+    let trace: Vec<&otlp_receiver::Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == pull.trace_id)
+        .collect();
+    // ...called the gateway (a client span of the peer)...
+    let call = trace
+        .iter()
+        .find(|s| s.service == "customs-peer" && s.kind == CLIENT && s.name == "gateway")
+        .unwrap_or_else(|| panic!("no peer -> gateway call in the trace: {trace:#?}"));
+    // ...whose server span on the gateway is its child...
+    let served = trace
+        .iter()
+        .find(|s| {
+            s.service == "customs-gateway" && s.kind == SERVER && s.parent_span_id == call.span_id
+        })
+        .unwrap_or_else(|| panic!("the gateway's span does not continue the peer's: {trace:#?}"));
+    assert_eq!(served.name, "GET blob");
+    // ...and the gateway's upstream fetch is in the same trace.
+    assert!(
+        trace
+            .iter()
+            .any(|s| s.service == "customs-gateway" && s.kind == CLIENT && s.name == "upstream"),
+        "no upstream span in the trace: {trace:#?}"
+    );
+}

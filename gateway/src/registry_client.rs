@@ -324,7 +324,12 @@ impl RegistryClient {
 
     /// Sends a request within the first-byte timeout.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, FetchFailure> {
-        match tokio::time::timeout(self.timeouts.first_byte, req.send()).await {
+        use tracing::Instrument as _;
+        let span = customs_runtime::trace_context::client_span("upstream", &self.host);
+        let req = req.headers(customs_runtime::trace_context::headers_for(&span));
+        let sent =
+            tokio::time::timeout(self.timeouts.first_byte, req.send()).instrument(span.clone());
+        match sent.await {
             Err(_) => Err(unavailable(format!(
                 "upstream {} sent no response within {} (upstream first-byte timeout)",
                 self.host,
@@ -336,7 +341,10 @@ impl RegistryClient {
                 secs(self.timeouts.connect)
             ))),
             Ok(Err(e)) => Err(unavailable(format!("upstream {}: {e}", self.host))),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                span.record("http.response.status_code", resp.status().as_u16());
+                Ok(resp)
+            }
         }
     }
 

@@ -582,6 +582,7 @@ impl Gateway {
         let audit = self.admission.audit().clone();
         tracing::info!(addr = %listener.local_addr()?, default_registry = %self.default_registry,
             https = self.oci_tls.is_some(), "gateway serving the OCI pull API");
+        let app = customs_runtime::trace_context::traced(app);
         let oci_tls = self.oci_tls.clone();
         let oci_refused = self.refused.clone();
         let oci_shutdown = shutdown.clone();
@@ -664,7 +665,7 @@ impl Gateway {
                 let peers = customs_tls::serve_tls_with(
                     upload,
                     identity.server_config()?,
-                    peer_app,
+                    customs_runtime::trace_context::traced(peer_app),
                     self.refused.clone(),
                     limits,
                     shutdown.clone(),

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use customs_mirror::{FetchedManifest, Source};
 use customs_protocol::manifest::MANIFEST_MEDIA_TYPES;
 use customs_protocol::{Digest, ImageName, MAX_MANIFEST_BYTES, OciErrorCode, Reference};
+use customs_runtime::trace_context;
 use customs_store::inflight::ByteStream;
 use customs_store::{FetchFailure, FetchFailureKind};
 use customs_swarm::members::{FleetDoc, Gateways};
@@ -16,6 +17,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// Longest wait for a gateway answer on a manifest or admission check (a
 /// blob body has its own pacing): past it the gateway counts as
@@ -86,8 +88,13 @@ impl GatewaySource {
         let mut turns = self.gateways.len().max(1);
         loop {
             let base = self.gateways.current();
-            match build(&base).send().await {
-                Ok(r) => return Ok(r),
+            let span = trace_context::client_span("gateway", &base);
+            let req = build(&base).headers(trace_context::headers_for(&span));
+            match req.send().instrument(span.clone()).await {
+                Ok(r) => {
+                    span.record("http.response.status_code", r.status().as_u16());
+                    return Ok(r);
+                }
                 Err(e) if turns > 1 && (e.is_connect() || e.is_timeout()) => {
                     self.gateways.failed(&base);
                     turns -= 1;

@@ -344,7 +344,7 @@ impl Peer {
         // piece server in this process.
         let oci = customs_tls::serve_http(
             listener,
-            app,
+            customs_runtime::trace_context::traced(app),
             self.refused.clone(),
             limits,
             shutdown.clone(),

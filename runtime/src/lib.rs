@@ -2,7 +2,10 @@
 //!
 //! - [`supervisor`]: every task a component spawns is tracked, told when
 //!   the process shuts down, and given until a drain deadline to finish.
+//! - [`trace_context`]: W3C trace context on the internal calls, so one
+//!   pull is one trace across peer, gateway and upstream.
 
 pub mod supervisor;
+pub mod trace_context;
 
 pub use supervisor::{DEFAULT_DRAIN, Supervisor};

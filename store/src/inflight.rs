@@ -458,7 +458,8 @@ where
     let task_store = store.clone();
     let idle = store.source_idle_timeout();
     let open_within = store.source_open_timeout();
-    tokio::spawn(async move {
+    // The fetch belongs to the trace of the request that started it.
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         let (task_registry, task_digest) = &key;
         let fetch = Fetch {
             store: &task_store,
@@ -487,7 +488,7 @@ where
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
-    });
+    }));
     Ok(TailReader {
         file,
         rx,

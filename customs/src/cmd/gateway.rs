@@ -325,6 +325,14 @@ pub struct GatewayArgs {
     process: shutdown::ProcessFlags,
 }
 
+impl GatewayArgs {
+    /// Trace export as `customs-gateway`.
+    pub fn otlp(&self) -> Option<crate::telemetry::OtlpTarget> {
+        self.process
+            .otlp("customs-gateway", self.flags.gateway_id.as_deref())
+    }
+}
+
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cfg = args.flags.config()?;
     cfg.validate()?;

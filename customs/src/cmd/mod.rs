@@ -70,20 +70,20 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-/// Starts tracing; `RUST_LOG` filters (default `info`).
-pub fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    // Colour only on a terminal: log files and SIEM pipelines get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+impl Cli {
+    /// Where this process exports traces, if it is a long-running
+    /// component with `--otlp-endpoint`.
+    pub fn otlp_target(&self) -> Option<crate::telemetry::OtlpTarget> {
+        match &self.command {
+            // `customs up` is the gateway (and the scheduler) in one process.
+            Command::Up(a) => a
+                .process
+                .otlp("customs-gateway", a.gateway.gateway_id.as_deref()),
+            Command::Gateway(a) => a.otlp(),
+            Command::Peer(a) => a.otlp(),
+            Command::Scheduler(a) => a.otlp(),
+            _ => None,
+        }
     }
 }
 

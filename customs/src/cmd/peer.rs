@@ -86,6 +86,13 @@ pub struct PeerArgs {
     process: crate::shutdown::ProcessFlags,
 }
 
+impl PeerArgs {
+    /// Trace export as `customs-peer`.
+    pub fn otlp(&self) -> Option<crate::telemetry::OtlpTarget> {
+        self.process.otlp("customs-peer", self.peer_id.as_deref())
+    }
+}
+
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     let mut cfg: PeerConfig = super::load_yaml(args.config.as_deref())?;
     macro_rules! set {

@@ -66,6 +66,14 @@ pub fn trusted_keys(paths: &[PathBuf]) -> anyhow::Result<TrustedGatewayKeys> {
     )?)
 }
 
+impl SchedulerArgs {
+    /// Trace export as `customs-scheduler`.
+    pub fn otlp(&self) -> Option<crate::telemetry::OtlpTarget> {
+        self.process
+            .otlp("customs-scheduler", self.scheduler_id.as_deref())
+    }
+}
+
 pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
     let defaults = TlsPaths::in_dir(&args.pki_dir, "scheduler");
     let identity = TlsIdentity::load(&TlsPaths {

@@ -51,17 +51,17 @@ impl UpArgs {
 
 pub(super) struct Fleet {
     pub(super) children: Vec<tokio::process::Child>,
-    /// The children's drain deadline (`--drain-secs`, passed on to them).
-    pub(super) drain: std::time::Duration,
+    /// `customs up`'s drain deadline and trace collector, passed on.
+    pub(super) process: crate::shutdown::ProcessFlags,
 }
 
 impl Fleet {
-    /// `cmd` with this fleet's drain deadline (children inherit it).
+    /// `cmd` with this fleet's drain deadline and trace collector.
     pub(super) fn command<'a>(
         &self,
         cmd: &'a mut tokio::process::Command,
     ) -> &'a mut tokio::process::Command {
-        cmd.env("CUSTOMS_DRAIN_SECS", self.drain.as_secs().to_string())
+        self.process.pass_on(cmd)
     }
 
     /// SIGTERMs every child and waits for it to drain and exit (killing it
@@ -77,9 +77,12 @@ impl Fleet {
             }
         }
         for c in &mut self.children {
-            if tokio::time::timeout(self.drain + std::time::Duration::from_secs(5), c.wait())
-                .await
-                .is_err()
+            if tokio::time::timeout(
+                self.process.drain() + std::time::Duration::from_secs(5),
+                c.wait(),
+            )
+            .await
+            .is_err()
             {
                 let _ = c.kill().await;
             }
@@ -252,7 +255,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let mut fleet = Fleet {
         children: Vec::new(),
-        drain: sup.drain(),
+        process: args.process.clone(),
     };
     let gateway_url = format!("https://{upload_addr}");
     for i in 1..=args.peers {

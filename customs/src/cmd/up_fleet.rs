@@ -152,7 +152,7 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
 
     let mut fleet = Fleet {
         children: Vec::new(),
-        drain: args.process.drain(),
+        process: args.process.clone(),
     };
     let sup = args.process.supervisor();
     let token = sup.shutdown_token();

@@ -164,17 +164,24 @@ fn harbor_provider_and_webhooks_preheat_every_peer_which_then_serve_offline() {
     // Metrics (no token) count the gateway's served bytes and the jobs.
     let (status, metrics) = call(api, "GET", "/metrics", None, "");
     assert_eq!(status, 200);
+    // Every metric names the node and its role; a gateway outside a fleet
+    // is still node="gateway".
+    let gw = [("node", "gateway"), ("role", "gateway")];
     assert!(
-        metrics.contains("customs_served_bytes_total{node=\"gateway\"}"),
+        metric_value(&metrics, "customs_served_bytes_total", &gw).is_some(),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "customs_preheat_jobs_total",
+            &[("state", "success"), ("node", "gateway")]
+        ),
+        Some(3.0),
         "{metrics}"
     );
     assert!(
-        metrics.contains("customs_preheat_jobs_total{state=\"success\"} 3"),
-        "{metrics}"
-    );
-
-    assert!(
-        metrics.contains("customs_upstream_bytes_total{node=\"gateway\"}"),
+        metric_value(&metrics, "customs_upstream_bytes_total", &gw).is_some(),
         "{metrics}"
     );
     assert!(metrics.contains("customs_decisions_total"), "{metrics}");
@@ -188,6 +195,10 @@ fn harbor_provider_and_webhooks_preheat_every_peer_which_then_serve_offline() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         assert!(received > 0.0, "{peer}: {m}");
+        assert!(
+            metric_value(&m, "customs_received_bytes_total", &[("role", "peer")]).is_some(),
+            "{peer}: {m}"
+        );
         assert!(m.contains("customs_bad_pieces_total"), "{m}");
     }
 

@@ -86,8 +86,7 @@ impl Collector for LiveCounters {
             ),
         ] {
             let counter = ConstCounter::new(value);
-            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            let metric = family.encode_family(&[("node", "gateway")])?;
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
         let exports = self
@@ -119,14 +118,37 @@ impl Collector for LiveCounters {
     }
 }
 
+/// The labels every metric of a process carries, so one dashboard covers
+/// the fleet: `node` (a gateway's fleet id; `gateway` for a gateway
+/// outside a fleet, as before), `role` and, when set, `zone`.
+pub fn process_labels(
+    node: &str,
+    role: &'static str,
+    zone: &str,
+) -> Vec<(
+    std::borrow::Cow<'static, str>,
+    std::borrow::Cow<'static, str>,
+)> {
+    let mut labels = vec![
+        ("node".into(), node.to_owned().into()),
+        ("role".into(), role.into()),
+    ];
+    if !zone.is_empty() {
+        labels.push(("zone".into(), zone.to_owned().into()));
+    }
+    labels
+}
+
 impl Metrics {
-    /// Registers everything.
+    /// Registers everything; `node` and `zone` label every metric.
     pub fn new(
         limiter: Arc<RateLimiter>,
         refused: Arc<RefusedConnections>,
         upstreams: Arc<Upstreams>,
+        node: &str,
+        zone: &str,
     ) -> Arc<Self> {
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_labels(process_labels(node, "gateway", zone).into_iter());
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "customs_decisions",

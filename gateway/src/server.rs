@@ -193,7 +193,13 @@ impl Gateway {
         let upstreams = Arc::new(upstreams);
         let limiter = RateLimiter::new(cfg.upload_limit);
         let refused: Arc<RefusedConnections> = Arc::default();
-        let metrics = Metrics::new(limiter.clone(), refused.clone(), upstreams.clone());
+        let metrics = Metrics::new(
+            limiter.clone(),
+            refused.clone(),
+            upstreams.clone(),
+            cfg.gateway_id.as_deref().unwrap_or("gateway"),
+            &cfg.zone,
+        );
         let policy_source = cfg.policy_source();
         let admission = match &policy_source {
             None => GatewayAdmission::allow_all(audit),

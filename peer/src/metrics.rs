@@ -26,7 +26,6 @@ impl std::fmt::Debug for SwarmCounters {
 
 impl Collector for SwarmCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let node = self.0.peer_id().to_owned();
         let (received, uploaded) = self.0.traffic();
         let from_gateway = received.get(SEED_ID).copied().unwrap_or(0);
         let from_peers: u64 = received
@@ -43,7 +42,7 @@ impl Collector for SwarmCounters {
             c.metric_type(),
         )?;
         for (source, value) in received_bytes {
-            let labels = [("node", node.as_str()), ("source", source)];
+            let labels = [("source", source)];
             let metric = family.encode_family(&labels)?;
             ConstCounter::new(value).encode(metric)?;
         }
@@ -65,9 +64,7 @@ impl Collector for SwarmCounters {
             ),
         ] {
             let counter = ConstCounter::new(value);
-            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            let labels = [("node", node.as_str())];
-            let metric = family.encode_family(&labels)?;
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
         Ok(())
@@ -96,9 +93,23 @@ impl Collector for RefusalCounters {
     }
 }
 
-/// The Prometheus text for a peer (swarm figures only in swarm mode).
-pub fn render(swarm: Option<&Arc<Swarm>>, refusals: &Arc<Refusals>) -> String {
-    let mut registry = Registry::default();
+/// The Prometheus text for a peer (swarm figures only in swarm mode),
+/// every metric labelled with the node (its peer id), `role="peer"` and
+/// its zone.
+pub fn render(
+    swarm: Option<&Arc<Swarm>>,
+    refusals: &Arc<Refusals>,
+    node: &str,
+    zone: &str,
+) -> String {
+    let mut labels = vec![
+        ("node".into(), node.to_owned().into()),
+        ("role".into(), "peer".into()),
+    ];
+    if !zone.is_empty() {
+        labels.push(("zone".into(), zone.to_owned().into()));
+    }
+    let mut registry = Registry::with_labels(labels.into_iter());
     registry.register_collector(Box::new(RefusalCounters(refusals.clone())));
     if let Some(swarm) = swarm {
         registry.register_collector(Box::new(SwarmCounters(swarm.clone())));

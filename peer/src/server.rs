@@ -158,6 +158,9 @@ pub struct Peer {
     gateway: GatewaySource,
     revisions: Arc<RevisionTracker>,
     refusals: Arc<Refusals>,
+    /// The `node` and `zone` labels of its metrics (`node` is the peer id,
+    /// or `peer` without one).
+    metric_labels: (String, String),
 }
 
 impl Peer {
@@ -277,6 +280,10 @@ impl Peer {
             gateway: gateway_source,
             revisions,
             refusals,
+            metric_labels: (
+                cfg.peer_id.clone().unwrap_or_else(|| "peer".to_owned()),
+                cfg.zone.clone(),
+            ),
         })
     }
 
@@ -305,14 +312,19 @@ impl Peer {
         );
         let swarm_for_metrics = self.swarm.as_ref().map(|(s, ..)| s.clone());
         let refusals = self.refusals.clone();
-        let app = app.route(
-            "/metrics",
-            axum::routing::get(move || {
-                let swarm = swarm_for_metrics.clone();
-                let refusals = refusals.clone();
-                async move { crate::metrics::render(swarm.as_ref(), &refusals) }
-            }),
-        );
+        let labels = Arc::new(self.metric_labels.clone());
+        let app =
+            app.route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let swarm = swarm_for_metrics.clone();
+                    let refusals = refusals.clone();
+                    let labels = labels.clone();
+                    async move {
+                        crate::metrics::render(swarm.as_ref(), &refusals, &labels.0, &labels.1)
+                    }
+                }),
+            );
         sup.spawn(
             "policy revision poll",
             poll_revision(

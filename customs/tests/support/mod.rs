@@ -896,3 +896,27 @@ pub fn api_call(
     }
     (status, out)
 }
+
+/// The value of the Prometheus sample `name` (e.g.
+/// `customs_served_bytes_total`) whose labels include every pair in
+/// `labels`, from a text exposition.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        let have: Vec<(&str, &str)> = set
+            .split(',')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k, v.trim_matches('"')))
+            })
+            .collect();
+        labels
+            .iter()
+            .all(|want| have.contains(want))
+            .then(|| value.trim().parse().ok())?
+    })
+}

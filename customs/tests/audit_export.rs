@@ -241,14 +241,12 @@ fn hec_receiver_gets_every_event_after_refusing_for_a_while() {
     // The export lag of the gateway's log, from /metrics.
     let lag = || -> u64 {
         let text = http_get_text(&format!("http://{api}/metrics"));
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("customs_audit_export_lag_bytes{sink=\"hec\",log=\"audit.jsonl\"} ")
-            })
-            .unwrap_or_else(|| panic!("no export lag gauge: {text}"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric_value(
+            &text,
+            "customs_audit_export_lag_bytes",
+            &[("sink", "hec"), ("log", "audit.jsonl")],
+        )
+        .unwrap_or_else(|| panic!("no export lag gauge: {text}")) as u64
     };
     for i in 0..2u64 {
         let (ok, err) = skopeo_pull(

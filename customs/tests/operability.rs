@@ -450,7 +450,13 @@ async fn one_cold_pull_is_one_trace_across_peer_gateway_and_upstream() {
     let pull = peer_spans
         .iter()
         .find(|s| s.kind == SERVER && s.name == "GET blob")
-        .unwrap_or_else(|| panic!("no peer blob span: {spans:#?}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "no peer blob span: {spans:#?}\npeer log:\n{}\ngateway log:\n{}",
+                peer.log_text(),
+                gw.log_text()
+            )
+        });
     let trace: Vec<&otlp_receiver::Span> = spans
         .iter()
         .filter(|s| s.trace_id == pull.trace_id)

@@ -682,6 +682,10 @@ impl Gateway {
             }
             _ => oci.await?,
         }
+        // Upstream fetches under way finish and are recorded, within the
+        // drain deadline.
+        sup.within_drain("upstream fetches", self.mirror.store().fetches_done())
+            .await;
         // Shut down: a signed checkpoint covers every event of this run, so
         // the next start has nothing to record as recovered-unsigned.
         let _ = aggregate.await;

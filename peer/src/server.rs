@@ -303,6 +303,7 @@ impl Peer {
     ) -> Result<(), PeerError> {
         let shutdown = sup.shutdown_token();
         let limits = customs_tls::ListenerLimits::default().with_drain(sup.drain());
+        let store = self.mirror.store().clone();
         let app = router(
             self.mirror.clone(),
             RegistryResolver {
@@ -392,6 +393,10 @@ impl Peer {
             }
             _ => oci.await?,
         }
+        // Fetches from the gateway under way finish and are recorded,
+        // within the drain deadline.
+        sup.within_drain("fetches from the gateway", store.fetches_done())
+            .await;
         Ok(())
     }
 }

@@ -88,6 +88,23 @@ impl Supervisor {
         self.shutdown.cancel();
     }
 
+    /// When the drain deadline falls: `drain` after shutdown began (or
+    /// from now, if it has not).
+    pub fn deadline(&self) -> Instant {
+        let began = self.began.lock().ok().and_then(|b| *b);
+        began.unwrap_or_else(Instant::now) + self.drain
+    }
+
+    /// Awaits `work` (in-flight work that is not a supervised task, such as
+    /// a store's fetches) until the drain deadline; true if it finished.
+    pub async fn within_drain<F: Future>(&self, what: &'static str, work: F) -> bool {
+        let done = tokio::time::timeout_at(self.deadline(), work).await.is_ok();
+        if !done {
+            tracing::warn!(what, "still in flight at the drain deadline");
+        }
+        done
+    }
+
     /// Runs `task` supervised: a panic is caught and logged with `name`.
     pub fn spawn<F>(&self, name: &'static str, task: F)
     where
@@ -126,13 +143,7 @@ impl Supervisor {
     pub async fn drained(&self) -> bool {
         self.begin_shutdown();
         self.tracker.close();
-        let began = self
-            .began
-            .lock()
-            .ok()
-            .and_then(|b| *b)
-            .unwrap_or_else(Instant::now);
-        let deadline = began + self.drain;
+        let deadline = self.deadline();
         let in_time = tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_ok();

@@ -73,6 +73,9 @@ pub struct BlobStore {
     tmp_seq: AtomicU64,
     /// Bumped after every blob is recorded, for [`BlobStore::wait_stored`].
     commits: tokio::sync::watch::Sender<u64>,
+    /// Every fetch task, so shutdown can let them finish (see
+    /// [`BlobStore::fetches_done`]).
+    pub(crate) fetches: tokio_util::task::TaskTracker,
 }
 
 /// Holds a blob against eviction for as long as it lives.
@@ -104,6 +107,14 @@ pub struct BlobReader {
 }
 
 impl BlobStore {
+    /// Waits until no fetch is in progress (shutdown: a fetch under way
+    /// finishes, is verified and recorded rather than cut off). New fetches
+    /// may still start; callers bound the wait with their drain deadline.
+    pub async fn fetches_done(&self) {
+        self.fetches.close();
+        self.fetches.wait().await;
+    }
+
     /// Opens the store, creating its folders and discarding temp files left
     /// by a crash (they were never verified, so they are never kept).
     pub fn open(cfg: StoreConfig) -> Result<Arc<Self>, StoreError> {
@@ -124,6 +135,7 @@ impl BlobStore {
             source_idle_ms: AtomicU64::new(duration_ms(inflight::SOURCE_IDLE_TIMEOUT)),
             source_open_ms: AtomicU64::new(0),
             commits: tokio::sync::watch::Sender::new(0),
+            fetches: tokio_util::task::TaskTracker::new(),
         }))
     }
 

@@ -459,7 +459,7 @@ where
     let idle = store.source_idle_timeout();
     let open_within = store.source_open_timeout();
     // The fetch belongs to the trace of the request that started it.
-    tokio::spawn(tracing::Instrument::in_current_span(async move {
+    store.fetches.spawn(tracing::Instrument::in_current_span(async move {
         let (task_registry, task_digest) = &key;
         let fetch = Fetch {
             store: &task_store,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod layered;
 mod shutdown;
 mod telemetry;
 

@@ -22,6 +22,11 @@ pub struct ProcessFlags {
     /// to the processes it starts.
     #[arg(long, env = "CUSTOMS_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Print the effective configuration (defaults < --config file <
+    /// CUSTOMS_<COMPONENT>__* environment < flags; secrets redacted) as
+    /// JSON and exit without starting.
+    #[arg(long)]
+    pub print_config: bool,
     /// PEM CA bundle of an https:// --otlp-endpoint.
     #[arg(long, env = "CUSTOMS_OTLP_CA", requires = "otlp_endpoint")]
     pub otlp_ca: Option<std::path::PathBuf>,

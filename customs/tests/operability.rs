@@ -482,3 +482,120 @@ async fn one_cold_pull_is_one_trace_across_peer_gateway_and_upstream() {
         "no upstream span in the trace: {trace:#?}"
     );
 }
+
+/// `customs <component> --print-config` with `file`, `env` and `flags`:
+/// (exit 0?, stdout, stderr).
+fn print_config(
+    component: &str,
+    file: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, file).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+        .arg(component)
+        .arg("--config")
+        .arg(&path)
+        .args(flags)
+        .arg("--print-config")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_precedence_is_defaults_then_file_then_env_then_flags() {
+    let file = "upstream:\n  url: http://127.0.0.1:1\n  tag_ttl: 45s\npolicy:\n  poll: 20s\nswarm:\n  upload_limit: 100\naudit:\n  aggregate: 2m\n";
+    let env = [
+        ("CUSTOMS_GATEWAY__POLICY__POLL", "30s"),
+        ("CUSTOMS_GATEWAY__SWARM__UPLOAD_LIMIT", "200"),
+        ("CUSTOMS_API_TOKEN", "sekrit-token"),
+    ];
+    let (ok, out, err) = print_config("gateway", file, &env, &["--upload-limit", "300"]);
+    assert!(ok, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Default (untouched), file (not overridden), env over file, flag over env.
+    assert_eq!(c["upstream"]["stale_window"], "6h");
+    assert_eq!(c["upstream"]["tag_ttl"], "45s");
+    assert_eq!(c["audit"]["aggregate"], "2m");
+    assert_eq!(c["policy"]["poll"], "30s");
+    assert_eq!(c["swarm"]["upload_limit"], 300);
+    // A documented *-secs flag keeps its meaning, over the file.
+    let (_, out, _) = print_config("gateway", file, &[], &["--policy-poll-secs", "7"]);
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["policy"]["poll"], "7s");
+    // Secrets never print.
+    let (_, out, _) = print_config("gateway", file, &env, &[]);
+    assert!(
+        !out.contains("sekrit") && out.contains("<redacted>"),
+        "{out}"
+    );
+    // The peer's sections layer the same way.
+    let (ok, out, err) = print_config(
+        "peer",
+        "gateway:\n  url: http://127.0.0.1:5050\npolicy:\n  admission_ttl: 45s\nswarm:\n  upload_slots: 3\n",
+        &[("CUSTOMS_PEER__SWARM__UPLOAD_SLOTS", "5")],
+        &["--admission-ttl", "1m"],
+    );
+    assert!(ok, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["policy"]["admission_ttl"], "1m");
+    assert_eq!(c["swarm"]["upload_slots"], 5);
+    assert_eq!(c["gateway"]["url"], "http://127.0.0.1:5050");
+}
+
+#[test]
+fn bad_config_is_a_clear_error_naming_the_key() {
+    let base = "upstream:\n  url: http://127.0.0.1:1\n";
+    for (file, env, want) in [
+        (
+            format!("{base}policy:\n  pol: 3s\n"),
+            vec![],
+            "unknown field: found `pol`",
+        ),
+        (format!("{base}polcy: {{}}\n"), vec![], "polcy"),
+        (
+            format!("{base}policy:\n  poll: soon\n"),
+            vec![],
+            "policy.poll",
+        ),
+        (
+            format!("{base}audit:\n  format: xml\n"),
+            vec![],
+            "audit.format",
+        ),
+        (
+            base.to_owned(),
+            vec![("CUSTOMS_GATEWAY__POLICY__POLL", "never")],
+            "POLICY.POLL",
+        ),
+    ] {
+        let (ok, _, err) = print_config("gateway", &file, &env, &[]);
+        assert!(!ok, "{file:?} was accepted");
+        assert!(err.contains(want), "{file:?}: {err}");
+    }
+    // Out of range: refused when the component starts, naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, format!("{base}policy:\n  poll: 2h\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+        .args(["gateway", "--data-dir"])
+        .arg(dir.path().join("gw"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("policy.poll is 2h: it must be between 1s and 1h"),
+        "{err}"
+    );
+}

@@ -97,8 +97,9 @@ impl Sink {
     }
 }
 
-/// Payload format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Payload format (`json`, `cef`, `ocsf` in files and flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// The audit line as written (Customs JSON).
     Json,

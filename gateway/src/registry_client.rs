@@ -114,10 +114,10 @@ impl Timeouts {
     /// The timeouts a gateway configuration asks for.
     pub fn from_config(cfg: &crate::GatewayConfig) -> Self {
         Timeouts {
-            connect: Duration::from_secs(cfg.upstream_connect_timeout_secs),
-            first_byte: Duration::from_secs(cfg.upstream_first_byte_timeout_secs),
-            idle_read: Duration::from_secs(cfg.upstream_idle_timeout_secs),
-            body: Duration::from_secs(cfg.upstream_body_timeout_secs),
+            connect: cfg.upstream.connect_timeout,
+            first_byte: cfg.upstream.first_byte_timeout,
+            idle_read: cfg.upstream.idle_timeout,
+            body: cfg.upstream.body_timeout,
         }
     }
 

@@ -135,7 +135,7 @@ impl Gateway {
         // Tokens given as files are read once, here (validated first).
         let cfg = &cfg.with_token_files()?;
         let mut entries = Vec::new();
-        let default_registry = match &cfg.upstream {
+        let default_registry = match &cfg.upstream.url {
             Some(url) => {
                 let id = registry_identity(url)?;
                 entries.push((id.clone(), url.clone()));
@@ -143,6 +143,7 @@ impl Gateway {
             }
             None => {
                 let (host, _) = cfg
+                    .upstream
                     .registries
                     .iter()
                     .next()
@@ -151,17 +152,17 @@ impl Gateway {
                     .map_err(|e| ConfigError::Invalid(format!("registry {host:?}: {e}")))?
             }
         };
-        for (host, url) in &cfg.registries {
+        for (host, url) in &cfg.upstream.registries {
             let id: RegistryHost = host
                 .parse()
                 .map_err(|e| ConfigError::Invalid(format!("registry {host:?}: {e}")))?;
             entries.push((id, url.clone()));
         }
-        let creds = match &cfg.docker_config {
+        let creds = match &cfg.upstream.docker_config {
             Some(p) => Credentials::load(p)?,
             None => Credentials::default(),
         };
-        let extra_ca_pem = match &cfg.extra_ca {
+        let extra_ca_pem = match &cfg.upstream.extra_ca {
             Some(p) => Some(std::fs::read(p).map_err(|source| UpstreamError::Ca {
                 path: p.display().to_string(),
                 source,
@@ -178,12 +179,13 @@ impl Gateway {
         )?;
         let store = BlobStore::open(StoreConfig {
             root: cfg.data_dir.join("store"),
-            max_bytes: cfg.max_cache_bytes.unwrap_or(u64::MAX),
+            max_bytes: cfg.store.max_cache_bytes.unwrap_or(u64::MAX),
         })?;
         store.set_source_idle_timeout(Timeouts::from_config(cfg).store_backstop());
         // The gateway key signs piece manifests and the audit log's
         // checkpoints; it is created on first start.
         let key_path = cfg
+            .swarm
             .signing_key
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("gateway-key.pem"));
@@ -191,14 +193,14 @@ impl Gateway {
         let audit =
             AuditLog::open_with_key(&cfg.data_dir.join("audit/audit.jsonl"), Some(audit_key))?;
         let upstreams = Arc::new(upstreams);
-        let limiter = RateLimiter::new(cfg.upload_limit);
+        let limiter = RateLimiter::new(cfg.swarm.upload_limit);
         let refused: Arc<RefusedConnections> = Arc::default();
         let metrics = Metrics::new(
             limiter.clone(),
             refused.clone(),
             upstreams.clone(),
-            cfg.gateway_id.as_deref().unwrap_or("gateway"),
-            &cfg.zone,
+            cfg.fleet.id.as_deref().unwrap_or("gateway"),
+            &cfg.fleet.zone,
         );
         let policy_source = cfg.policy_source();
         let admission = match &policy_source {
@@ -216,7 +218,7 @@ impl Gateway {
             }
         };
         let admission = Arc::new(admission.with_metrics(metrics.clone()));
-        let fleet_id: Option<customs_fleet::MemberId> = match &cfg.gateway_id {
+        let fleet_id: Option<customs_fleet::MemberId> = match &cfg.fleet.id {
             Some(id) => Some(
                 id.parse()
                     .map_err(|e: customs_fleet::member::BadMemberId| {
@@ -225,7 +227,12 @@ impl Gateway {
             ),
             None => None,
         };
-        let swarm = match (&cfg.scheduler, &cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key) {
+        let swarm = match (
+            &cfg.swarm.scheduler,
+            &cfg.tls.ca,
+            &cfg.tls.cert,
+            &cfg.tls.key,
+        ) {
             (Some(url), Some(ca), Some(cert), Some(key)) => {
                 let identity = Arc::new(TlsIdentity::load(&TlsPaths {
                     ca: ca.clone(),
@@ -233,7 +240,8 @@ impl Gateway {
                     key: key.clone(),
                 })?);
                 let signing = load_or_create_key(
-                    &cfg.signing_key
+                    &cfg.swarm
+                        .signing_key
                         .clone()
                         .unwrap_or_else(|| cfg.data_dir.join("gateway-key.pem")),
                 )?;
@@ -246,15 +254,16 @@ impl Gateway {
                 // schedulers tell its seed from the others'.
                 let seed = Seed::new(
                     signing,
-                    cfg.fleet_redis
+                    cfg.fleet
+                        .redis
                         .as_ref()
                         .and(fleet_id.as_ref())
                         .map(|id| id.to_string()),
                     Arc::new(schedulers),
-                    cfg.upload_addr.clone().unwrap_or_default(),
-                    cfg.upload_limit,
+                    cfg.swarm.upload_addr.clone().unwrap_or_default(),
+                    cfg.swarm.upload_limit,
                 )
-                .in_zone(&cfg.zone);
+                .in_zone(&cfg.fleet.zone);
                 Some((Arc::new(seed), identity))
             }
             _ => None,
@@ -262,7 +271,7 @@ impl Gateway {
         // In a fleet with peer endpoints, blobs are routed to their owners,
         // who must prove they are the member asked for: the id is the node
         // name in this gateway's certificate.
-        let (source, gateway_view) = match (&cfg.fleet_redis, &swarm) {
+        let (source, gateway_view) = match (&cfg.fleet.redis, &swarm) {
             (Some(_), Some((_, identity))) => {
                 let id = fleet_id.clone().ok_or_else(|| {
                     ConfigError::Invalid(
@@ -278,7 +287,7 @@ impl Gateway {
                 let view = customs_fleet::MemberView::new(customs_fleet::MemberRole::Gateway);
                 let owners = BlobOwners::new(
                     id,
-                    cfg.zone.clone(),
+                    cfg.fleet.zone.clone(),
                     view.clone(),
                     identity.clone(),
                     Timeouts::from_config(cfg),
@@ -295,35 +304,33 @@ impl Gateway {
             Arc::new(source),
             admission.clone(),
             MirrorConfig {
-                tag_ttl: Duration::from_secs(cfg.tag_ttl_secs),
-                stale_window: Duration::from_secs(cfg.stale_window_secs),
+                tag_ttl: cfg.upstream.tag_ttl,
+                stale_window: cfg.upstream.stale_window,
                 unbound_blobs: UnboundBlobs::Refuse,
                 ..MirrorConfig::default()
             },
         );
-        let oci_tls = match (&cfg.listen_tls_cert, &cfg.listen_tls_key) {
+        let oci_tls = match (&cfg.tls.listen_cert, &cfg.tls.listen_key) {
             (Some(cert), Some(key)) => Some(customs_tls::serving_config(cert, key)?),
             _ => None,
         };
         Ok(Gateway {
             mirror: Arc::new(mirror),
             admission,
-            policy_source: policy_source
-                .map(|s| (s, Duration::from_secs(cfg.policy_poll_secs.max(1)))),
+            policy_source: policy_source.map(|s| (s, cfg.policy.poll.max(Duration::from_secs(1)))),
             metrics,
             upstreams: upstreams.clone(),
             export: cfg.clone(),
-            aggregate_every: Duration::from_secs(cfg.audit_aggregate_secs.max(1)),
-            api: match (&cfg.api_listen, &cfg.api_token) {
+            aggregate_every: cfg.audit.aggregate.max(Duration::from_secs(1)),
+            api: match (&cfg.api.listen, &cfg.api.token) {
                 (Some(addr), Some(token)) => Some(ApiSettings {
                     addr: *addr,
-                    token: token.clone(),
-                    webhook_scope: Scope::parse(Some(&cfg.webhook_scope), None, None)
-                        .map_err(|e| ConfigError::Invalid(format!("webhook_scope: {e}")))?,
+                    token: token.expose().to_owned(),
+                    webhook_scope: cfg.api.webhook_scope.scope(),
                 }),
                 (Some(_), None) => {
                     return Err(ConfigError::Invalid(
-                        "api_listen needs api_token (jobs and webhooks are authenticated)".into(),
+                        "api.listen needs api.token (jobs and webhooks are authenticated)".into(),
                     )
                     .into());
                 }
@@ -334,11 +341,11 @@ impl Gateway {
             swarm,
             oci_tls,
             refused,
-            fleet: cfg.fleet_redis.as_ref().map(|url| {
+            fleet: cfg.fleet.redis.as_ref().map(|url| {
                 (
                     Arc::new(customs_fleet::LazyFleet::new(
                         url.clone(),
-                        cfg.fleet_redis_ca.clone(),
+                        cfg.fleet.redis_ca.clone(),
                     )),
                     fleet_id,
                 )
@@ -351,37 +358,33 @@ impl Gateway {
     fn exporters(&self) -> Result<Vec<Exporter>, GatewayError> {
         let cfg = &self.export;
         let mut sinks = Vec::new();
-        let format = match cfg.audit_format.as_str() {
-            "ocsf" => Format::Ocsf,
-            "cef" => Format::Cef,
-            _ => Format::Json,
-        };
+        let format = cfg.audit.format;
         // CEF is a syslog format; the other sinks carry JSON.
         let json_format = if format == Format::Cef {
             Format::Json
         } else {
             format
         };
-        if let Some(t) = &cfg.audit_syslog {
+        if let Some(t) = &cfg.audit.syslog {
             let sink = Sink::syslog(t).map_err(|e| ConfigError::Invalid(e.to_string()))?;
             sinks.push((sink, format));
         }
-        if let (Some(url), Some(token)) = (&cfg.audit_hec, &cfg.audit_hec_token) {
+        if let (Some(url), Some(token)) = (&cfg.audit.hec, &cfg.audit.hec_token) {
             sinks.push((
                 Sink::Hec {
                     url: url.clone(),
-                    token: token.clone(),
+                    token: token.expose().to_owned(),
                 },
                 json_format,
             ));
         }
-        if let Some(url) = &cfg.audit_http {
+        if let Some(url) = &cfg.audit.http {
             sinks.push((Sink::Http(url.clone()), json_format));
         }
-        if let Some(p) = &cfg.audit_file {
+        if let Some(p) = &cfg.audit.file {
             sinks.push((Sink::File(p.clone()), json_format));
         }
-        let tls = match &cfg.audit_syslog_ca {
+        let tls = match &cfg.audit.syslog_ca {
             Some(p) => {
                 let pem = std::fs::read(p).map_err(|e| {
                     ConfigError::Invalid(format!("audit_syslog_ca {}: {e}", p.display()))
@@ -465,7 +468,7 @@ impl Gateway {
                         // where it listens.
                         format!(
                             "https://{}",
-                            match &self.export.upload_addr {
+                            match &self.export.swarm.upload_addr {
                                 Some(a) => a.clone(),
                                 None => u.local_addr()?.to_string(),
                             }
@@ -476,7 +479,7 @@ impl Gateway {
                     id: me.clone(),
                     role: customs_fleet::MemberRole::Gateway,
                     endpoints,
-                    zone: self.export.zone.clone(),
+                    zone: self.export.fleet.zone.clone(),
                     expires_at: 0,
                 };
                 tracing::info!(fleet = %fleet.url(), member = %me, "gateway joining the fleet");

@@ -1,29 +1,61 @@
 //! The peer's configuration: a YAML file, overridden by flags.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::Duration;
 
-/// Peer settings; unknown keys are an error.
-#[derive(Debug, Clone, Deserialize)]
+/// Peer settings, in sections; unknown keys are an error, durations are
+/// humantime strings (`20s`, `10m`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeerConfig {
     /// Where the local store lives.
     pub data_dir: PathBuf,
-    /// The gateway's OCI endpoint, e.g. `http://127.0.0.1:5050`.
-    pub gateway: Option<String>,
-    /// More gateways of the fleet, tried in order after `gateway` when it
-    /// cannot be reached (the bootstrap list; the live fleet is learned
-    /// from whichever answers).
-    pub gateways: Vec<String>,
+    /// This peer's id (its certificate must name `<id>.node.customs.internal`).
+    pub peer_id: Option<String>,
     /// The registry a request without `?ns=` means; should match the
     /// gateway's default upstream.
     pub default_registry: String,
-    /// Size limit of the local store in bytes.
+    /// The gateways this node asks.
+    pub gateway: GatewayLink,
+    /// The local store.
+    pub store: PeerStoreConfig,
+    /// The swarm: scheduler, piece server, locality.
+    pub swarm: PeerSwarmConfig,
+    /// mTLS.
+    pub tls: PeerTlsConfig,
+    /// How the node enforces the gateway's admissions.
+    pub policy: PeerPolicyConfig,
+}
+
+/// `gateway:` — how the node reaches its gateways.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayLink {
+    /// The gateway's OCI endpoint, e.g. `http://127.0.0.1:5050`.
+    pub url: Option<String>,
+    /// More gateways of the fleet, tried in order after `url` when it
+    /// cannot be reached (the bootstrap list; the live fleet is learned
+    /// from whichever answers).
+    pub fallback: Vec<String>,
+    /// Trusted gateway public keys (PEM files) for piece manifests.
+    pub keys: Vec<PathBuf>,
+}
+
+/// `store:` — the local store.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerStoreConfig {
+    /// Size limit in bytes.
     pub max_cache_bytes: Option<u64>,
+}
+
+/// `swarm:` — the scheduler, this node's piece server and its locality.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerSwarmConfig {
     /// The scheduler's URL (`https://host:port`); with it the peer swarms.
     pub scheduler: Option<String>,
-    /// This peer's id (its certificate must name `<id>.node.customs.internal`).
-    pub peer_id: Option<String>,
     /// Where other peers fetch pieces from (host:port, advertised as is).
     pub upload_addr: Option<String>,
     /// Upload limit for serving other peers, bytes per second (0 = none).
@@ -33,49 +65,75 @@ pub struct PeerConfig {
     /// Piece requests that may wait for a slot; beyond them a requester is
     /// told "busy" (503) at once and asks another parent.
     pub upload_queue: usize,
-    /// mTLS CA file.
-    pub tls_ca: Option<PathBuf>,
-    /// mTLS certificate file.
-    pub tls_cert: Option<PathBuf>,
-    /// mTLS key file.
-    pub tls_key: Option<PathBuf>,
-    /// Trusted gateway public keys (PEM files) for piece manifests.
-    pub gateway_keys: Vec<PathBuf>,
     /// Locality: zone.
     pub zone: String,
     /// Locality: rack.
     pub rack: String,
+}
+
+impl Default for PeerSwarmConfig {
+    fn default() -> Self {
+        PeerSwarmConfig {
+            scheduler: None,
+            upload_addr: None,
+            upload_limit: 0,
+            upload_slots: crate::swarm::piece_server::PEER_UPLOAD_SLOTS,
+            upload_queue: crate::swarm::piece_server::PEER_UPLOAD_QUEUE,
+            zone: String::new(),
+            rack: String::new(),
+        }
+    }
+}
+
+/// `tls:` — mTLS files.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerTlsConfig {
+    /// mTLS CA file.
+    pub ca: Option<PathBuf>,
+    /// mTLS certificate file.
+    pub cert: Option<PathBuf>,
+    /// mTLS key file.
+    pub key: Option<PathBuf>,
+}
+
+/// `policy:` — reuse of the gateway's admissions on this node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerPolicyConfig {
     /// How long a gateway admission is reused before the node asks again
-    /// (seconds; an admission of an older revision is never reused).
-    pub admission_ttl_secs: u64,
+    /// (an admission of an older revision is never reused).
+    #[serde(with = "humantime_serde")]
+    pub admission_ttl: Duration,
     /// Fail static: while the gateway is unreachable, admissions of the
     /// newest revision keep being served this long after their last
-    /// confirmation (seconds), then the node refuses.
-    pub admission_stale_max_secs: u64,
+    /// confirmation, then the node refuses.
+    #[serde(with = "humantime_serde")]
+    pub admission_stale_max: Duration,
+}
+
+impl Default for PeerPolicyConfig {
+    fn default() -> Self {
+        PeerPolicyConfig {
+            admission_ttl: Duration::from_secs(crate::admission::DEFAULT_ADMISSION_TTL_SECS),
+            admission_stale_max: Duration::from_secs(
+                crate::admission::DEFAULT_ADMISSION_STALE_MAX_SECS,
+            ),
+        }
+    }
 }
 
 impl Default for PeerConfig {
     fn default() -> Self {
         PeerConfig {
             data_dir: PathBuf::from("/var/lib/customs/peer"),
-            gateway: None,
-            gateways: Vec::new(),
-            default_registry: "docker.io".to_owned(),
-            max_cache_bytes: None,
-            scheduler: None,
             peer_id: None,
-            upload_addr: None,
-            upload_limit: 0,
-            upload_slots: crate::swarm::piece_server::PEER_UPLOAD_SLOTS,
-            upload_queue: crate::swarm::piece_server::PEER_UPLOAD_QUEUE,
-            tls_ca: None,
-            tls_cert: None,
-            tls_key: None,
-            gateway_keys: Vec::new(),
-            zone: String::new(),
-            rack: String::new(),
-            admission_ttl_secs: crate::admission::DEFAULT_ADMISSION_TTL_SECS,
-            admission_stale_max_secs: crate::admission::DEFAULT_ADMISSION_STALE_MAX_SECS,
+            default_registry: "docker.io".to_owned(),
+            gateway: GatewayLink::default(),
+            store: PeerStoreConfig::default(),
+            swarm: PeerSwarmConfig::default(),
+            tls: PeerTlsConfig::default(),
+            policy: PeerPolicyConfig::default(),
         }
     }
 }
@@ -99,18 +157,18 @@ impl PeerConfig {
 
     /// Checks required values.
     pub fn validate(&self) -> Result<(), PeerConfigError> {
-        if self.upload_slots == 0 {
+        if self.swarm.upload_slots == 0 {
             return Err(PeerConfigError::Invalid(
-                "upload_slots must be at least 1".into(),
+                "swarm.upload_slots must be at least 1".into(),
             ));
         }
-        if self.scheduler.is_some() {
+        if self.swarm.scheduler.is_some() {
             let missing: Vec<&str> = [
                 ("peer_id", self.peer_id.is_none()),
-                ("tls_ca", self.tls_ca.is_none()),
-                ("tls_cert", self.tls_cert.is_none()),
-                ("tls_key", self.tls_key.is_none()),
-                ("gateway_keys", self.gateway_keys.is_empty()),
+                ("tls.ca", self.tls.ca.is_none()),
+                ("tls.cert", self.tls.cert.is_none()),
+                ("tls.key", self.tls.key.is_none()),
+                ("gateway.keys", self.gateway.keys.is_empty()),
             ]
             .into_iter()
             .filter(|(_, m)| *m)
@@ -126,10 +184,14 @@ impl PeerConfig {
             // gateway (any manifest, any task) or the scheduler; over mTLS
             // the peer checks each one holds its role.
             let named = [
-                ("gateway", self.gateway.as_deref()),
-                ("scheduler", self.scheduler.as_deref()),
+                ("gateway", self.gateway.url.as_deref()),
+                ("scheduler", self.swarm.scheduler.as_deref()),
             ];
-            let more = self.gateways.iter().map(|g| ("gateway", Some(g.as_str())));
+            let more = self
+                .gateway
+                .fallback
+                .iter()
+                .map(|g| ("gateway", Some(g.as_str())));
             for (what, url) in named.into_iter().chain(more) {
                 if let Some(u) = url
                     && !u.starts_with("https://")
@@ -141,7 +203,8 @@ impl PeerConfig {
             }
         }
         if let Some(g) = self
-            .gateways
+            .gateway
+            .fallback
             .iter()
             .find(|g| !(g.starts_with("http://") || g.starts_with("https://")))
         {
@@ -149,12 +212,14 @@ impl PeerConfig {
                 "gateway {g:?} must be an http(s) URL"
             )));
         }
-        match &self.gateway {
+        match &self.gateway.url {
             Some(g) if g.starts_with("http://") || g.starts_with("https://") => Ok(()),
             Some(g) => Err(PeerConfigError::Invalid(format!(
                 "gateway {g:?} must be an http(s) URL"
             ))),
-            None => Err(PeerConfigError::Invalid("no gateway: set --gateway".into())),
+            None => Err(PeerConfigError::Invalid(
+                "no gateway: set gateway.url (--gateway)".into(),
+            )),
         }
     }
 }
@@ -165,33 +230,42 @@ mod tests {
 
     #[test]
     fn swarm_mode_refuses_plain_http() {
-        let mut c = PeerConfig {
-            gateway: Some("https://127.0.0.1:5051".into()),
-            scheduler: Some("https://127.0.0.1:5060".into()),
-            peer_id: Some("p1".into()),
-            tls_ca: Some("ca.pem".into()),
-            tls_cert: Some("p1.pem".into()),
-            tls_key: Some("p1.key".into()),
-            gateway_keys: vec!["gw.pub".into()],
-            ..PeerConfig::default()
+        let mut c = PeerConfig::default();
+        c.gateway.url = Some("https://127.0.0.1:5051".into());
+        c.gateway.keys = vec!["gw.pub".into()];
+        c.swarm.scheduler = Some("https://127.0.0.1:5060".into());
+        c.peer_id = Some("p1".into());
+        c.tls = PeerTlsConfig {
+            ca: Some("ca.pem".into()),
+            cert: Some("p1.pem".into()),
+            key: Some("p1.key".into()),
         };
         c.validate().unwrap();
-        c.gateway = Some("http://127.0.0.1:5050".into());
+        c.gateway.url = Some("http://127.0.0.1:5050".into());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("swarm mode refuses gateway"), "{e}");
-        c.gateway = Some("https://127.0.0.1:5051".into());
-        c.gateways = vec!["http://127.0.0.1:5052".into()];
+        c.gateway.url = Some("https://127.0.0.1:5051".into());
+        c.gateway.fallback = vec!["http://127.0.0.1:5052".into()];
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("swarm mode refuses gateway"), "{e}");
-        c.gateways.clear();
-        c.scheduler = Some("http://127.0.0.1:5060".into());
+        c.gateway.fallback.clear();
+        c.swarm.scheduler = Some("http://127.0.0.1:5060".into());
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("swarm mode refuses scheduler"), "{e}");
         // Without a swarm a loopback http:// gateway stays allowed.
-        let plain = PeerConfig {
-            gateway: Some("http://127.0.0.1:5050".into()),
-            ..PeerConfig::default()
-        };
+        let mut plain = PeerConfig::default();
+        plain.gateway.url = Some("http://127.0.0.1:5050".into());
         plain.validate().unwrap();
+    }
+
+    #[test]
+    fn sections_durations_and_unknown_keys() {
+        let c = PeerConfig::from_yaml(
+            "gateway:\n  url: http://127.0.0.1:5050\npolicy:\n  admission_ttl: 45s\n",
+        )
+        .unwrap();
+        assert_eq!(c.policy.admission_ttl, Duration::from_secs(45));
+        assert!(PeerConfig::from_yaml("swarm:\n  upload_slot: 3\n").is_err());
+        assert!(PeerConfig::from_yaml("policy:\n  admission_ttl: later\n").is_err());
     }
 }

@@ -168,8 +168,15 @@ impl Peer {
     pub fn build(cfg: &PeerConfig) -> Result<Self, PeerError> {
         cfg.validate()?;
         let gateways = Arc::new(
-            Gateways::new(cfg.gateway.iter().chain(&cfg.gateways).cloned().collect())
-                .in_zone(&cfg.zone),
+            Gateways::new(
+                cfg.gateway
+                    .url
+                    .iter()
+                    .chain(&cfg.gateway.fallback)
+                    .cloned()
+                    .collect(),
+            )
+            .in_zone(&cfg.swarm.zone),
         );
         let default_registry = cfg
             .default_registry
@@ -177,16 +184,16 @@ impl Peer {
             .map_err(|e| PeerConfigError::Invalid(format!("default_registry: {e}")))?;
         let store = BlobStore::open(StoreConfig {
             root: cfg.data_dir.join("store"),
-            max_bytes: cfg.max_cache_bytes.unwrap_or(u64::MAX),
+            max_bytes: cfg.store.max_cache_bytes.unwrap_or(u64::MAX),
         })?;
-        if cfg.scheduler.is_some() {
+        if cfg.swarm.scheduler.is_some() {
             // A swarm download opens only once the gateway has fetched,
             // verified and signed the whole cold blob (bounded by the
             // gateway's own upstream timeouts), which for a large layer
             // takes longer than the chunk idle timeout.
             store.set_source_open_timeout(COLD_TASK_WAIT);
         }
-        let identity = match (&cfg.tls_ca, &cfg.tls_cert, &cfg.tls_key) {
+        let identity = match (&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key) {
             (Some(ca), Some(cert), Some(key)) => Some(Arc::new(TlsIdentity::load(&TlsPaths {
                 ca: ca.clone(),
                 cert: cert.clone(),
@@ -208,11 +215,12 @@ impl Peer {
         };
         let gateway_http = client(&[Role::Gateway])?;
         let peers_http = client(&[Role::Peer, Role::Gateway])?;
-        let limiter = RateLimiter::new(cfg.upload_limit);
-        let swarm = match (&cfg.scheduler, &identity) {
+        let limiter = RateLimiter::new(cfg.swarm.upload_limit);
+        let swarm = match (&cfg.swarm.scheduler, &identity) {
             (Some(url), Some(id)) => {
                 let pems: Vec<String> = cfg
-                    .gateway_keys
+                    .gateway
+                    .keys
                     .iter()
                     .map(|p| {
                         std::fs::read_to_string(p)
@@ -229,10 +237,10 @@ impl Peer {
                 let swarm = Swarm::new(
                     SwarmConfig {
                         peer_id: peer_id.clone(),
-                        upload_addr: cfg.upload_addr.clone().unwrap_or_default(),
-                        upload_capacity: cfg.upload_limit,
-                        zone: cfg.zone.clone(),
-                        rack: cfg.rack.clone(),
+                        upload_addr: cfg.swarm.upload_addr.clone().unwrap_or_default(),
+                        upload_capacity: cfg.swarm.upload_limit,
+                        zone: cfg.swarm.zone.clone(),
+                        rack: cfg.swarm.rack.clone(),
                         pieces_dir: cfg.data_dir.join("pieces"),
                     },
                     crate::swarm::members::Members {
@@ -265,8 +273,8 @@ impl Peer {
             Arc::new(admission),
             MirrorConfig {
                 unbound_blobs: UnboundBlobs::AskSource,
-                allow_ttl: Some(std::time::Duration::from_secs(cfg.admission_ttl_secs)),
-                fail_static_max: std::time::Duration::from_secs(cfg.admission_stale_max_secs),
+                allow_ttl: Some(cfg.policy.admission_ttl),
+                fail_static_max: cfg.policy.admission_stale_max,
                 ..MirrorConfig::default()
             },
         );
@@ -275,14 +283,14 @@ impl Peer {
             default_registry,
             swarm,
             refused: Arc::default(),
-            upload_slots: cfg.upload_slots,
-            upload_queue: cfg.upload_queue,
+            upload_slots: cfg.swarm.upload_slots,
+            upload_queue: cfg.swarm.upload_queue,
             gateway: gateway_source,
             revisions,
             refusals,
             metric_labels: (
                 cfg.peer_id.clone().unwrap_or_else(|| "peer".to_owned()),
-                cfg.zone.clone(),
+                cfg.swarm.zone.clone(),
             ),
         })
     }

@@ -176,143 +176,95 @@ pub struct GatewayFlags {
 }
 
 impl GatewayFlags {
-    /// Defaults, then the file, then flags.
+    /// Defaults < the file < `CUSTOMS_GATEWAY__*` < flags (see
+    /// [`crate::layered`]).
     pub fn config(&self) -> anyhow::Result<GatewayConfig> {
-        let mut cfg: GatewayConfig = super::load_yaml(self.config.as_deref())?;
-        if let Some(d) = &self.data_dir {
-            cfg.data_dir = d.clone();
-        }
-        if let Some(p) = &self.policy {
-            cfg.policy = Some(p.clone());
-        }
-        if let Some(g) = &self.policy_git {
-            cfg.policy_git = Some(g.clone());
-        }
-        if let Some(r) = &self.policy_ref {
-            cfg.policy_ref = r.clone();
-        }
-        if let Some(n) = self.policy_poll_secs {
-            cfg.policy_poll_secs = n;
-        }
-        if let Some(a) = self.api_listen {
-            cfg.api_listen = Some(a);
-        }
-        if let Some(t) = &self.api_token {
-            cfg.api_token = Some(t.clone());
-        }
-        if let Some(s) = &self.webhook_scope {
-            cfg.webhook_scope = s.clone();
-        }
-        if let Some(n) = self.audit_aggregate_secs {
-            cfg.audit_aggregate_secs = n;
-        }
-        if let Some(t) = &self.audit_syslog {
-            cfg.audit_syslog = Some(t.clone());
-        }
-        if let Some(p) = &self.audit_syslog_ca {
-            cfg.audit_syslog_ca = Some(p.clone());
-        }
-        if let Some(f) = &self.audit_format {
-            cfg.audit_format = f.clone();
-        }
-        if let Some(u) = &self.audit_hec {
-            cfg.audit_hec = Some(u.clone());
-        }
-        if let Some(t) = &self.audit_hec_token {
-            cfg.audit_hec_token = Some(t.clone());
-        }
-        if let Some(p) = &self.api_token_file {
-            cfg.api_token_file = Some(p.clone());
-        }
-        if let Some(p) = &self.audit_hec_token_file {
-            cfg.audit_hec_token_file = Some(p.clone());
-        }
-        if let Some(u) = &self.audit_http {
-            cfg.audit_http = Some(u.clone());
-        }
-        if let Some(p) = &self.audit_file {
-            cfg.audit_file = Some(p.clone());
-        }
-        for (dst, src) in [
-            (
-                &mut cfg.upstream_connect_timeout_secs,
-                self.upstream_connect_timeout_secs,
-            ),
-            (
-                &mut cfg.upstream_first_byte_timeout_secs,
-                self.upstream_first_byte_timeout_secs,
-            ),
-            (
-                &mut cfg.upstream_idle_timeout_secs,
-                self.upstream_idle_timeout_secs,
-            ),
-            (
-                &mut cfg.upstream_body_timeout_secs,
-                self.upstream_body_timeout_secs,
-            ),
-        ] {
-            if let Some(n) = src {
-                *dst = n;
-            }
-        }
-        if let Some(u) = &self.upstream {
-            cfg.upstream = Some(u.clone());
-        }
-        if let Some(u) = &self.fleet_redis {
-            cfg.fleet_redis = Some(u.clone());
-        }
-        if let Some(p) = &self.fleet_redis_ca {
-            cfg.fleet_redis_ca = Some(p.clone());
-        }
-        if let Some(path) = &self.topology_labels {
-            cfg.zone = customs_swarm::topology::Topology::from_file(path)?.zone;
-        }
-        if let Some(z) = &self.zone {
-            cfg.zone = z.clone();
-        }
-        if let Some(id) = &self.gateway_id {
-            cfg.gateway_id = Some(id.clone());
-        }
+        crate::layered::load(self.config.as_deref(), "CUSTOMS_GATEWAY__", self.overlay()?)
+    }
+
+    /// The keys the given flags set.
+    fn overlay(&self) -> anyhow::Result<crate::layered::Overlay> {
+        use std::time::Duration;
+        let secs = |n: Option<u64>| {
+            n.map(|n| humantime::format_duration(Duration::from_secs(n)).to_string())
+        };
+        let mut o = crate::layered::Overlay::default();
+        o.set("data_dir", self.data_dir.as_ref())?;
+        o.set("upstream.url", self.upstream.as_ref())?;
+        let mut registries = std::collections::BTreeMap::new();
         for r in &self.registries {
-            cfg.add_registry_flag(r)?;
+            let (host, url) = r
+                .split_once('=')
+                .with_context(|| format!("--registry {r:?} must be HOST=URL"))?;
+            registries.insert(host.trim().to_owned(), url.trim().to_owned());
         }
-        if let Some(p) = &self.docker_config {
-            cfg.docker_config = Some(p.clone());
-        }
-        if let Some(p) = &self.extra_ca {
-            cfg.extra_ca = Some(p.clone());
-        }
-        if let Some(n) = self.max_cache_bytes {
-            cfg.max_cache_bytes = Some(n);
-        }
-        if let Some(n) = self.tag_ttl_secs {
-            cfg.tag_ttl_secs = n;
-        }
-        if let Some(n) = self.stale_window_secs {
-            cfg.stale_window_secs = n;
-        }
-        if let Some(n) = self.upload_limit {
-            cfg.upload_limit = n;
-        }
-        if let Some(s) = &self.scheduler {
-            cfg.scheduler = Some(s.clone());
-        }
-        if let Some(a) = self.upload_listen {
-            cfg.upload_addr = Some(a.to_string());
-        }
-        for (dst, src) in [
-            (&mut cfg.signing_key, &self.signing_key),
-            (&mut cfg.tls_ca, &self.tls_ca),
-            (&mut cfg.tls_cert, &self.tls_cert),
-            (&mut cfg.tls_key, &self.tls_key),
-            (&mut cfg.listen_tls_cert, &self.listen_tls_cert),
-            (&mut cfg.listen_tls_key, &self.listen_tls_key),
-        ] {
-            if let Some(p) = src {
-                *dst = Some(p.clone());
-            }
-        }
-        Ok(cfg)
+        o.set(
+            "upstream.registries",
+            (!registries.is_empty()).then_some(registries),
+        )?;
+        o.set("upstream.docker_config", self.docker_config.as_ref())?;
+        o.set("upstream.extra_ca", self.extra_ca.as_ref())?;
+        o.set("upstream.tag_ttl", secs(self.tag_ttl_secs))?;
+        o.set("upstream.stale_window", secs(self.stale_window_secs))?;
+        o.set(
+            "upstream.connect_timeout",
+            secs(self.upstream_connect_timeout_secs),
+        )?;
+        o.set(
+            "upstream.first_byte_timeout",
+            secs(self.upstream_first_byte_timeout_secs),
+        )?;
+        o.set(
+            "upstream.idle_timeout",
+            secs(self.upstream_idle_timeout_secs),
+        )?;
+        o.set(
+            "upstream.body_timeout",
+            secs(self.upstream_body_timeout_secs),
+        )?;
+        o.set("store.max_cache_bytes", self.max_cache_bytes)?;
+        o.set("swarm.scheduler", self.scheduler.as_ref())?;
+        o.set(
+            "swarm.upload_addr",
+            self.upload_listen.map(|a| a.to_string()),
+        )?;
+        o.set("swarm.upload_limit", self.upload_limit)?;
+        o.set("swarm.signing_key", self.signing_key.as_ref())?;
+        o.set("tls.ca", self.tls_ca.as_ref())?;
+        o.set("tls.cert", self.tls_cert.as_ref())?;
+        o.set("tls.key", self.tls_key.as_ref())?;
+        o.set("tls.listen_cert", self.listen_tls_cert.as_ref())?;
+        o.set("tls.listen_key", self.listen_tls_key.as_ref())?;
+        o.set("policy.dir", self.policy.as_ref())?;
+        o.set("policy.git", self.policy_git.as_ref())?;
+        o.set("policy.ref", self.policy_ref.as_ref())?;
+        o.set("policy.poll", secs(self.policy_poll_secs))?;
+        o.set("api.listen", self.api_listen)?;
+        o.set("api.token", self.api_token.as_ref())?;
+        o.set("api.token_file", self.api_token_file.as_ref())?;
+        o.set("api.webhook_scope", self.webhook_scope.as_ref())?;
+        o.set("audit.aggregate", secs(self.audit_aggregate_secs))?;
+        o.set("audit.format", self.audit_format.as_ref())?;
+        o.set("audit.syslog", self.audit_syslog.as_ref())?;
+        o.set("audit.syslog_ca", self.audit_syslog_ca.as_ref())?;
+        o.set("audit.hec", self.audit_hec.as_ref())?;
+        o.set("audit.hec_token", self.audit_hec_token.as_ref())?;
+        o.set("audit.hec_token_file", self.audit_hec_token_file.as_ref())?;
+        o.set("audit.http", self.audit_http.as_ref())?;
+        o.set("audit.file", self.audit_file.as_ref())?;
+        o.set(
+            "fleet.redis",
+            self.fleet_redis.as_ref().map(|u| u.expose_for_child()),
+        )?;
+        o.set("fleet.redis_ca", self.fleet_redis_ca.as_ref())?;
+        o.set("fleet.id", self.gateway_id.as_ref())?;
+        let zone = match (&self.zone, &self.topology_labels) {
+            (Some(z), _) => Some(z.clone()),
+            (None, Some(path)) => Some(customs_swarm::topology::Topology::from_file(path)?.zone),
+            (None, None) => None,
+        };
+        o.set("fleet.zone", zone)?;
+        Ok(o)
     }
 }
 
@@ -335,6 +287,9 @@ impl GatewayArgs {
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let cfg = args.flags.config()?;
+    if args.process.print_config {
+        return crate::layered::print(&cfg);
+    }
     cfg.validate()?;
     let gw = Gateway::build(&cfg)?;
     let listener = tokio::net::TcpListener::bind(args.flags.listen)

@@ -115,18 +115,3 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => exit_on_false(status::run(a).await?),
     }
 }
-
-/// Reads an optional YAML config file into `T` (defaults when absent).
-fn load_yaml<T: serde::de::DeserializeOwned + Default>(
-    path: Option<&std::path::Path>,
-) -> anyhow::Result<T> {
-    use anyhow::Context;
-    match path {
-        None => Ok(T::default()),
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", p.display()))
-        }
-    }
-}

@@ -93,54 +93,78 @@ impl PeerArgs {
     }
 }
 
-pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
-    let mut cfg: PeerConfig = super::load_yaml(args.config.as_deref())?;
-    macro_rules! set {
-        ($field:ident) => {
-            if let Some(v) = args.$field.clone() {
-                cfg.$field = v.into();
+impl PeerArgs {
+    /// Defaults < the file < `CUSTOMS_PEER__*` < flags (see
+    /// [`crate::layered`]).
+    pub fn config(&self) -> anyhow::Result<PeerConfig> {
+        crate::layered::load(self.config.as_deref(), "CUSTOMS_PEER__", self.overlay()?)
+    }
+
+    /// The keys the given flags set.
+    fn overlay(&self) -> anyhow::Result<crate::layered::Overlay> {
+        let human =
+            |d: Option<std::time::Duration>| d.map(|d| humantime::format_duration(d).to_string());
+        let mut o = crate::layered::Overlay::default();
+        if let Some((first, more)) = self.gateway.split_first() {
+            o.set("gateway.url", Some(first))?;
+            o.set("gateway.fallback", Some(more))?;
+        }
+        o.set(
+            "gateway.keys",
+            (!self.gateway_keys.is_empty()).then_some(&self.gateway_keys),
+        )?;
+        o.set("data_dir", self.data_dir.as_ref())?;
+        o.set("peer_id", self.peer_id.as_ref())?;
+        o.set("default_registry", self.default_registry.as_ref())?;
+        o.set("store.max_cache_bytes", self.max_cache_bytes)?;
+        o.set("swarm.scheduler", self.scheduler.as_ref())?;
+        o.set("swarm.upload_limit", self.upload_limit)?;
+        o.set("swarm.upload_slots", self.upload_slots)?;
+        o.set("swarm.upload_queue", self.upload_queue)?;
+        let labels = match &self.topology_labels {
+            Some(path) => {
+                let t = customs_swarm::topology::Topology::from_file(path)?;
+                tracing::info!(zone = %t.zone, rack = %t.rack, labels = %path.display(), "locality from topology labels");
+                Some(t)
             }
+            None => None,
         };
+        o.set(
+            "swarm.zone",
+            self.zone
+                .clone()
+                .or_else(|| labels.as_ref().map(|t| t.zone.clone())),
+        )?;
+        o.set(
+            "swarm.rack",
+            self.rack
+                .clone()
+                .or_else(|| labels.as_ref().map(|t| t.rack.clone())),
+        )?;
+        o.set("tls.ca", self.tls_ca.as_ref())?;
+        o.set("tls.cert", self.tls_cert.as_ref())?;
+        o.set("tls.key", self.tls_key.as_ref())?;
+        o.set("policy.admission_ttl", human(self.admission_ttl))?;
+        o.set(
+            "policy.admission_stale_max",
+            human(self.admission_stale_max),
+        )?;
+        Ok(o)
     }
-    if let Some((first, more)) = args.gateway.split_first() {
-        cfg.gateway = Some(first.clone());
-        cfg.gateways = more.to_vec();
-    }
-    set!(scheduler);
-    set!(data_dir);
-    set!(default_registry);
-    set!(max_cache_bytes);
-    set!(peer_id);
-    set!(tls_ca);
-    set!(tls_cert);
-    set!(tls_key);
-    if let Some(path) = &args.topology_labels {
-        let t = customs_swarm::topology::Topology::from_file(path)?;
-        tracing::info!(zone = %t.zone, rack = %t.rack, labels = %path.display(), "locality from topology labels");
-        cfg.zone = t.zone;
-        cfg.rack = t.rack;
-    }
-    set!(zone);
-    set!(rack);
-    set!(upload_limit);
-    set!(upload_slots);
-    set!(upload_queue);
-    if let Some(d) = args.admission_ttl {
-        cfg.admission_ttl_secs = d.as_secs();
-    }
-    if let Some(d) = args.admission_stale_max {
-        cfg.admission_stale_max_secs = d.as_secs();
-    }
-    if !args.gateway_keys.is_empty() {
-        cfg.gateway_keys = args.gateway_keys.clone();
+}
+
+pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
+    let mut cfg = args.config()?;
+    if args.process.print_config {
+        return crate::layered::print(&cfg);
     }
     let upload = match args.upload_listen {
         Some(a) => {
             let l = tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("binding {a}"))?;
-            if cfg.upload_addr.is_none() {
-                cfg.upload_addr = Some(l.local_addr()?.to_string());
+            if cfg.swarm.upload_addr.is_none() {
+                cfg.swarm.upload_addr = Some(l.local_addr()?.to_string());
             }
             Some(l)
         }
@@ -151,7 +175,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let sup = args.process.supervisor();
-    tracing::info!(peer = %args.listen, upload = ?cfg.upload_addr, "customs peer ready");
+    tracing::info!(peer = %args.listen, upload = ?cfg.swarm.upload_addr, "customs peer ready");
     peer.serve(listener, upload, sup.clone()).await?;
     sup.drained().await;
     tracing::info!("customs peer stopped");

@@ -171,6 +171,9 @@ pub(super) fn ensure_dev_pki(pki: &Path, names: &[(String, Role)]) -> anyhow::Re
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut cfg = args.gateway.config()?;
+    if args.process.print_config {
+        return crate::layered::print(&cfg);
+    }
     if args.gateway.data_dir.is_none() && args.gateway.config.is_none() {
         cfg.data_dir = PathBuf::from("customs-data");
     }
@@ -188,6 +191,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     names.extend((1..=args.peers).map(|i| (format!("peer-{i}"), Role::Peer)));
     ensure_dev_pki(&pki, &names)?;
     let key_path = cfg
+        .swarm
         .signing_key
         .clone()
         .unwrap_or_else(|| cfg.data_dir.join("gateway-key.pem"));
@@ -209,12 +213,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .context("binding the gateway's peer endpoint")?;
     let upload_addr = upload_listener.local_addr()?;
     let gw_tls = TlsPaths::in_dir(&pki, "gateway");
-    cfg.scheduler = Some(scheduler_url.clone());
-    cfg.upload_addr = Some(upload_addr.to_string());
-    cfg.signing_key = Some(key_path.clone());
-    cfg.tls_ca = Some(gw_tls.ca.clone());
-    cfg.tls_cert = Some(gw_tls.cert.clone());
-    cfg.tls_key = Some(gw_tls.key.clone());
+    cfg.swarm.scheduler = Some(scheduler_url.clone());
+    cfg.swarm.upload_addr = Some(upload_addr.to_string());
+    cfg.swarm.signing_key = Some(key_path.clone());
+    cfg.tls.ca = Some(gw_tls.ca.clone());
+    cfg.tls.cert = Some(gw_tls.cert.clone());
+    cfg.tls.key = Some(gw_tls.key.clone());
     cfg.validate()?;
     let gw = Gateway::build(&cfg)?;
     let default_registry = gw.default_registry().to_string();

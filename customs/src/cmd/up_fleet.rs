@@ -218,15 +218,16 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             let dir = data_dir.join(&name);
             let mut own = cfg.clone();
             own.data_dir = dir.clone();
-            own.signing_key = Some(dir.join("gateway-key.pem"));
-            own.tls_ca = Some(tls.ca.clone());
-            own.tls_cert = Some(tls.cert.clone());
-            own.tls_key = Some(tls.key.clone());
-            own.scheduler = Some(scheduler_urls[usize::from(i - 1) % scheduler_urls.len()].clone());
-            own.upload_addr = Some(upload.to_string());
-            own.gateway_id = Some(name.clone());
-            own.zone = zone_of(args.zones, i);
-            own.api_listen = match cfg.api_listen {
+            own.swarm.signing_key = Some(dir.join("gateway-key.pem"));
+            own.tls.ca = Some(tls.ca.clone());
+            own.tls.cert = Some(tls.cert.clone());
+            own.tls.key = Some(tls.key.clone());
+            own.swarm.scheduler =
+                Some(scheduler_urls[usize::from(i - 1) % scheduler_urls.len()].clone());
+            own.swarm.upload_addr = Some(upload.to_string());
+            own.fleet.id = Some(name.clone());
+            own.fleet.zone = zone_of(args.zones, i);
+            own.api.listen = match cfg.api.listen {
                 Some(a) => Some(SocketAddr::new(
                     a.ip(),
                     a.port()
@@ -235,11 +236,20 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 )),
                 None => None,
             };
-            // The file carries tokens (API, HEC): private to this user. The
-            // fleet URL is passed in the environment, never written out.
+            // Secrets (API and HEC tokens, the fleet URL) go in the child's
+            // environment, never into the file (which serializes them
+            // redacted); the file is private to this user all the same.
+            let api_token = own.api.token.take();
+            let hec_token = own.audit.hec_token.take();
             let config_path = dir.join("config.json");
             customs_tls::write_private(&config_path, &serde_json::to_vec_pretty(&own)?)?;
             let mut cmd = child(&data_dir, &name, "gateway")?;
+            if let Some(t) = &api_token {
+                cmd.env("CUSTOMS_API_TOKEN", t.expose());
+            }
+            if let Some(t) = &hec_token {
+                cmd.env("CUSTOMS_AUDIT_HEC_TOKEN", t.expose());
+            }
             cmd.arg("--config")
                 .arg(&config_path)
                 .arg("--listen")
@@ -251,7 +261,7 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
                 .command(&mut cmd)
                 .spawn()
                 .with_context(|| format!("starting {name}"))?;
-            let scheme = if own.listen_tls_cert.is_some() {
+            let scheme = if own.tls.listen_cert.is_some() {
                 "https"
             } else {
                 "http"
@@ -259,29 +269,29 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
             let oci = format!("{scheme}://{listen}");
             let probe = format!("http://{listen}/v2/");
             wait_ready(&name, &mut c, async || {
-                own.listen_tls_cert.is_some()
+                own.tls.listen_cert.is_some()
                     && tokio::net::TcpStream::connect(listen).await.is_ok()
                     || http_ok(&http, &probe).await
             })
             .await?;
             gateway_uploads.push((
                 format!("https://{upload}"),
-                own.scheduler.clone().unwrap_or_default(),
+                own.swarm.scheduler.clone().unwrap_or_default(),
             ));
             file.gateways.push(GatewayEntry {
                 id: name,
                 pid: c.id().unwrap_or_default(),
                 oci,
-                api: own.api_listen.map(|a| format!("http://{a}")),
+                api: own.api.listen.map(|a| format!("http://{a}")),
                 upload: format!("https://{upload}"),
-                zone: own.zone.clone(),
+                zone: own.fleet.zone.clone(),
             });
             fleet.children.push(c);
         }
         // Every gateway routes blobs over the whole set before any peer
         // asks: one that has not seen the others yet would fetch from the
         // upstream what another owns.
-        let plain = cfg.listen_tls_cert.is_none();
+        let plain = cfg.tls.listen_cert.is_none();
         for (gw, child) in file
             .gateways
             .iter()
@@ -390,9 +400,10 @@ fn zone_of(zones: u16, i: u16) -> String {
 }
 
 fn default_registry(cfg: &GatewayConfig) -> anyhow::Result<String> {
-    Ok(match &cfg.upstream {
+    Ok(match &cfg.upstream.url {
         Some(url) => customs_gateway::upstream::registry_identity(url)?.to_string(),
         None => cfg
+            .upstream
             .registries
             .keys()
             .next()

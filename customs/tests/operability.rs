@@ -549,6 +549,17 @@ fn config_precedence_is_defaults_then_file_then_env_then_flags() {
     assert_eq!(c["policy"]["admission_ttl"], "1m");
     assert_eq!(c["swarm"]["upload_slots"], 5);
     assert_eq!(c["gateway"]["url"], "http://127.0.0.1:5050");
+    // And the scheduler's.
+    let (ok, out, err) = print_config(
+        "scheduler",
+        "listen: 127.0.0.1:6000\naudit:\n  log: /tmp/a.jsonl\n",
+        &[("CUSTOMS_SCHEDULER__AUDIT__LOG", "/tmp/b.jsonl")],
+        &["--listen", "127.0.0.1:6001"],
+    );
+    assert!(ok, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["listen"], "127.0.0.1:6001");
+    assert_eq!(c["audit"]["log"], "/tmp/b.jsonl");
 }
 
 #[test]

@@ -64,15 +64,6 @@ pub struct GatewayFlags {
     /// Ed25519 PKCS#8 key that signs piece manifests (created if missing).
     #[arg(long)]
     pub signing_key: Option<PathBuf>,
-    /// mTLS CA file.
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// mTLS certificate (with the gateway role).
-    #[arg(long)]
-    pub tls_cert: Option<PathBuf>,
-    /// mTLS private key.
-    #[arg(long)]
-    pub tls_key: Option<PathBuf>,
     /// Policy directory (ImagePolicy YAML files, keys, trusted roots).
     /// Without it every image is admitted in audit mode.
     #[arg(long, env = "CUSTOMS_POLICY", conflicts_with = "policy_git")]
@@ -153,14 +144,10 @@ pub struct GatewayFlags {
     /// (default 60).
     #[arg(long)]
     pub upstream_body_timeout_secs: Option<u64>,
-    /// The fleet's Redis: redis://[user:password@]host:port[/db] or
-    /// rediss:// (TLS). Gateways sharing it share preheat jobs and
-    /// membership. Without it everything stays embedded.
-    #[arg(long, env = "CUSTOMS_FLEET_REDIS", hide_env_values = true)]
-    pub fleet_redis: Option<customs_fleet::FleetUrl>,
-    /// PEM CAs trusted for a rediss:// --fleet-redis (system roots otherwise).
-    #[arg(long, env = "CUSTOMS_FLEET_REDIS_CA", requires = "fleet_redis")]
-    pub fleet_redis_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: super::flags::TlsFlags,
+    #[command(flatten)]
+    pub fleet: super::flags::FleetFlags,
     /// This gateway's id in the fleet (default: host name and --listen port).
     #[arg(long, env = "CUSTOMS_GATEWAY_ID")]
     pub gateway_id: Option<String>,
@@ -230,9 +217,7 @@ impl GatewayFlags {
         )?;
         o.set("swarm.upload_limit", self.upload_limit)?;
         o.set("swarm.signing_key", self.signing_key.as_ref())?;
-        o.set("tls.ca", self.tls_ca.as_ref())?;
-        o.set("tls.cert", self.tls_cert.as_ref())?;
-        o.set("tls.key", self.tls_key.as_ref())?;
+        self.tls.overlay(&mut o)?;
         o.set("tls.listen_cert", self.listen_tls_cert.as_ref())?;
         o.set("tls.listen_key", self.listen_tls_key.as_ref())?;
         o.set("policy.dir", self.policy.as_ref())?;
@@ -252,11 +237,7 @@ impl GatewayFlags {
         o.set("audit.hec_token_file", self.audit_hec_token_file.as_ref())?;
         o.set("audit.http", self.audit_http.as_ref())?;
         o.set("audit.file", self.audit_file.as_ref())?;
-        o.set(
-            "fleet.redis",
-            self.fleet_redis.as_ref().map(|u| u.expose_for_child()),
-        )?;
-        o.set("fleet.redis_ca", self.fleet_redis_ca.as_ref())?;
+        self.fleet.overlay(&mut o)?;
         o.set("fleet.id", self.gateway_id.as_ref())?;
         let zone = match (&self.zone, &self.topology_labels) {
             (Some(z), _) => Some(z.clone()),

@@ -52,15 +52,6 @@ pub struct PeerArgs {
     /// Trusted gateway public key (PEM); repeat for rotation.
     #[arg(long = "gateway-key")]
     gateway_keys: Vec<PathBuf>,
-    /// mTLS CA file.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-    /// mTLS certificate.
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// mTLS key.
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
     /// Locality: zone (overrides --topology-labels).
     #[arg(long, env = "CUSTOMS_ZONE")]
     zone: Option<String>,
@@ -82,6 +73,8 @@ pub struct PeerArgs {
     /// last confirmation (e.g. `10m`), then refuse.
     #[arg(long, env = "CUSTOMS_ADMISSION_STALE_MAX", value_parser = humantime::parse_duration)]
     admission_stale_max: Option<std::time::Duration>,
+    #[command(flatten)]
+    tls: super::flags::TlsFlags,
     #[command(flatten)]
     process: crate::shutdown::ProcessFlags,
 }
@@ -141,9 +134,7 @@ impl PeerArgs {
                 .clone()
                 .or_else(|| labels.as_ref().map(|t| t.rack.clone())),
         )?;
-        o.set("tls.ca", self.tls_ca.as_ref())?;
-        o.set("tls.cert", self.tls_cert.as_ref())?;
-        o.set("tls.key", self.tls_key.as_ref())?;
+        self.tls.overlay(&mut o)?;
         o.set("policy.admission_ttl", human(self.admission_ttl))?;
         o.set(
             "policy.admission_stale_max",

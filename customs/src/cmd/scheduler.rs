@@ -10,49 +10,57 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::scheduler_config::SchedulerConfig;
+
 /// `customs scheduler` flags. TLS files and the gateway key default to what
 /// `customs up` / `customs certs` create under `--pki-dir`.
 #[derive(Args)]
 pub struct SchedulerArgs {
-    /// Address to serve gRPC (mTLS) on.
-    #[arg(
-        long,
-        env = "CUSTOMS_SCHEDULER_LISTEN",
-        default_value = "127.0.0.1:5060"
-    )]
-    listen: SocketAddr,
-    /// Folder with ca.pem, scheduler.pem and scheduler.key.
-    #[arg(long, default_value = "customs-data/pki")]
-    pki_dir: PathBuf,
+    /// YAML config file (see the README's "Configuration"); flags override it.
+    #[arg(long, env = "CUSTOMS_SCHEDULER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC (mTLS) on [default: 127.0.0.1:5060].
+    #[arg(long, env = "CUSTOMS_SCHEDULER_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Folder with ca.pem, scheduler.pem and scheduler.key
+    /// [default: customs-data/pki].
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
     /// Trusted gateway public keys (PEM); repeat for rotation
     /// [default: customs-data/gateway-key.pub].
     #[arg(long = "gateway-key")]
     gateway_keys: Vec<PathBuf>,
-    /// mTLS CA file [default: PKI_DIR/ca.pem].
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-    /// mTLS certificate [default: PKI_DIR/scheduler.pem].
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// mTLS key [default: PKI_DIR/scheduler.key].
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
     /// Audit log for bad-piece reports (JSON lines).
     #[arg(long)]
     audit_log: Option<PathBuf>,
-    /// The fleet's Redis (as `customs gateway --fleet-redis`): the
-    /// scheduler heartbeats its membership there.
-    #[arg(long, env = "CUSTOMS_FLEET_REDIS", hide_env_values = true)]
-    fleet_redis: Option<customs_fleet::FleetUrl>,
-    /// PEM CAs trusted for a rediss:// --fleet-redis.
-    #[arg(long, env = "CUSTOMS_FLEET_REDIS_CA", requires = "fleet_redis")]
-    fleet_redis_ca: Option<PathBuf>,
     /// This scheduler's id in the fleet (default: host name and --listen
     /// port).
     #[arg(long, env = "CUSTOMS_SCHEDULER_ID")]
     scheduler_id: Option<String>,
     #[command(flatten)]
+    tls: super::flags::TlsFlags,
+    #[command(flatten)]
+    fleet: super::flags::FleetFlags,
+    #[command(flatten)]
     process: crate::shutdown::ProcessFlags,
+}
+
+impl SchedulerArgs {
+    /// Defaults < the file < `CUSTOMS_SCHEDULER__*` < flags.
+    fn config(&self) -> anyhow::Result<SchedulerConfig> {
+        let mut o = crate::layered::Overlay::default();
+        o.set("listen", self.listen)?;
+        o.set("pki_dir", self.pki_dir.as_ref())?;
+        o.set(
+            "gateway_keys",
+            (!self.gateway_keys.is_empty()).then_some(&self.gateway_keys),
+        )?;
+        self.tls.overlay(&mut o)?;
+        o.set("audit.log", self.audit_log.as_ref())?;
+        self.fleet.overlay(&mut o)?;
+        o.set("fleet.id", self.scheduler_id.as_ref())?;
+        crate::layered::load(self.config.as_deref(), "CUSTOMS_SCHEDULER__", o)
+    }
 }
 
 /// Loads trusted gateway public keys from PEM files.
@@ -75,37 +83,37 @@ impl SchedulerArgs {
 }
 
 pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
-    let defaults = TlsPaths::in_dir(&args.pki_dir, "scheduler");
+    let cfg = args.config()?;
+    if args.process.print_config {
+        return crate::layered::print(&cfg);
+    }
+    cfg.validate()?;
+    let defaults = TlsPaths::in_dir(&cfg.pki_dir, "scheduler");
     let identity = TlsIdentity::load(&TlsPaths {
-        ca: args.tls_ca.unwrap_or(defaults.ca),
-        cert: args.tls_cert.unwrap_or(defaults.cert),
-        key: args.tls_key.unwrap_or(defaults.key),
+        ca: cfg.tls.ca.clone().unwrap_or(defaults.ca),
+        cert: cfg.tls.cert.clone().unwrap_or(defaults.cert),
+        key: cfg.tls.key.clone().unwrap_or(defaults.key),
     })
     .context(
         "loading the scheduler's TLS files (create them with `customs certs` or `customs up`)",
     )?;
-    let gateway_keys = if args.gateway_keys.is_empty() {
-        vec![PathBuf::from("customs-data/gateway-key.pub")]
-    } else {
-        args.gateway_keys
-    };
-    let audit = args.audit_log.as_deref().map(AuditLog::open).transpose()?;
+    let audit = cfg.audit.log.as_deref().map(AuditLog::open).transpose()?;
     let closing = audit.clone();
     let service = Arc::new(SchedulerService::new(
-        trusted_keys(&gateway_keys)?,
+        trusted_keys(&cfg.gateway_keys)?,
         audit,
         customs_scheduler::service::BAD_PIECE_AGGREGATE_INTERVAL,
     ));
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {}", cfg.listen))?;
     let sup = args.process.supervisor();
     let token = sup.shutdown_token();
-    tracing::info!(scheduler = %args.listen, "customs scheduler ready");
+    tracing::info!(scheduler = %cfg.listen, "customs scheduler ready");
     let aggregate = tokio::spawn(service.clone().aggregate_loop(token.clone()));
-    let heartbeat = match &args.fleet_redis {
+    let heartbeat = match &cfg.fleet.redis {
         Some(url) => {
-            let id: customs_fleet::MemberId = match &args.scheduler_id {
+            let id: customs_fleet::MemberId = match &cfg.fleet.id {
                 Some(id) => id.parse()?,
                 None => {
                     customs_fleet::member::default_id("scheduler", listener.local_addr()?.port())?
@@ -114,7 +122,7 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
             tracing::info!(fleet = %url, member = %id, "scheduler joining the fleet");
             let fleet = Arc::new(customs_fleet::LazyFleet::new(
                 url.clone(),
-                args.fleet_redis_ca.clone(),
+                cfg.fleet.redis_ca.clone(),
             ));
             Some(customs_fleet::spawn_heartbeat(
                 fleet,

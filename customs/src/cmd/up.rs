@@ -45,7 +45,7 @@ pub struct UpArgs {
 impl UpArgs {
     /// A fleet of separate processes on Redis rather than one process.
     fn fleet_mode(&self) -> bool {
-        self.gateway.fleet_redis.is_some()
+        self.gateway.fleet.fleet_redis.is_some()
     }
 }
 

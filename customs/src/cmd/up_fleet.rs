@@ -125,6 +125,7 @@ pub async fn run(args: &UpArgs, cfg: GatewayConfig, pki: &Path) -> anyhow::Resul
     let data_dir = cfg.data_dir.clone();
     let fleet_url = args
         .gateway
+        .fleet
         .fleet_redis
         .clone()
         .context("a fleet needs --fleet-redis")?;

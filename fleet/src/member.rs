@@ -273,7 +273,7 @@ pub fn spawn_heartbeat(
     ttl: Duration,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    customs_runtime::spawn(async move {
         let mut tick = tokio::time::interval(ttl / 3);
         let mut failing = false;
         loop {

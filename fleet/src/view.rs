@@ -66,7 +66,7 @@ impl MemberView {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let view = self.clone();
-        tokio::spawn(async move {
+        customs_runtime::spawn(async move {
             let mut tick = tokio::time::interval(REFRESH);
             let mut failing = false;
             loop {

@@ -402,7 +402,7 @@ impl Preheater {
         }
         tracing::info!(job = id, image = %job.image, scope = ?spec.scope, "preheat job created");
         let me = self.clone();
-        tokio::spawn(async move { me.run(id, spec).await });
+        customs_runtime::spawn(async move { me.run(id, spec).await });
         Ok(job)
     }
 

@@ -11,4 +11,4 @@ pub mod supervisor;
 pub mod trace_context;
 
 pub use secret::Secret;
-pub use supervisor::{DEFAULT_DRAIN, Supervisor};
+pub use supervisor::{DEFAULT_DRAIN, Supervisor, spawn};

@@ -143,13 +143,16 @@ impl Supervisor {
     pub async fn drained(&self) -> bool {
         self.begin_shutdown();
         self.tracker.close();
+        LIBRARY_TASKS.close();
         let deadline = self.deadline();
-        let in_time = tokio::time::timeout_at(deadline, self.tracker.wait())
-            .await
-            .is_ok();
+        let all = async {
+            self.tracker.wait().await;
+            LIBRARY_TASKS.wait().await;
+        };
+        let in_time = tokio::time::timeout_at(deadline, all).await.is_ok();
         if !in_time {
             tracing::warn!(
-                tasks = self.tracker.len(),
+                tasks = self.tracker.len() + LIBRARY_TASKS.len(),
                 drain_secs = self.drain.as_secs_f64(),
                 "drain deadline passed: aborting what is left"
             );
@@ -162,6 +165,28 @@ impl Supervisor {
         }
         in_time
     }
+}
+
+/// Tasks the component crates spawn deep inside their work (a swarm
+/// download, a preheat job, a seed's fetch, a heartbeat), where no
+/// supervisor is at hand: [`spawn`] tracks them here, and every
+/// supervisor's [`Supervisor::drained`] waits for them as for its own.
+static LIBRARY_TASKS: std::sync::LazyLock<TaskTracker> = std::sync::LazyLock::new(TaskTracker::new);
+
+/// `tokio::spawn`, tracked: component crates spawn through this so that
+/// shutdown lets the work finish within the drain deadline instead of
+/// cutting it off at exit.
+pub fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    LIBRARY_TASKS.spawn(task)
+}
+
+/// Tracked tasks of the component crates still running.
+pub fn library_tasks() -> usize {
+    LIBRARY_TASKS.len()
 }
 
 /// How long tasks get to notice [`Supervisor::abort_token`].

@@ -160,7 +160,7 @@ pub fn watched<P: Send + 'static>(
     let w = watch.clone();
     let d = done.clone();
     let notified = wake_watchdog.clone();
-    tokio::spawn(async move {
+    customs_runtime::spawn(async move {
         let end = started + total;
         loop {
             let wake_at = {

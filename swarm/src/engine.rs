@@ -476,47 +476,58 @@ impl Swarm {
         let driver_pf = pf.clone();
         let blob2 = blob.clone();
         let image2 = image.clone();
-        tokio::spawn(async move {
-            let result = me.drive(&image2, &blob2, &driver_pf, &stopping).await;
-            stopping.cancel();
-            match result {
-                Ok(()) => {
-                    // Keep the partial file until the store linked it into
-                    // place, so pieces stay servable throughout; then only
-                    // our name for it goes (the store's link keeps the bytes).
-                    if !matches!(me.store.wait_stored(&blob2, STORE_WAIT).await, Ok(Some(_))) {
-                        tracing::warn!(blob = %blob2, "complete blob not stored in time; its piece file is dropped");
-                    }
-                    // Our name goes before the entry: a download that
-                    // starts after it opens a new file, never this name.
-                    driver_pf.remove();
-                    me.forget(&blob2, &driver_pf);
-                }
-                Err(reason) => {
-                    tracing::warn!(blob = %blob2, %reason, "swarm download failed");
-                    driver_pf.stop(&reason);
-                    // The loop's transfers were aborted when it returned;
-                    // their last disk writes finish before anyone may open
-                    // the file again (verified pieces stay, for a resume).
-                    let until = tokio::time::Instant::now() + DRAIN_WAIT;
-                    while driver_pf.writing() > 0 && tokio::time::Instant::now() < until {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    if driver_pf.writing() == 0 {
-                        // Pieces checked against a provisional statement
-                        // only are discarded: the gateway's fetch may have
-                        // failed its digest check. Verified final pieces
-                        // stay, for a resume.
-                        if !driver_pf.is_final() {
-                            driver_pf.remove();
+        // The whole swarm download is one span in the trace of the request
+        // that started it (pieces are too many to trace one by one).
+        let span = tracing::info_span!(
+            "swarm download",
+            otel.kind = "internal",
+            blob = %blob,
+            pieces = pf.geometry().piece_count()
+        );
+        customs_runtime::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = me.drive(&image2, &blob2, &driver_pf, &stopping).await;
+                stopping.cancel();
+                match result {
+                    Ok(()) => {
+                        // Keep the partial file until the store linked it into
+                        // place, so pieces stay servable throughout; then only
+                        // our name for it goes (the store's link keeps the bytes).
+                        if !matches!(me.store.wait_stored(&blob2, STORE_WAIT).await, Ok(Some(_))) {
+                            tracing::warn!(blob = %blob2, "complete blob not stored in time; its piece file is dropped");
                         }
+                        // Our name goes before the entry: a download that
+                        // starts after it opens a new file, never this name.
+                        driver_pf.remove();
                         me.forget(&blob2, &driver_pf);
-                    } else {
-                        tracing::error!(blob = %blob2, "piece writes did not finish; the blob stays unavailable on this node");
+                    }
+                    Err(reason) => {
+                        tracing::warn!(blob = %blob2, %reason, "swarm download failed");
+                        driver_pf.stop(&reason);
+                        // The loop's transfers were aborted when it returned;
+                        // their last disk writes finish before anyone may open
+                        // the file again (verified pieces stay, for a resume).
+                        let until = tokio::time::Instant::now() + DRAIN_WAIT;
+                        while driver_pf.writing() > 0 && tokio::time::Instant::now() < until {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if driver_pf.writing() == 0 {
+                            // Pieces checked against a provisional statement
+                            // only are discarded: the gateway's fetch may have
+                            // failed its digest check. Verified final pieces
+                            // stay, for a resume.
+                            if !driver_pf.is_final() {
+                                driver_pf.remove();
+                            }
+                            me.forget(&blob2, &driver_pf);
+                        } else {
+                            tracing::error!(blob = %blob2, "piece writes did not finish; the blob stays unavailable on this node");
+                        }
                     }
                 }
-            }
-        });
+            },
+            span,
+        ));
         Ok(pf)
     }
 
@@ -768,7 +779,7 @@ impl Swarm {
                     let me = self.clone();
                     let blob = blob.clone();
                     let fetch = pf.fetch();
-                    tokio::spawn(async move { me.report(&blob, vec![i], fetch).await });
+                    customs_runtime::spawn(async move { me.report(&blob, vec![i], fetch).await });
                 }
                 PieceOutcome::Duplicate { piece, parent } => {
                     // Only one loop writes this file, and it never asks for
@@ -824,7 +835,7 @@ impl Swarm {
                                 reseeded = true;
                                 let me = self.clone();
                                 let (image, blob) = (image.clone(), blob.clone());
-                                tokio::spawn(async move {
+                                customs_runtime::spawn(async move {
                                     if let Err(e) = me.task_from_gateway(&image, &blob, None).await
                                     {
                                         tracing::debug!(%blob, error = %e.message, "asking a gateway to seed failed");

@@ -364,7 +364,7 @@ pub fn tls_incoming(
     // only matters if tonic stopped accepting, and the cap bounds it anyway.
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(accept_loop(
+    customs_runtime::spawn(accept_loop(
         listener,
         limits,
         refused.clone(),

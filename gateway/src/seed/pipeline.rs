@@ -120,9 +120,9 @@ impl SeedFetch {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, fetch.clone());
         let (seed, registry, blob) = (run.seed.clone(), image.registry.clone(), digest.clone());
-        let task = tokio::spawn(run.run(reader));
+        let task = customs_runtime::spawn(run.run(reader));
         let watched = fetch.clone();
-        tokio::spawn(async move {
+        customs_runtime::spawn(async move {
             // A panicked task still fails its fetch: nobody waits forever.
             if task.await.is_err() {
                 let f = FetchFailure::new(FetchFailureKind::Io, "the seed's fetch task failed");
@@ -349,7 +349,7 @@ impl Run {
         // Detached: a slow scheduler never slows the fetch; the scheduler
         // keeps the newest statement of a fetch whatever the arrival order.
         let seed = self.seed.clone();
-        tokio::spawn(async move { seed.register(&signed).await });
+        customs_runtime::spawn(async move { seed.register(&signed).await });
     }
 }
 

@@ -610,3 +610,65 @@ fn bad_config_is_a_clear_error_naming_the_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_pull_traces_the_scheduler_registration_too() {
+    let (receiver, endpoint) = otlp_receiver::Receiver::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    make_image(&dir.join("app"), "v1", &[300_000], &[], 11);
+    push(&dir.join("app"), "v1", registry.addr, "traced/swarm");
+    let (digest, _) = biggest_blob(&dir.join("app"));
+    let otlp = strings(&["--otlp-endpoint", &endpoint]);
+    let mut fleet = Standalone::start_with(dir, &registry, 1, &otlp, &otlp, &otlp);
+    let peer_addr: SocketAddr = fleet.peer_addrs[0].parse().unwrap();
+    let (resp, first) = start_download(
+        &format!("http://{peer_addr}"),
+        "traced/swarm",
+        &digest,
+        &format!("?ns={}", registry.addr),
+    )
+    .await;
+    let (got, _, clean) = read_body(resp, first).await;
+    assert!(clean && got == digest);
+    for p in [
+        &mut fleet.peers[0],
+        &mut fleet.scheduler,
+        &mut fleet.gateway,
+    ] {
+        sigterm(p.child.id());
+        assert!(wait_exit(p, Duration::from_secs(30)).0.success());
+    }
+    let spans = receiver.spans();
+    // The scheduler's span of the final registration continues a trace
+    // that a peer's request to the gateway started, with the swarm
+    // download in it.
+    let registered = spans
+        .iter()
+        .find(|s| s.service == "customs-scheduler" && s.name == "RegisterTask" && s.kind == SERVER)
+        .unwrap_or_else(|| panic!("no scheduler span: {spans:#?}"));
+    let trace: Vec<&otlp_receiver::Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == registered.trace_id)
+        .collect();
+    assert!(
+        trace.iter().any(|s| s.service == "customs-gateway"
+            && s.kind == CLIENT
+            && s.name == "scheduler"
+            && s.span_id == registered.parent_span_id),
+        "the registration's parent is not the gateway's call: {trace:#?}"
+    );
+    assert!(
+        trace
+            .iter()
+            .any(|s| s.service == "customs-gateway" && s.kind == SERVER),
+        "no gateway request in the trace: {trace:#?}"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service == "customs-peer" && s.name == "swarm download"),
+        "no swarm download span: {spans:#?}"
+    );
+}

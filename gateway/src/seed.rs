@@ -354,7 +354,22 @@ impl Seed {
             return;
         };
         for (id, mut client) in self.schedulers.for_blob(&blob) {
-            match client.register_task(req.clone()).await {
+            use tracing::Instrument as _;
+            // The final registration is a span of the pull's trace; the
+            // provisional ones (one per batch of pieces read) are not.
+            let provisional = signed
+                .payload
+                .starts_with(customs_protocol::piece_manifest::PROVISIONAL_DOMAIN);
+            let span = if provisional {
+                tracing::Span::none()
+            } else {
+                customs_runtime::trace_context::client_span("scheduler", &id.to_string())
+            };
+            let mut call = tonic::Request::new(req.clone());
+            *call.metadata_mut() = tonic::metadata::MetadataMap::from_headers(
+                customs_runtime::trace_context::headers_for(&span),
+            );
+            match client.register_task(call).instrument(span).await {
                 Ok(_) => return,
                 Err(e) if try_next(&e) => {
                     tracing::debug!(scheduler = %id, %blob, error = %e, "scheduler unreachable; registering with the next");

@@ -72,6 +72,28 @@ pub fn server_span(method: &http::Method, path: &str, headers: &HeaderMap) -> tr
     span
 }
 
+/// The server span of one gRPC call (`method`, e.g. `RegisterTask`),
+/// child of the caller's trace context in its metadata (`headers`); none
+/// when the call carries no trace context. Only calls made once per blob
+/// are traced: the per-piece and per-refresh calls (ten a second per
+/// download) would drown a trace.
+pub fn grpc_server_span(method: &'static str, headers: &HeaderMap) -> tracing::Span {
+    // Only calls that belong to a trace: an untraced call would start a
+    // trace of its own per call.
+    if !headers.contains_key("traceparent") {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "grpc call",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+    );
+    adopt_parent(&span, headers);
+    span
+}
+
 /// The client span of one outgoing HTTP request to `target` (another
 /// Customs component's base URL or an upstream registry's host): `what`
 /// names it (`gateway`, `upstream`).

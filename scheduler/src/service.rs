@@ -247,38 +247,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::RegisterTaskRequest>,
     ) -> Result<Response<pb::RegisterTaskResponse>, Status> {
-        if !self.caller_is(&req, Role::Gateway) {
-            tracing::warn!("task registration refused: caller is not a gateway");
-            return Err(Status::permission_denied("only gateways register tasks"));
-        }
-        // A gateway of a fleet names its seed id (its certificate must
-        // name it); one outside a fleet seeds as `gateway` for every task.
-        let seed = match req.get_ref().seed_id.as_str() {
-            "" => None,
-            id => Some(self.require_peer(&req, id)?),
-        };
-        let signed = to_signed(req.into_inner().manifest)?;
-        // The blob the manifest claims is checked against itself here; the
-        // signature is what binds it.
-        let blob = signed
-            .claimed_blob()
-            .ok_or_else(|| Status::invalid_argument("piece manifest: no valid blob digest"))?;
-        let verified = self
-            .keys
-            .verify_statement(&signed, &blob, unix_now())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (signed_pieces, fin) = (
-            verified.pieces().len(),
-            matches!(verified, Statement::Final(_)),
+        use tracing::Instrument as _;
+        let span = customs_runtime::trace_context::grpc_server_span(
+            "RegisterTask",
+            &req.metadata().clone().into_headers(),
         );
-        if self.state().register_from(verified, seed.as_ref()) {
-            if fin {
-                tracing::info!(blob = %blob, pieces = signed_pieces, "task registered");
-            } else {
-                tracing::debug!(blob = %blob, signed_pieces, "provisional task registered");
-            }
-        }
-        Ok(Response::new(pb::RegisterTaskResponse {}))
+        self.register_task_in(req).instrument(span).await
     }
 
     async fn withdraw_task(
@@ -510,6 +484,47 @@ pub async fn serve(
         _ = deadline => tracing::warn!("scheduler connections still open at the drain deadline"),
     }
     Ok(())
+}
+
+impl SchedulerService {
+    /// [`Scheduler::register_task`]'s work, inside its span.
+    async fn register_task_in(
+        &self,
+        req: Request<pb::RegisterTaskRequest>,
+    ) -> Result<Response<pb::RegisterTaskResponse>, Status> {
+        if !self.caller_is(&req, Role::Gateway) {
+            tracing::warn!("task registration refused: caller is not a gateway");
+            return Err(Status::permission_denied("only gateways register tasks"));
+        }
+        // A gateway of a fleet names its seed id (its certificate must
+        // name it); one outside a fleet seeds as `gateway` for every task.
+        let seed = match req.get_ref().seed_id.as_str() {
+            "" => None,
+            id => Some(self.require_peer(&req, id)?),
+        };
+        let signed = to_signed(req.into_inner().manifest)?;
+        // The blob the manifest claims is checked against itself here; the
+        // signature is what binds it.
+        let blob = signed
+            .claimed_blob()
+            .ok_or_else(|| Status::invalid_argument("piece manifest: no valid blob digest"))?;
+        let verified = self
+            .keys
+            .verify_statement(&signed, &blob, unix_now())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (signed_pieces, fin) = (
+            verified.pieces().len(),
+            matches!(verified, Statement::Final(_)),
+        );
+        if self.state().register_from(verified, seed.as_ref()) {
+            if fin {
+                tracing::info!(blob = %blob, pieces = signed_pieces, "task registered");
+            } else {
+                tracing::debug!(blob = %blob, signed_pieces, "provisional task registered");
+            }
+        }
+        Ok(Response::new(pb::RegisterTaskResponse {}))
+    }
 }
 
 #[cfg(test)]

@@ -711,6 +711,19 @@ impl Standalone {
         gateway_extra: &[String],
         peer_extra: &[String],
     ) -> Standalone {
+        Self::start_with(dir, registry, n, gateway_extra, peer_extra, &[])
+    }
+
+    /// [`Standalone::start`] with `scheduler_extra` added to the
+    /// scheduler's arguments.
+    pub fn start_with(
+        dir: &Path,
+        registry: &Registry,
+        n: usize,
+        gateway_extra: &[String],
+        peer_extra: &[String],
+        scheduler_extra: &[String],
+    ) -> Standalone {
         let pki = dir.join("pki");
         let mut issue = strings(&[
             "certs",
@@ -762,6 +775,7 @@ impl Standalone {
                 &key_pub,
             ]),
             tls("scheduler"),
+            scheduler_extra.to_vec(),
         ]
         .concat();
         let scheduler = spawn_customs(dir, "scheduler", &scheduler_args);

@@ -120,7 +120,7 @@ impl SeedFetch {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, fetch.clone());
         let (seed, registry, blob) = (run.seed.clone(), image.registry.clone(), digest.clone());
-        let task = customs_runtime::spawn(run.run(reader));
+        let task = customs_runtime::spawn(tracing::Instrument::in_current_span(run.run(reader)));
         let watched = fetch.clone();
         customs_runtime::spawn(async move {
             // A panicked task still fails its fetch: nobody waits forever.
@@ -349,7 +349,9 @@ impl Run {
         // Detached: a slow scheduler never slows the fetch; the scheduler
         // keeps the newest statement of a fetch whatever the arrival order.
         let seed = self.seed.clone();
-        customs_runtime::spawn(async move { seed.register(&signed).await });
+        customs_runtime::spawn(tracing::Instrument::in_current_span(async move {
+            seed.register(&signed).await
+        }));
     }
 }
 

@@ -131,18 +131,12 @@ async fn start_download(
     (resp, first)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_a_gateway_transfer_then_checkpoints_and_exits_0() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let registry = Registry::start(&dir.join("registry"));
-    // 3 MB at 1 MB/s: the transfer is in flight for about 3 s.
-    make_image(&dir.join("app"), "v1", &[3_000_000], &[], 7);
-    push(&dir.join("app"), "v1", registry.addr, "drain/app");
-    let (digest, size) = biggest_blob(&dir.join("app"));
+/// `customs gateway` on `registry` with its data under `dir/gw`, sending
+/// at 1 MB/s and draining for `drain_secs` after SIGTERM.
+fn slow_gateway(dir: &Path, registry: &Registry, drain_secs: &str) -> Customs {
     let data = dir.join("gw");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut gw = Customs::spawn(
+    Customs::spawn(
         &strings(&[
             "gateway",
             "--data-dir",
@@ -154,11 +148,24 @@ async fn sigterm_drains_a_gateway_transfer_then_checkpoints_and_exits_0() {
             "--upload-limit",
             "1000000",
             "--drain-secs",
-            "20",
+            drain_secs,
         ]),
         addr,
         &data,
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_gateway_transfer_then_checkpoints_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    // 3 MB at 1 MB/s: the transfer is in flight for about 3 s.
+    make_image(&dir.join("app"), "v1", &[3_000_000], &[], 7);
+    push(&dir.join("app"), "v1", registry.addr, "drain/app");
+    let (digest, size) = biggest_blob(&dir.join("app"));
+    let mut gw = slow_gateway(dir, &registry, "20");
+    let (addr, data) = (gw.addr, gw.data_dir.clone());
     let (resp, first) = start_download(&format!("http://{addr}"), "drain/app", &digest, "").await;
     let began = Instant::now();
     sigterm(gw.proc.child.id());
@@ -191,25 +198,8 @@ async fn a_transfer_longer_than_drain_secs_is_cut_at_the_deadline() {
     make_image(&dir.join("app"), "v1", &[8_000_000], &[], 8);
     push(&dir.join("app"), "v1", registry.addr, "drain/big");
     let (digest, size) = biggest_blob(&dir.join("app"));
-    let data = dir.join("gw");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut gw = Customs::spawn(
-        &strings(&[
-            "gateway",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &addr.to_string(),
-            "--upstream",
-            &registry.url(),
-            "--upload-limit",
-            "1000000",
-            "--drain-secs",
-            "1",
-        ]),
-        addr,
-        &data,
-    );
+    let mut gw = slow_gateway(dir, &registry, "1");
+    let (addr, data) = (gw.addr, gw.data_dir.clone());
     let (resp, first) = start_download(&format!("http://{addr}"), "drain/big", &digest, "").await;
     sigterm(gw.proc.child.id());
     let (status, took) = wait_exit(&mut gw.proc, Duration::from_secs(8));
@@ -671,4 +661,50 @@ async fn a_swarm_pull_traces_the_scheduler_registration_too() {
             .any(|s| s.service == "customs-peer" && s.name == "swarm download"),
         "no swarm download span: {spans:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customs_up_passes_the_collector_and_the_drain_deadline_to_its_peers() {
+    let (receiver, endpoint) = otlp_receiver::Receiver::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    make_image(&dir.join("app"), "v1", &[100_000], &[], 12);
+    push(&dir.join("app"), "v1", registry.addr, "traced/up");
+    let (digest, _) = biggest_blob(&dir.join("app"));
+    let mut up = Fleet::up(
+        &dir.join("up"),
+        &registry.url(),
+        1,
+        &["--otlp-endpoint", &endpoint, "--drain-secs", "7"],
+    );
+    let (resp, first) = start_download(
+        &format!("http://{}", up.peers[0]),
+        "traced/up",
+        &digest,
+        &format!("?ns={}", registry.addr),
+    )
+    .await;
+    assert!(read_body(resp, first).await.2);
+    assert!(
+        up.gateway.proc.terminate().success(),
+        "{}",
+        up.gateway.log_text()
+    );
+    let spans = receiver.spans();
+    for service in ["customs-gateway", "customs-peer"] {
+        assert!(
+            spans.iter().any(|s| s.service == service),
+            "nothing from {service}: {spans:#?}"
+        );
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service == "customs-peer" && s.instance == "peer-1"),
+        "the peer's resource does not name its node: {spans:#?}"
+    );
+    // The peer got the drain deadline too (it logs it on SIGTERM).
+    let peer_log = std::fs::read_to_string(dir.join("up/peer-1.log")).unwrap();
+    assert!(peer_log.contains("drain_secs=7"), "{peer_log}");
 }

@@ -515,3 +515,84 @@ fn upstream_basic_auth_from_docker_config() {
     // The password never shows up in logs.
     assert!(!customs.log_text().contains("s3cret-pw"));
 }
+
+#[test]
+fn node_init_routes_containerd_through_the_peer_and_uninstall_restores_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start_with_access_log(&dir.join("registry"));
+    let digest = make_image(&dir.join("layout"), "v1", &[300_000, 20_000], &[], 21);
+    push(&dir.join("layout"), "v1", registry.addr, "team/ni");
+    let gw = Customs::up(&dir.join("gw"), &registry.url(), &[]);
+    let peer = Customs::peer(&dir.join("peer"), &gw.url(), &registry.addr.to_string());
+    let reg = registry.addr.to_string();
+    // The node as the operator left it: a hosts.toml of their own for the
+    // registry, and containerd 1.7's default config (config_path empty).
+    let certs = dir.join("certs.d");
+    std::fs::create_dir_all(certs.join(&reg)).unwrap();
+    let theirs = "server = \"http://127.0.0.1:9\"\n";
+    std::fs::write(certs.join(&reg).join("hosts.toml"), theirs).unwrap();
+    let config = dir.join("config.toml");
+    let config_text =
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"\"\n";
+    std::fs::write(&config, config_text).unwrap();
+    let out = run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+            .arg("node-init")
+            .arg("--certs-dir")
+            .arg(&certs)
+            .args([
+                "--peer",
+                &peer.url(),
+                "--gateway",
+                &gw.url(),
+                "--registry",
+                &reg,
+            ])
+            .arg("--containerd-config")
+            .arg(&config),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    // The exact fix, and the config left alone.
+    let fix = format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{}\"\n",
+        certs.display()
+    );
+    assert!(said.contains(&fix), "{said}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), config_text);
+    assert!(certs.join("_default/hosts.toml").exists());
+
+    // containerd pulls through the peer: the upstream served each blob once,
+    // to the gateway, and nothing to containerd.
+    let ctrd = Containerd::start(&dir.join("containerd"));
+    let reference = format!("{reg}/team/ni:v1");
+    let (ok, text) = ctrd.pull("ni", &certs, &reference);
+    assert!(
+        ok,
+        "ctr pull failed: {text}\npeer log:\n{}",
+        peer.log_text()
+    );
+    assert_eq!(
+        ctrd.image_digest("ni", &reference).as_deref(),
+        Some(digest.as_str())
+    );
+    let gets = registry.blob_gets();
+    assert!(
+        !gets.is_empty() && gets.values().all(|n| *n == 1),
+        "{gets:?}"
+    );
+
+    // Uninstall: the operator's file is back, node-init's are gone.
+    run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+            .arg("node-init")
+            .arg("--certs-dir")
+            .arg(&certs)
+            .arg("--uninstall"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(certs.join(&reg).join("hosts.toml")).unwrap(),
+        theirs
+    );
+    assert!(!certs.join("_default").exists());
+}

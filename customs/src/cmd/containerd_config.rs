@@ -38,7 +38,12 @@ pub struct ContainerdConfigArgs {
     out: PathBuf,
 }
 
-fn check_url(what: &str, u: &str) -> anyhow::Result<()> {
+/// The first line of every hosts.toml Customs writes: how node-init tells
+/// its own files from an operator's.
+pub const MARKER: &str = "# Written by Customs:";
+
+/// Refuses anything but an http(s) URL safe to quote in TOML.
+pub fn check_url(what: &str, u: &str) -> anyhow::Result<()> {
     if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(['"', '\n', '\\']) {
         bail!("{what} {u:?} must be an http(s) URL");
     }
@@ -54,7 +59,7 @@ pub fn hosts_toml(mirror: &str, gateway: Option<&str>, ca: Option<&Path>) -> Str
         .map(|p| format!("ca = \"{}\"\n", p.display()))
         .unwrap_or_default();
     format!(
-        "# Written by `customs containerd-config`: pulls go through the Customs peer,\n\
+        "{MARKER} pulls go through the Customs peer,\n\
          # then the Customs gateway; containerd never contacts the upstream itself.\n\
          server = \"{server}\"\n{ca}\n\
          [host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"

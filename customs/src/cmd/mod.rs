@@ -5,9 +5,11 @@ mod bench;
 mod bench_load;
 mod certs;
 mod containerd_config;
+mod containerd_toml;
 mod flags;
 mod gateway;
 mod gc;
+mod node_init;
 mod peer;
 mod policy;
 mod preheat;
@@ -49,6 +51,9 @@ enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// Write containerd hosts.toml files that route pulls through Customs.
     ContainerdConfig(containerd_config::ContainerdConfigArgs),
+    /// Prepare a node (the DaemonSet's init container): hosts.toml files
+    /// in the host's certs.d, containerd's config_path checked.
+    NodeInit(node_init::NodeInitArgs),
     /// Evict least-recently-used blobs from a stopped node's store.
     Gc(gc::GcArgs),
     /// Create a development CA and mTLS certificates for components.
@@ -106,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peer(a) => peer::run(a).await,
         Command::Scheduler(a) => scheduler::run(a).await,
         Command::ContainerdConfig(a) => containerd_config::run(a),
+        Command::NodeInit(a) => node_init::run(a),
         Command::Gc(a) => gc::run(a).await,
         Command::Certs(a) => certs::run(a),
         Command::VerifyBundle(a) => verify_bundle::run(a),

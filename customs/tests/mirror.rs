@@ -596,3 +596,76 @@ fn node_init_routes_containerd_through_the_peer_and_uninstall_restores_the_node(
     );
     assert!(!certs.join("_default").exists());
 }
+
+/// `scripts/build-image --binary CUSTOMS --out OUT [--push TARGET]`:
+/// the image digest it printed.
+fn build_image(out: &std::path::Path, push: Option<&str>) -> String {
+    let mut cmd = std::process::Command::new(repo_root().join("scripts/build-image"));
+    cmd.arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_customs"))
+        .arg("--out")
+        .arg(out);
+    if let Some(p) = push {
+        cmd.args(["--push", p]);
+    }
+    let o = run_ok(&mut cmd);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("image ")?.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no digest in {text}"))
+        .to_owned()
+}
+
+#[test]
+fn the_image_is_reproducible_pulled_through_customs_and_runs_under_containerd() {
+    require("umoci");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let registry = Registry::start(&dir.join("registry"));
+    let reg = registry.addr.to_string();
+    let target = format!("{reg}/customs/customs:test");
+    // The same binary gives the same image, byte for byte.
+    let first = build_image(&dir.join("img-1"), Some(&target));
+    assert_eq!(build_image(&dir.join("img-2"), None), first);
+    // Pulled through a gateway and a peer by containerd, run with runc.
+    let gw = Customs::up(&dir.join("gw"), &registry.url(), &[]);
+    let peer = Customs::peer(&dir.join("peer"), &gw.url(), &reg);
+    let certs = dir.join("certs.d");
+    run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+            .arg("node-init")
+            .arg("--certs-dir")
+            .arg(&certs)
+            .args([
+                "--peer",
+                &peer.url(),
+                "--gateway",
+                &gw.url(),
+                "--registry",
+                &reg,
+            ])
+            .arg("--containerd-config")
+            .arg(dir.join("no-config.toml")),
+    );
+    let ctrd = Containerd::start(&dir.join("containerd"));
+    let (ok, text) = ctrd.pull("img", &certs, &target);
+    assert!(ok, "ctr pull failed: {text}");
+    assert_eq!(
+        ctrd.image_digest("img", &target).as_deref(),
+        Some(first.as_str())
+    );
+    let (ok, out) = ctrd.run("img", &target, "customs-version", &["customs", "--version"]);
+    assert!(ok, "ctr run failed: {out}");
+    assert!(
+        out.contains(&format!("customs {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    // It runs as the non-root user by default.
+    let o = run_ok(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--config"])
+            .arg(format!("oci:{}:latest", dir.join("img-1").display())),
+    );
+    let config: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(config["config"]["User"], "65532:65532", "{config}");
+}

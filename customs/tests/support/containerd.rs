@@ -94,6 +94,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         (out.status.success(), text)
     }
 
+    /// `ctr -n NS run --rm --snapshotter native REF ID ARGS...` with runc;
+    /// returns (ok, output).
+    pub fn run(&self, namespace: &str, reference: &str, id: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", namespace, "run", "--rm", "--snapshotter", "native"])
+            .arg(reference)
+            .arg(id)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// The digest containerd recorded for an image.
     pub fn image_digest(&self, namespace: &str, reference: &str) -> Option<String> {
         let out = Command::new("ctr")

@@ -73,11 +73,37 @@ impl Provider for YamlFile {
     }
 }
 
-/// Prints `cfg` as the effective configuration (JSON, which is YAML too;
-/// secrets redacted) for `--print-config`.
+/// Keys that hold secrets: never read from the `CUSTOMS_<COMPONENT>__*`
+/// environment (whose values figment types, so a numeric token would fail
+/// and be echoed), and never echoed in an error. They come from the file,
+/// the flags' own variables (`CUSTOMS_API_TOKEN`, …) or token files.
+const SECRET_KEYS: &[&str] = &["api.token", "audit.hec_token", "fleet.redis"];
+
+/// Prints `cfg` as the effective configuration (JSON, which is YAML too)
+/// for `--print-config`: secrets are redacted by their type, and any URL's
+/// user name and password (a Git or HEC URL with a token in it) too.
 pub fn print<T: Serialize>(cfg: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(cfg)?);
+    let mut v = serde_json::to_value(cfg)?;
+    redact_urls(&mut v);
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
+}
+
+fn redact_urls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let Ok(mut u) = url::Url::parse(s)
+                && (!u.username().is_empty() || u.password().is_some())
+            {
+                let _ = u.set_username("redacted");
+                let _ = u.set_password(None);
+                *s = u.to_string();
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_urls),
+        serde_json::Value::Object(o) => o.values_mut().for_each(redact_urls),
+        _ => {}
+    }
 }
 
 /// `T` from defaults, `file`, the environment under `env_prefix` (e.g.
@@ -91,16 +117,28 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
     if let Some(p) = file {
         fig = fig.merge(YamlFile(p.to_path_buf()));
     }
+    let env = Env::prefixed(env_prefix)
+        .filter(|k| {
+            let key = k.as_str().to_ascii_lowercase().replace("__", ".");
+            !SECRET_KEYS.contains(&key.as_str())
+        })
+        .split("__");
     fig = fig
-        .merge(Env::prefixed(env_prefix).split("__"))
+        .merge(env)
         .merge(Serialized::defaults(serde_json::Value::Object(flags.0)));
     fig.extract().map_err(|e| {
-        // Every error, not only the first: a file with three typos is
-        // fixed in one go.
-        // figment names keys under their profile (`default.`); ours has one.
+        // figment names keys under their profile (`default.`); ours has
+        // one. An error about a secret would quote its value: it does not.
         let all: Vec<String> = e
             .into_iter()
-            .map(|e| e.to_string().replace("key \"default.", "key \""))
+            .map(|e| {
+                let key = e.path.join(".");
+                if SECRET_KEYS.contains(&key.as_str()) {
+                    format!("invalid value for key \"{key}\" (a secret: the value is not shown)")
+                } else {
+                    e.to_string().replace("key \"default.", "key \"")
+                }
+            })
             .collect();
         anyhow::anyhow!("configuration: {}", all.join("; "))
     })
@@ -130,6 +168,22 @@ mod tests {
         assert_eq!(c.upstream.tag_ttl, Duration::from_secs(45));
         assert_eq!(c.audit.aggregate, Duration::from_secs(60));
         assert_eq!(c.swarm.upload_limit, 0);
+    }
+
+    #[test]
+    fn secrets_are_never_echoed() {
+        let f = file("upstream:\n  url: http://127.0.0.1:5000\napi:\n  token: 123456\n");
+        let e = load::<GatewayConfig>(Some(f.path()), "CUSTOMS_TEST_UNSET__", Overlay::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("api.token") && !e.contains("123456"), "{e}");
+        let mut v = serde_json::json!({"git": "https://bot:ghp_secret@git.example/p.git", "plain": "https://h/x"});
+        redact_urls(&mut v);
+        assert!(
+            !v.to_string().contains("ghp_secret") && !v.to_string().contains("bot"),
+            "{v}"
+        );
+        assert_eq!(v["plain"], "https://h/x");
     }
 
     #[test]

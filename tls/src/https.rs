@@ -82,6 +82,11 @@ pub async fn serve_tls_with(
                 let Some(tls) = handshake(&acceptor, tcp, remote, limits, &refused).await else {
                     return;
                 };
+                // A handshake that finished after shutdown began gets no
+                // requests served: the drain is for work already in flight.
+                if token.is_cancelled() {
+                    return;
+                }
                 let session = tls.get_ref().1;
                 let h2 = session.alpn_protocol() == Some(b"h2");
                 // Handlers that authorise by role read the client certificate

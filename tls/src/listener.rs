@@ -262,10 +262,9 @@ impl tonic::transport::server::Connected for Capped<TcpStream> {
 /// (or closing it at once and counting it when none is free) and handing it
 /// to `handle` in its own task. After `shutdown` the listener is closed at
 /// once (new connections are refused) and this returns when every
-/// connection task has ended: `handle` must bound its own drain by
-/// `limits.drain` (the HTTP servers here do), and a connection task still
-/// running `limits.drain` plus the handshake timeout after shutdown is
-/// left behind, so shutdown never hangs on one.
+/// connection task has ended or `limits.drain` after shutdown, whichever
+/// comes first: a connection task still running then is left to process
+/// exit, so shutdown never hangs on one.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limits: ListenerLimits,
@@ -312,7 +311,9 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
     drop(listener);
     tracker.close();
-    if tokio::time::timeout(limits.drain + limits.handshake_timeout, tracker.wait())
+    // One bound for the whole drain, counted from shutdown: a handshake
+    // still running then is dropped when it ends (see `serve_tls_with`).
+    if tokio::time::timeout(limits.drain, tracker.wait())
         .await
         .is_err()
     {

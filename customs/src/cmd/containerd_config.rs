@@ -38,9 +38,9 @@ pub struct ContainerdConfigArgs {
     out: PathBuf,
 }
 
-/// The first line of every hosts.toml Customs writes: how node-init tells
-/// its own files from an operator's.
-pub const MARKER: &str = "# Written by Customs:";
+/// The first line of every hosts.toml Customs writes: says who wrote it
+/// and why, to the operator reading the node.
+const MARKER: &str = "# Written by Customs:";
 
 /// Refuses anything but an http(s) URL safe to quote in TOML.
 pub fn check_url(what: &str, u: &str) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@
 //! in a state file (`.customs-node-init.json`), so `--uninstall` puts the
 //! node back as it was.
 
-use super::containerd_config::{MARKER, check_url, hosts_toml};
+use super::containerd_config::{check_url, hosts_toml};
 use super::containerd_toml::{self, HostsDir};
 use anyhow::{Context, bail};
 use clap::Args;
@@ -67,17 +67,32 @@ pub struct NodeInitArgs {
 /// What node-init changed, for `--uninstall`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
-    /// Files written, relative to the certs dir, and whether each replaced
-    /// a file of someone else's (kept as `FILE.customs-backup`).
+    /// Files written, relative to the certs dir.
     files: Vec<Written>,
-    /// The containerd config edited, if any (kept as `FILE.customs-backup`).
-    config: Option<PathBuf>,
+    /// The containerd config edited, if any (kept as `FILE.customs-backup`),
+    /// and the sha256 of what node-init wrote there.
+    config: Option<Written>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Written {
     path: PathBuf,
+    /// Whether it replaced a file of someone else's (kept as
+    /// `FILE.customs-backup`).
     backed_up: bool,
+    /// sha256 of what node-init wrote: uninstall removes only a file that
+    /// still holds exactly that.
+    sha256: String,
+}
+
+fn sha256(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// sha256 of the file at `p`, if it exists.
+fn file_sha256(p: &Path) -> Option<String> {
+    std::fs::read(p).ok().map(|b| sha256(&b))
 }
 
 fn backup_of(p: &Path) -> PathBuf {
@@ -87,56 +102,112 @@ fn backup_of(p: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// A path the state file may name: `<registry or _default>/<our file>`,
+/// nothing absolute, no `..` (the state file sits in a folder others may
+/// write; uninstall runs as root).
+fn valid_entry(rel: &Path) -> bool {
+    let parts: Vec<_> = rel.components().collect();
+    let [
+        std::path::Component::Normal(dir),
+        std::path::Component::Normal(file),
+    ] = parts[..]
+    else {
+        return false;
+    };
+    let dir = dir.to_string_lossy();
+    (dir == "_default" || dir.parse::<RegistryHost>().is_ok())
+        && (file == "hosts.toml" || file == CA_FILE)
+}
+
 fn load_state(dir: &Path) -> anyhow::Result<State> {
     let p = dir.join(STATE);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is corrupt", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    let st: State = match std::fs::read(&p) {
+        Ok(b) => {
+            serde_json::from_slice(&b).with_context(|| format!("{} is corrupt", p.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    if let Some(bad) = st.files.iter().find(|w| !valid_entry(&w.path)) {
+        bail!(
+            "{} names {:?}, which node-init never writes: refusing to act on it",
+            p.display(),
+            bad.path
+        );
     }
+    Ok(st)
 }
 
 fn save_state(dir: &Path, st: &State) -> anyhow::Result<()> {
     let p = dir.join(STATE);
-    std::fs::write(&p, serde_json::to_vec_pretty(st)?)
-        .with_context(|| format!("writing {}", p.display()))
+    atomic_write(&p, &serde_json::to_vec_pretty(st)?)
 }
 
-/// Writes `rel` under `dir` with `text`, keeping a file it replaces that
-/// node-init did not write; records it in `st`.
+/// Writes `path` beside and renames it into place: a reader (containerd)
+/// never sees half a file, and a crash leaves the old one.
+fn atomic_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("customs-tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = std::fs::set_permissions(&tmp, meta.permissions());
+    }
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).ok();
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Keeps a copy of `path` (someone else's file) as its backup; never over
+/// an existing backup, which would lose the operator's original.
+fn keep_copy(path: &Path) -> anyhow::Result<()> {
+    let b = backup_of(path);
+    if b.exists() {
+        bail!(
+            "{} would replace {}, a copy kept earlier: move that copy away (or run --uninstall) first",
+            path.display(),
+            b.display()
+        );
+    }
+    std::fs::copy(path, &b).with_context(|| format!("keeping a copy of {}", path.display()))?;
+    println!("kept {} as {}", path.display(), b.display());
+    Ok(())
+}
+
+/// Writes `rel` under `dir` with `text`, keeping a copy of a file it
+/// replaces that node-init did not write (or that changed since); the
+/// state is saved before the file is replaced.
 fn put(dir: &Path, rel: &Path, text: &[u8], st: &mut State) -> anyhow::Result<()> {
     let path = dir.join(rel);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    let known = st.files.iter().any(|w| w.path == rel);
-    let mut backed_up = false;
-    if !known && path.exists() {
-        let ours = std::fs::read_to_string(&path).is_ok_and(|t| t.contains(MARKER));
-        if !ours {
-            std::fs::rename(&path, backup_of(&path))
-                .with_context(|| format!("keeping a copy of {}", path.display()))?;
-            backed_up = true;
-            println!("kept {} as {}", path.display(), backup_of(&path).display());
-        }
+    let at = st.files.iter().position(|w| w.path == rel);
+    let current = file_sha256(&path);
+    let ours = match (&current, at) {
+        (None, _) => true,
+        (Some(h), Some(i)) => *h == st.files[i].sha256,
+        (Some(_), None) => false,
+    };
+    let mut backed_up = at.is_some_and(|i| st.files[i].backed_up);
+    if !ours {
+        keep_copy(&path)?;
+        backed_up = true;
     }
-    // Written beside, then renamed: containerd never reads half a file.
-    let tmp = path.with_extension("customs-tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    if !known {
-        st.files.push(Written {
-            path: rel.to_path_buf(),
-            backed_up,
-        });
+    let entry = Written {
+        path: rel.to_path_buf(),
+        backed_up,
+        sha256: sha256(text),
+    };
+    match at {
+        Some(i) => st.files[i] = entry,
+        None => st.files.push(entry),
     }
-    Ok(())
+    save_state(dir, st)?;
+    atomic_write(&path, text)
 }
 
 pub fn run(args: NodeInitArgs) -> anyhow::Result<()> {
     if args.uninstall {
-        return uninstall(&args.certs_dir);
+        return uninstall(&args.certs_dir, &args.containerd_config);
     }
     let (Some(peer), Some(gateway)) = (&args.peer, &args.gateway) else {
         bail!("--peer and --gateway are required");
@@ -241,14 +312,27 @@ fn check_containerd(args: &NodeInitArgs, st: &mut State) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if cfg.has_mirrors {
+        bail!(
+            "not editing {}: containerd refuses config_path beside registry.mirrors, so the edit would stop it at its next start; move the mirrors to hosts.toml files first",
+            path.display()
+        );
+    }
     let text = std::fs::read_to_string(path)?;
     let edited = containerd_toml::with_hosts_dir(&text, &host_dir)?;
-    if st.config.is_none() {
-        std::fs::copy(path, backup_of(path))
-            .with_context(|| format!("keeping a copy of {}", path.display()))?;
-        st.config = Some(path.clone());
+    let ours = st.config.as_ref().is_some_and(|w| {
+        w.path == *path && file_sha256(path).as_deref() == Some(w.sha256.as_str())
+    });
+    if !ours {
+        keep_copy(path)?;
     }
-    std::fs::write(path, edited).with_context(|| format!("writing {}", path.display()))?;
+    st.config = Some(Written {
+        path: path.clone(),
+        backed_up: true,
+        sha256: sha256(edited.as_bytes()),
+    });
+    save_state(&args.certs_dir, st)?;
+    atomic_write(path, edited.as_bytes())?;
     println!(
         "set config_path = {host_dir:?} in {} ({why}; a copy is kept as {}): restart containerd to apply; node-init does not restart it",
         path.display(),
@@ -257,8 +341,8 @@ fn check_containerd(args: &NodeInitArgs, st: &mut State) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn uninstall(dir: &Path) -> anyhow::Result<()> {
-    let st = load_state(dir)?;
+fn uninstall(dir: &Path, containerd_config: &Path) -> anyhow::Result<()> {
+    let mut st = load_state(dir)?;
     if st.files.is_empty() && st.config.is_none() {
         println!(
             "node-init wrote nothing under {}: nothing to undo",
@@ -266,36 +350,63 @@ fn uninstall(dir: &Path) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    for w in st.files.iter().rev() {
+    // Last written first; each entry leaves the state as it is undone, so
+    // a rerun after a failure picks up where this one stopped.
+    for w in st.files.clone().into_iter().rev() {
         let path = dir.join(&w.path);
-        let is_hosts = w.path.file_name().is_some_and(|n| n == "hosts.toml");
-        let ours = !is_hosts || std::fs::read_to_string(&path).is_ok_and(|t| t.contains(MARKER));
-        if !ours {
+        let current = file_sha256(&path);
+        if current.is_some() && current.as_deref() != Some(w.sha256.as_str()) {
             println!(
                 "left {}: it was changed since node-init wrote it",
                 path.display()
             );
             continue;
         }
-        let _ = std::fs::remove_file(&path);
-        if w.backed_up {
-            std::fs::rename(backup_of(&path), &path)
+        let backup = backup_of(&path);
+        if w.backed_up && backup.exists() {
+            std::fs::rename(&backup, &path)
                 .with_context(|| format!("restoring {}", path.display()))?;
             println!("restored {}", path.display());
-        } else {
+        } else if current.is_some() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             println!("removed {}", path.display());
+            if let Some(parent) = path.parent() {
+                // Only an empty folder goes.
+                let _ = std::fs::remove_dir(parent);
+            }
         }
-        if let Some(parent) = path.parent() {
-            // Only an empty folder goes.
-            let _ = std::fs::remove_dir(parent);
+        st.files.retain(|x| x.path != w.path);
+        save_state(dir, &st)?;
+    }
+    if let Some(w) = st.config.clone() {
+        let backup = backup_of(&w.path);
+        if w.path != containerd_config {
+            println!(
+                "left {}: node-init edited that config, not {} (give --containerd-config {})",
+                w.path.display(),
+                containerd_config.display(),
+                w.path.display()
+            );
+        } else if file_sha256(&w.path).as_deref() != Some(w.sha256.as_str()) {
+            println!(
+                "left {}: it was changed since node-init set config_path (the original is at {})",
+                w.path.display(),
+                backup.display()
+            );
+        } else if backup.exists() {
+            std::fs::rename(&backup, &w.path)
+                .with_context(|| format!("restoring {}", w.path.display()))?;
+            println!(
+                "restored {} (restart containerd to apply)",
+                w.path.display()
+            );
+            st.config = None;
+            save_state(dir, &st)?;
         }
     }
-    if let Some(cfg) = &st.config {
-        std::fs::rename(backup_of(cfg), cfg)
-            .with_context(|| format!("restoring {}", cfg.display()))?;
-        println!("restored {} (restart containerd to apply)", cfg.display());
+    if st.files.is_empty() && st.config.is_none() {
+        std::fs::remove_file(dir.join(STATE)).with_context(|| format!("removing {STATE}"))?;
     }
-    std::fs::remove_file(dir.join(STATE)).with_context(|| format!("removing {STATE}"))?;
     Ok(())
 }
 
@@ -333,7 +444,7 @@ mod tests {
         run(args(&dir, &config)).unwrap();
         let t = std::fs::read_to_string(dir.join("docker.io/hosts.toml")).unwrap();
         assert!(
-            t.contains("server = \"http://127.0.0.1:5050\"") && t.contains(MARKER),
+            t.contains("server = \"http://127.0.0.1:5050\"") && t.contains("Written by Customs"),
             "{t}"
         );
         assert!(dir.join("_default/hosts.toml").exists());
@@ -349,7 +460,7 @@ mod tests {
                 .unwrap()
                 .contains("config_path")
         );
-        uninstall(&dir).unwrap();
+        uninstall(&dir, &config).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("docker.io/hosts.toml")).unwrap(),
             "server = \"https://mine\"\n"
@@ -357,7 +468,62 @@ mod tests {
         assert!(!dir.join("_default").exists());
         assert_eq!(std::fs::read_to_string(&config).unwrap(), "version = 2\n");
         // Nothing left to undo, and saying so is not an error.
-        uninstall(&dir).unwrap();
+        uninstall(&dir, &config).unwrap();
+    }
+
+    #[test]
+    fn a_rerun_never_loses_the_operators_original_and_a_forged_state_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs.d");
+        std::fs::create_dir_all(dir.join("docker.io")).unwrap();
+        let theirs = "server = \"https://mine\"\n";
+        std::fs::write(dir.join("docker.io/hosts.toml"), theirs).unwrap();
+        let config = tmp.path().join("none.toml");
+        run(args(&dir, &config)).unwrap();
+        // The operator edits node-init's file; a rerun keeps that too, and
+        // refuses to overwrite the first copy.
+        std::fs::write(
+            dir.join("docker.io/hosts.toml"),
+            "server = \"https://edited\"\n",
+        )
+        .unwrap();
+        assert!(run(args(&dir, &config)).is_err());
+        assert_eq!(
+            std::fs::read_to_string(backup_of(&dir.join("docker.io/hosts.toml"))).unwrap(),
+            theirs
+        );
+        // Uninstall leaves the edited file (and its copy) alone.
+        uninstall(&dir, &config).unwrap();
+        assert!(
+            std::fs::read_to_string(dir.join("docker.io/hosts.toml"))
+                .unwrap()
+                .contains("edited")
+        );
+        assert!(
+            dir.join(STATE).exists(),
+            "the state of what was left is kept"
+        );
+        // A state file naming paths outside certs.d is refused outright.
+        std::fs::write(
+            dir.join(STATE),
+            r#"{"files":[{"path":"../../etc/passwd","backed_up":false,"sha256":"x"}],"config":null}"#,
+        )
+        .unwrap();
+        let e = uninstall(&dir, &config).unwrap_err().to_string();
+        assert!(e.contains("never writes"), "{e}");
+    }
+
+    #[test]
+    fn edit_config_refuses_a_config_with_mirrors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs.d");
+        let config = tmp.path().join("config.toml");
+        let text = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://m\"]\n";
+        std::fs::write(&config, text).unwrap();
+        let mut a = args(&dir, &config);
+        a.edit_config = true;
+        assert!(run(a).is_err());
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
     }
 
     #[test]

@@ -80,6 +80,18 @@ fn log_file(data_dir: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
 fn child(data_dir: &Path, name: &str, sub: &str) -> anyhow::Result<tokio::process::Command> {
     let (out, err) = log_file(data_dir, name)?;
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    // The parent already folded its CUSTOMS_<COMPONENT>__* settings into
+    // the child's file; inherited, they would outrank that file and undo
+    // what is per child (data dir, id, ports).
+    for (k, _) in std::env::vars_os() {
+        let key = k.to_string_lossy().to_ascii_uppercase();
+        if ["CUSTOMS_GATEWAY__", "CUSTOMS_PEER__", "CUSTOMS_SCHEDULER__"]
+            .iter()
+            .any(|p| key.starts_with(p))
+        {
+            cmd.env_remove(&k);
+        }
+    }
     cmd.arg(sub)
         .arg("--exit-on-stdin-eof")
         .stdin(Stdio::piped())

@@ -516,6 +516,26 @@ fn upstream_basic_auth_from_docker_config() {
     assert!(!customs.log_text().contains("s3cret-pw"));
 }
 
+/// `customs node-init` routing `registry` through `peer`, then `gateway`.
+fn node_init(
+    certs: &std::path::Path,
+    peer: &Customs,
+    gateway: &Customs,
+    registry: &str,
+    config: &std::path::Path,
+) -> std::process::Output {
+    run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
+            .arg("node-init")
+            .arg("--certs-dir")
+            .arg(certs)
+            .args(["--peer", &peer.url(), "--gateway", &gateway.url()])
+            .args(["--registry", registry])
+            .arg("--containerd-config")
+            .arg(config),
+    )
+}
+
 #[test]
 fn node_init_routes_containerd_through_the_peer_and_uninstall_restores_the_node() {
     let tmp = tempfile::tempdir().unwrap();
@@ -536,22 +556,7 @@ fn node_init_routes_containerd_through_the_peer_and_uninstall_restores_the_node(
     let config_text =
         "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"\"\n";
     std::fs::write(&config, config_text).unwrap();
-    let out = run_ok(
-        std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
-            .arg("node-init")
-            .arg("--certs-dir")
-            .arg(&certs)
-            .args([
-                "--peer",
-                &peer.url(),
-                "--gateway",
-                &gw.url(),
-                "--registry",
-                &reg,
-            ])
-            .arg("--containerd-config")
-            .arg(&config),
-    );
+    let out = node_init(&certs, &peer, &gw, &reg, &config);
     let said = String::from_utf8_lossy(&out.stdout);
     // The exact fix, and the config left alone.
     let fix = format!(
@@ -631,22 +636,7 @@ fn the_image_is_reproducible_pulled_through_customs_and_runs_under_containerd() 
     let gw = Customs::up(&dir.join("gw"), &registry.url(), &[]);
     let peer = Customs::peer(&dir.join("peer"), &gw.url(), &reg);
     let certs = dir.join("certs.d");
-    run_ok(
-        std::process::Command::new(env!("CARGO_BIN_EXE_customs"))
-            .arg("node-init")
-            .arg("--certs-dir")
-            .arg(&certs)
-            .args([
-                "--peer",
-                &peer.url(),
-                "--gateway",
-                &gw.url(),
-                "--registry",
-                &reg,
-            ])
-            .arg("--containerd-config")
-            .arg(dir.join("no-config.toml")),
-    );
+    node_init(&certs, &peer, &gw, &reg, &dir.join("no-config.toml"));
     let ctrd = Containerd::start(&dir.join("containerd"));
     let (ok, text) = ctrd.pull("img", &certs, &target);
     assert!(ok, "ctr pull failed: {text}");

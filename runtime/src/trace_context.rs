@@ -166,4 +166,36 @@ mod tests {
             "https://h/v2/x"
         );
     }
+
+    proptest::proptest! {
+        /// Whoever calls a component sets `traceparent` and `tracestate`
+        /// (containerd, any pod on the node): any bytes are parsed without
+        /// a panic, and only a well-formed value names a remote parent.
+        #[test]
+        fn hostile_trace_headers_never_panic(
+            parent in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            state in ".{0,300}",
+        ) {
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&parent) {
+                h.insert("traceparent", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&state) {
+                h.insert("tracestate", v);
+            }
+            let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&h)));
+            use opentelemetry::trace::TraceContextExt as _;
+            let remote = cx.span().span_context().is_valid();
+            let well_formed = std::str::from_utf8(&parent).is_ok_and(|p| {
+                let f: Vec<&str> = p.split('-').collect();
+                f.len() >= 4 && f[1].len() == 32 && f[2].len() == 16
+            });
+            proptest::prop_assert!(!remote || well_formed);
+            let _ = server_span(&http::Method::GET, "/v2/x/blobs/y", &h);
+            let _ = grpc_server_span("RegisterTask", &h);
+        }
+    }
 }

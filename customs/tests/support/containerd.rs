@@ -86,12 +86,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg(reference)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        outcome(&out)
     }
 
     /// `ctr -n NS run --rm --snapshotter native REF ID ARGS...` with runc;
@@ -106,12 +101,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .args(args)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        outcome(&out)
     }
 
     /// The digest containerd recorded for an image.
@@ -129,4 +119,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .find(|w| w.starts_with("sha256:"))
             .map(str::to_owned)
     }
+}
+
+/// (exit 0?, stdout and stderr) of a `ctr` run.
+fn outcome(out: &std::process::Output) -> (bool, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
